@@ -1,0 +1,288 @@
+#![forbid(unsafe_code)]
+//! pgwake's configuration: plain data, built from a TOML file, an optional
+//! server URL and `PGWAKE_<SECTION>_<KEY>` environment overrides, all passed
+//! in as arguments so tests never touch the process environment.
+//!
+//! Every key has a default; unknown keys are rejected with their path; all
+//! problems in a file are reported together, not one per attempt.
+
+mod load;
+mod secret_serde;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use load::{load, ConfigErrors};
+use pgwake_credentials::Secret;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: Listen,
+    pub server: Server,
+    pub pool: Pool,
+    /// Client database name → where and how it is pooled. Empty: every client
+    /// database name maps to the server database of the same name.
+    pub databases: BTreeMap<String, Database>,
+    pub log: Log,
+}
+
+/// Where clients connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// TCP address. Must be loopback: clients are trusted without a password.
+    pub addr: String,
+    /// Directory for a unix socket `.s.PGSQL.<port>` (as PostgreSQL names it,
+    /// so `psql -h DIR -p PORT` works). Unset: no unix socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Client connections beyond this get SQLSTATE 53300.
+    pub max_client_conn: usize,
+    /// Largest message a client may send, in bytes.
+    pub max_message_size: u64,
+    /// How long transactions in flight may run on after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            addr: "127.0.0.1:6432".into(),
+            unix_socket_dir: None,
+            max_client_conn: 10_000,
+            max_message_size: 256 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Listen {
+    /// The parsed TCP address (`localhost` means 127.0.0.1). Validated by [`load`].
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        let text = self.addr.replacen("localhost:", "127.0.0.1:", 1);
+        text.parse().map_err(|_| {
+            format!(
+                "listen.addr = {:?} is not an address like 127.0.0.1:6432",
+                self.addr
+            )
+        })
+    }
+}
+
+/// libpq's `sslmode` for server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// The Postgres server pgwake connects to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    /// The database pooled and warmed at start; clients may still use any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dbname: Option<String>,
+    pub sslmode: SslMode,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive_idle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive_interval: Duration,
+    pub tcp_keepalive_count: u32,
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+    pub auth: ServerAuth,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            host: String::new(),
+            port: 5432,
+            dbname: None,
+            sslmode: SslMode::Prefer,
+            connect_timeout: Duration::from_secs(5),
+            // Below the ~4 minute idle timeout of cloud NATs.
+            tcp_keepalive_idle: Duration::from_secs(60),
+            tcp_keepalive_interval: Duration::from_secs(10),
+            tcp_keepalive_count: 6,
+            tcp_user_timeout: Duration::from_secs(30),
+            auth: ServerAuth::default(),
+        }
+    }
+}
+
+/// How pgwake logs in to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// A password (or token) from the config or `PGWAKE_SERVER_AUTH_PASSWORD`;
+    /// sent as the server asks: SCRAM-SHA-256, MD5 or cleartext.
+    Password,
+    /// No password.
+    Trust,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerAuth {
+    /// Unset: `password` when a password is given, else `trust`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<AuthMethod>,
+    /// Server user. Unset: the user name the client connected with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(
+        with = "secret_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub password: Option<Secret>,
+}
+
+impl ServerAuth {
+    pub fn effective_method(&self) -> AuthMethod {
+        self.method.unwrap_or(if self.password.is_some() {
+            AuthMethod::Password
+        } else {
+            AuthMethod::Trust
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// A server connection per transaction (the default).
+    Transaction,
+    /// A server connection per client session, reset with `DISCARD ALL`.
+    Session,
+}
+
+/// Pool settings; `[pool]` holds the defaults, `[databases.NAME]` may override some.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    pub mode: PoolMode,
+    /// Most server connections per (database, user).
+    pub size: usize,
+    /// Idle server connections kept open, made in the background at start.
+    pub min_idle: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a client waits for a server connection before an error.
+    #[serde(with = "humantime_serde")]
+    pub pool_wait_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_idle: 1,
+            max_lifetime: Duration::from_secs(30 * 60),
+            idle_timeout: Duration::from_secs(10 * 60),
+            pool_wait_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One client-visible database name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// Server database name. Unset: the same as the client's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dbname: Option<String>,
+    /// Server user. Unset: `[server.auth] user`, else the client's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PoolMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_idle: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Where one client database name leads: the server database and user, and
+/// the pool settings that apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dbname: String,
+    /// `None`: the client's user name.
+    pub user: Option<String>,
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_idle: usize,
+}
+
+impl Config {
+    /// Where a client asking for `database` goes, or `None` when a
+    /// `[databases]` table exists and does not name it.
+    pub fn route(&self, database: &str) -> Option<Route> {
+        let db = if self.databases.is_empty() {
+            None
+        } else {
+            Some(self.databases.get(database)?)
+        };
+        let get = |f: fn(&Database) -> Option<usize>, d: usize| db.and_then(f).unwrap_or(d);
+        Some(Route {
+            dbname: db
+                .and_then(|d| d.dbname.clone())
+                .unwrap_or_else(|| database.to_owned()),
+            user: db
+                .and_then(|d| d.user.clone())
+                .or_else(|| self.server.auth.user.clone()),
+            mode: db.and_then(|d| d.mode).unwrap_or(self.pool.mode),
+            size: get(|d| d.size, self.pool.size),
+            min_idle: get(|d| d.min_idle, self.pool.min_idle),
+        })
+    }
+
+    /// The effective configuration as TOML, secrets shown as `<redacted>`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

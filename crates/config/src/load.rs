@@ -1,0 +1,447 @@
+//! Building a [`Config`] from its sources, in order of precedence (last wins):
+//! the TOML file, the server URL, then `PGWAKE_<SECTION>_<KEY>` variables.
+
+use std::fmt;
+
+use toml::{Table, Value};
+
+use crate::{AuthMethod, Config, SslMode};
+
+/// Every problem found, each naming the key (and the variable or file it came from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Environment variables read by the command line itself, not config keys.
+const NOT_KEYS: &[&str] = &["PGWAKE_CONFIG", "PGWAKE_SERVER_URL"];
+
+/// Sections an environment variable may address, longest first so that
+/// `PGWAKE_SERVER_AUTH_USER` means `server.auth.user`.
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("server_auth_", &["server", "auth"]),
+    ("server_", &["server"]),
+    ("listen_", &["listen"]),
+    ("pool_", &["pool"]),
+    ("log_", &["log"]),
+];
+
+/// Builds the configuration. `file` is `(name for messages, TOML text)`;
+/// `env` is the process environment (or a test's stand-in).
+pub fn load<'a>(
+    file: Option<(&str, &str)>,
+    server_url: Option<&str>,
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut root = match file {
+        Some((name, text)) => match text.parse::<Table>() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigErrors(vec![format!(
+                    "{name}: not valid TOML: {}",
+                    e.to_string().trim_end()
+                )]))
+            }
+        },
+        None => Table::new(),
+    };
+    if let Some(url) = server_url {
+        if let Err(e) = apply_server_url(&mut root, url) {
+            errors.push(format!("server URL: {e}"));
+        }
+    }
+    let mut origins: Vec<(String, String)> = Vec::new();
+    let defaults = Value::try_from(Config::default()).unwrap_or(Value::Table(Table::new()));
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("PGWAKE_") else {
+            continue;
+        };
+        if NOT_KEYS.contains(&name) {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let Some((path, key)) = SECTIONS
+            .iter()
+            .find_map(|(p, path)| lower.strip_prefix(p).map(|k| (*path, k)))
+        else {
+            errors.push(format!(
+                "{name}: no config section matches (sections: listen, server, server.auth, pool, log)"
+            ));
+            continue;
+        };
+        let mut full: Vec<&str> = path.to_vec();
+        full.push(key);
+        let typed = match lookup(&defaults, &full) {
+            Some(Value::Integer(_)) => match value.parse::<i64>() {
+                Ok(i) => Value::Integer(i),
+                Err(_) => {
+                    errors.push(format!("{name}: expected a whole number, got {value:?}"));
+                    continue;
+                }
+            },
+            Some(Value::Boolean(_)) => match value {
+                "true" => Value::Boolean(true),
+                "false" => Value::Boolean(false),
+                _ => {
+                    errors.push(format!("{name}: expected true or false, got {value:?}"));
+                    continue;
+                }
+            },
+            _ => Value::String(value.to_owned()),
+        };
+        insert(&mut root, &full, typed);
+        origins.push((full.join("."), name.to_owned()));
+    }
+
+    let file_name = file.map(|(n, _)| n).unwrap_or("configuration");
+    let mut value = Value::Table(root);
+    // Collect every field error by removing the offending key and trying
+    // again; bounded because each round removes one key.
+    let mut config = None;
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+            Ok(c) => {
+                config = Some(c);
+                break;
+            }
+            Err(e) => {
+                let path = e.path().to_string();
+                let origin = origins
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, var)| var.as_str())
+                    .unwrap_or(file_name);
+                errors.push(format!("{path}: {} (in {origin})", e.inner()));
+                let parts: Vec<&str> = path.split('.').collect();
+                if path == "." || !remove(&mut value, &parts) {
+                    break;
+                }
+            }
+        }
+    }
+    let Some(config) = config else {
+        return Err(ConfigErrors(errors));
+    };
+    validate(&config, &mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn lookup<'v>(v: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+fn insert(root: &mut Table, path: &[&str], value: Value) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut t = root;
+    for p in parents {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        t = entry.as_table_mut().expect("table just ensured");
+    }
+    t.insert(last.to_string(), value);
+}
+
+fn remove(v: &mut Value, path: &[&str]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for p in parents {
+        match cur.get_mut(p) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    cur.as_table_mut().and_then(|t| t.remove(*last)).is_some()
+}
+
+/// Applies `postgres://user:password@host:port/dbname?sslmode=…&connect_timeout=…`.
+fn apply_server_url(root: &mut Table, text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("cannot parse it: {e}"))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "scheme {:?} is not postgres:// or postgresql://",
+            url.scheme()
+        ));
+    }
+    let host = url.host_str().ok_or("no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    insert(root, &["server", "host"], Value::String(host.to_owned()));
+    if let Some(port) = url.port() {
+        insert(root, &["server", "port"], Value::Integer(i64::from(port)));
+    }
+    let decode = |s: &str| {
+        percent_decode(s)
+            .ok_or_else(|| "user or password is not valid percent-encoded UTF-8".to_owned())
+    };
+    if !url.username().is_empty() {
+        let user = decode(url.username())?;
+        insert(root, &["server", "auth", "user"], Value::String(user));
+    }
+    if let Some(pw) = url.password() {
+        insert(
+            root,
+            &["server", "auth", "password"],
+            Value::String(decode(pw)?),
+        );
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() {
+        insert(root, &["server", "dbname"], Value::String(decode(db)?));
+    }
+    for (k, v) in url.query_pairs() {
+        match &*k {
+            "sslmode" => insert(root, &["server", "sslmode"], Value::String(v.into_owned())),
+            "connect_timeout" => {
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("connect_timeout={v} is not a number of seconds"))?;
+                insert(
+                    root,
+                    &["server", "connect_timeout"],
+                    Value::String(format!("{secs}s")),
+                );
+            }
+            other => {
+                return Err(format!(
+                    "parameter {other:?} is not supported (supported: sslmode, connect_timeout)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Checks that need more than one key, or a range.
+fn validate(c: &Config, errors: &mut Vec<String>) {
+    if c.server.host.is_empty() {
+        errors.push(
+            "server.host is not set: pass --server-url postgres://USER@HOST:5432/DB, set PGWAKE_SERVER_URL, or set [server] host".into(),
+        );
+    }
+    match c.listen.socket_addr() {
+        Ok(addr) if !addr.ip().is_loopback() => errors.push(format!(
+            "listen.addr = {:?} is not a loopback address: pgwake trusts its clients without a password, so it only listens on 127.0.0.1 or ::1 (client authentication for a shared service is not available in this version)",
+            c.listen.addr
+        )),
+        Ok(_) => {}
+        Err(e) => errors.push(e),
+    }
+    if c.listen.max_client_conn == 0 {
+        errors.push("listen.max_client_conn must be at least 1".into());
+    }
+    if c.listen.max_message_size < 1024 {
+        errors.push("listen.max_message_size must be at least 1024 bytes".into());
+    }
+    if matches!(c.server.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        errors.push(format!(
+            "server.sslmode = {:?}: certificate verification is not available in this version; use disable, prefer or require",
+            c.server.sslmode
+        ));
+    }
+    if c.server.tcp_keepalive_count == 0 {
+        errors.push("server.tcp_keepalive_count must be at least 1".into());
+    }
+    if c.server.connect_timeout.is_zero() {
+        errors.push("server.connect_timeout must be above zero".into());
+    }
+    if c.server.auth.effective_method() == AuthMethod::Password && c.server.auth.password.is_none()
+    {
+        errors.push(
+            "server.auth.password is required with server.auth.method = \"password\" (or set PGWAKE_SERVER_AUTH_PASSWORD)".into(),
+        );
+    }
+    let pool_checks = |prefix: &str, size: usize, min_idle: usize, errors: &mut Vec<String>| {
+        if size == 0 {
+            errors.push(format!("{prefix}size must be at least 1"));
+        }
+        if min_idle > size {
+            errors.push(format!(
+                "{prefix}min_idle = {min_idle} is above {prefix}size = {size}"
+            ));
+        }
+    };
+    pool_checks("pool.", c.pool.size, c.pool.min_idle, errors);
+    if c.pool.pool_wait_timeout.is_zero() {
+        errors.push("pool.pool_wait_timeout must be above zero".into());
+    }
+    for name in c.databases.keys() {
+        if let Some(r) = c.route(name) {
+            pool_checks(&format!("databases.{name}."), r.size, r.min_idle, errors);
+        }
+    }
+    if !matches!(
+        c.log.level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace"
+    ) {
+        errors.push(format!(
+            "log.level = {:?}: use error, warn, info, debug or trace",
+            c.log.level
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PoolMode;
+    use std::time::Duration;
+
+    fn ok(file: &str, env: &[(&str, &str)]) -> Config {
+        load(Some(("test.toml", file)), None, env.iter().copied()).unwrap()
+    }
+
+    fn errs(file: &str, env: &[(&str, &str)]) -> Vec<String> {
+        load(Some(("test.toml", file)), None, env.iter().copied())
+            .unwrap_err()
+            .0
+    }
+
+    #[test]
+    fn defaults_and_durations() {
+        let c = ok(
+            "[server]\nhost = \"db\"\n[pool]\nidle_timeout = \"15m\"\n",
+            &[],
+        );
+        assert_eq!(c.pool.idle_timeout, Duration::from_secs(900));
+        assert_eq!(c.pool.size, 20);
+        assert_eq!(c.server.port, 5432);
+        assert_eq!(c.server.auth.effective_method(), AuthMethod::Trust);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let e = errs(
+            "[pool]\nsise = 3\nmode = \"bogus\"\n[server]\nhost = \"db\"\nprot = 1\n",
+            &[],
+        );
+        let all = e.join("\n");
+        assert!(all.contains("pool.sise"), "{all}");
+        assert!(all.contains("pool.mode"), "{all}");
+        assert!(all.contains("server.prot"), "{all}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_names_the_variable() {
+        let c = ok(
+            "[server]\nhost = \"db\"\n[pool]\nsize = 5\n",
+            &[
+                ("PGWAKE_POOL_SIZE", "7"),
+                ("PGWAKE_SERVER_AUTH_PASSWORD", "12345"),
+                ("PGWAKE_POOL_MIN_IDLE", "2"),
+                ("HOME", "/root"),
+            ],
+        );
+        assert_eq!(c.pool.size, 7);
+        assert_eq!(c.pool.min_idle, 2);
+        assert_eq!(c.server.auth.password.as_ref().unwrap().expose(), "12345");
+        assert_eq!(c.server.auth.effective_method(), AuthMethod::Password);
+
+        let e = errs("[server]\nhost = \"db\"\n", &[("PGWAKE_POOL_SISE", "3")]).join("\n");
+        assert!(e.contains("PGWAKE_POOL_SISE"), "{e}");
+        let e = errs("[server]\nhost = \"db\"\n", &[("PGWAKE_POOL_SIZE", "lots")]).join("\n");
+        assert!(
+            e.contains("PGWAKE_POOL_SIZE") && e.contains("whole number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn server_url_fills_server_section() {
+        let c = load(
+            None,
+            Some("postgres://app:p%40ss@db.example:6543/app?sslmode=disable&connect_timeout=3"),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.server.host, "db.example");
+        assert_eq!(c.server.port, 6543);
+        assert_eq!(c.server.auth.user.as_deref(), Some("app"));
+        assert_eq!(c.server.auth.password.as_ref().unwrap().expose(), "p@ss");
+        assert_eq!(c.server.dbname.as_deref(), Some("app"));
+        assert_eq!(c.server.sslmode, SslMode::Disable);
+        assert_eq!(c.server.connect_timeout, Duration::from_secs(3));
+        assert!(load(None, Some("mysql://x@y/z"), []).is_err());
+        assert!(load(None, Some("postgres://x@y/z?bogus=1"), []).is_err());
+    }
+
+    #[test]
+    fn semantic_checks() {
+        let e = errs(
+            "[listen]\naddr = \"0.0.0.0:6432\"\n[pool]\nsize = 2\nmin_idle = 3\n[server.auth]\nmethod = \"password\"\n",
+            &[],
+        )
+        .join("\n");
+        assert!(e.contains("listen.addr"), "{e}");
+        assert!(e.contains("min_idle"), "{e}");
+        assert!(e.contains("server.auth.password"), "{e}");
+        assert!(e.contains("server.host"), "{e}");
+    }
+
+    #[test]
+    fn routes() {
+        let c = ok(
+            "[server]\nhost = \"db\"\n[server.auth]\nuser = \"svc\"\n[databases.app]\ndbname = \"prod\"\nmode = \"session\"\nsize = 3\n",
+            &[],
+        );
+        let r = c.route("app").unwrap();
+        assert_eq!(
+            (r.dbname.as_str(), r.user.as_deref(), r.mode, r.size),
+            ("prod", Some("svc"), PoolMode::Session, 3)
+        );
+        assert!(c.route("other").is_none());
+        let c = ok("[server]\nhost = \"db\"\n", &[]);
+        assert_eq!(c.route("anything").unwrap().dbname, "anything");
+        assert_eq!(c.route("anything").unwrap().user, None);
+    }
+
+    #[test]
+    fn printed_config_hides_the_password() {
+        let c = ok(
+            "[server]\nhost = \"db\"\n[server.auth]\npassword = \"hunter2\"\n",
+            &[],
+        );
+        let text = c.to_toml();
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("<redacted>"));
+        assert!(format!("{c:?}").contains("<redacted>") && !format!("{c:?}").contains("hunter2"));
+    }
+}

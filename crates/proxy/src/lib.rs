@@ -1,0 +1,188 @@
+#![forbid(unsafe_code)]
+//! pgwake's proxy: listeners, client sessions, pools and server connections.
+//!
+//! [`Proxy::bind`] opens the listeners and starts warming the pools;
+//! [`Proxy::run`] serves until its shutdown future completes, then drains:
+//! new connections are refused, idle clients are told, transactions in flight
+//! get `listen.shutdown_grace` to finish, and server connections end with
+//! Terminate.
+
+mod cancel;
+mod listener;
+pub mod params;
+pub mod pool;
+pub mod server;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pgwake_config::{AuthMethod, Config, Route};
+use pgwake_credentials::{CredentialSource, NoPassword, StaticPassword};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cancel::CancelRegistry;
+use crate::pool::{Pool, PoolKey, PoolSettings};
+use crate::server::Target;
+
+/// State shared by every session.
+pub struct Shared {
+    pub config: Config,
+    target: Arc<Target>,
+    credentials: Arc<dyn CredentialSource>,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+    cancels: Arc<CancelRegistry>,
+    /// Stop accepting; idle clients leave.
+    shutdown: CancellationToken,
+    /// The grace period is over: everything closes.
+    hard_stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    /// The pool for `key`, created (and its upkeep started) on first use.
+    pub fn pool(&self, key: PoolKey, route: &Route) -> Pool {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        let p = &self.config.pool;
+        let settings = PoolSettings {
+            mode: route.mode,
+            size: route.size,
+            min_idle: route.min_idle,
+            max_lifetime: p.max_lifetime,
+            idle_timeout: p.idle_timeout,
+            wait_timeout: p.pool_wait_timeout,
+        };
+        tracing::info!(pool = %key, size = settings.size, min_idle = settings.min_idle, mode = ?settings.mode, "new pool");
+        let pool = Pool::new(
+            key.clone(),
+            settings,
+            self.target.clone(),
+            self.credentials.clone(),
+        );
+        self.tasks
+            .spawn(pool.clone().maintain(self.hard_stop.child_token()));
+        pools.insert(key, pool.clone());
+        pool
+    }
+
+    /// Every pool, for status and shutdown.
+    pub fn pools(&self) -> Vec<Pool> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} (listen.addr): {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create unix socket {path} (listen.unix_socket_dir): {source}")]
+    Unix {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, running proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listeners: listener::Listeners,
+}
+
+impl Proxy {
+    /// Binds the listeners and starts warming the pools of the configured
+    /// databases (and of `server.dbname`). Must run inside a tokio runtime.
+    pub async fn bind(config: Config) -> Result<Proxy, StartError> {
+        let credentials: Arc<dyn CredentialSource> = match (
+            config.server.auth.effective_method(),
+            &config.server.auth.password,
+        ) {
+            (AuthMethod::Password, Some(p)) => Arc::new(StaticPassword(p.clone())),
+            _ => Arc::new(NoPassword),
+        };
+        let shared = Arc::new(Shared {
+            target: Arc::new(Target::from_config(&config.server)),
+            credentials,
+            pools: Mutex::new(HashMap::new()),
+            cancels: Arc::new(CancelRegistry::default()),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            config,
+        });
+        let listeners = listener::Listeners::bind(&shared).await?;
+        // Warm the pools a client is known to need, so the first query is fast.
+        let c = &shared.config;
+        let mut warm: Vec<String> = c.databases.keys().cloned().collect();
+        if let Some(db) = &c.server.dbname {
+            if c.databases.is_empty() {
+                warm.push(db.clone());
+            }
+        }
+        for db in warm {
+            if let Some(route) = c.route(&db) {
+                if let Some(user) = route.user.clone() {
+                    shared.pool(
+                        PoolKey {
+                            dbname: route.dbname.clone(),
+                            user,
+                        },
+                        &route,
+                    );
+                }
+            }
+        }
+        Ok(Proxy { shared, listeners })
+    }
+
+    /// The TCP address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listeners.tcp_addr
+    }
+
+    /// Shared state, for status reporting.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains gracefully.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let shared = self.shared.clone();
+        let accept = self.listeners.serve(shared.clone());
+        tokio::pin!(accept);
+        tokio::select! {
+            _ = &mut accept => {}
+            _ = shutdown => {}
+        }
+        tracing::info!(grace = ?shared.config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
+        shared.shutdown.cancel();
+        shared.tasks.close();
+        let grace = shared.config.listen.shutdown_grace;
+        // Sessions hold connections back to the pools until they end.
+        let sessions_done = tokio::time::timeout(grace, accept).await.is_ok();
+        if !sessions_done {
+            tracing::warn!("grace period over: closing the remaining client connections");
+        }
+        shared.hard_stop.cancel();
+        for pool in shared.pools() {
+            pool.close();
+        }
+        // Give Terminate messages and upkeep tasks a moment to finish.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.tasks.wait()).await;
+        tracing::info!("pgwake stopped");
+    }
+}

@@ -1,0 +1,118 @@
+//! Accepting clients on TCP and a unix socket. The listener owns the limits
+//! (`max_client_conn`) and stops accepting on shutdown; each client gets a
+//! session task of its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::{session, Shared, StartError};
+
+pub(crate) struct Listeners {
+    tcp: TcpListener,
+    pub(crate) tcp_addr: SocketAddr,
+    unix: Option<(UnixListener, std::path::PathBuf)>,
+}
+
+impl Listeners {
+    pub(crate) async fn bind(shared: &Shared) -> Result<Listeners, StartError> {
+        let listen = &shared.config.listen;
+        let addr = listen.socket_addr().map_err(|e| StartError::Listen {
+            addr: listen.addr.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: listen.addr.clone(),
+                source,
+            })?;
+        let tcp_addr = tcp.local_addr().map_err(|source| StartError::Listen {
+            addr: listen.addr.clone(),
+            source,
+        })?;
+        let unix = match &listen.unix_socket_dir {
+            None => None,
+            Some(dir) => {
+                // Named as PostgreSQL names its socket, so `psql -h DIR -p PORT` finds it.
+                let path = dir.join(format!(".s.PGSQL.{}", tcp_addr.port()));
+                if path.exists() {
+                    // A socket left by a previous run; binding fails otherwise.
+                    let _ = std::fs::remove_file(&path);
+                }
+                let l = UnixListener::bind(&path).map_err(|source| StartError::Unix {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((l, path))
+            }
+        };
+        tracing::info!(addr = %tcp_addr, unix = ?unix.as_ref().map(|(_, p)| p), "listening");
+        Ok(Listeners {
+            tcp,
+            tcp_addr,
+            unix,
+        })
+    }
+
+    /// Accepts until shutdown, then waits for every session to end.
+    pub(crate) async fn serve(self, shared: Arc<Shared>) {
+        let limit = Arc::new(Semaphore::new(shared.config.listen.max_client_conn));
+        let sessions = TaskTracker::new();
+        let unix_path = self.unix.as_ref().map(|(_, p)| p.clone());
+        loop {
+            let accepted = tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                r = self.tcp.accept() => r.map(|(s, peer)| {
+                    let _ = s.set_nodelay(true);
+                    (Conn::Tcp(s), peer.to_string())
+                }),
+                r = accept_unix(&self.unix) => r.map(|s| (Conn::Unix(s), "unix socket".to_owned())),
+            };
+            let (conn, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let permit = limit.clone().try_acquire_owned().ok();
+            let shared = shared.clone();
+            sessions.spawn(async move {
+                let admitted = permit.is_some();
+                match conn {
+                    Conn::Tcp(s) => session::serve(s, peer, shared, admitted).await,
+                    Conn::Unix(s) => session::serve(s, peer, shared, admitted).await,
+                }
+                drop(permit);
+            });
+        }
+        drop(self.tcp);
+        if let Some((l, path)) = self.unix {
+            drop(l);
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = unix_path;
+        sessions.close();
+        sessions.wait().await;
+    }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept_unix(
+    unix: &Option<(UnixListener, std::path::PathBuf)>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some((l, _)) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,495 @@
+//! A pool of server connections for one (server database, server user).
+//!
+//! Purpose-built rather than `deadpool`: a waiter must be able to receive
+//! either a connection or the right to open one (so a freed slot reaches the
+//! longest-waiting client, FIFO), and a connection's cleanliness is derived
+//! from its protocol state at check-in. Checkout and check-in take one
+//! uncontended mutex and allocate nothing in steady state.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use pgwake_config::PoolMode;
+use pgwake_credentials::CredentialSource;
+use pgwake_protocol::backend::ErrorMessage;
+use pgwake_protocol::sqlstate;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::params::Params;
+use crate::server::{ConnectError, ServerConn, Target};
+
+/// Which pool: the server database and the server user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub dbname: String,
+    pub user: String,
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.dbname, self.user)
+    }
+}
+
+/// Settings of one pool, after `[databases]` overrides.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_idle: usize,
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub wait_timeout: Duration,
+}
+
+/// What a fresh server connection reports at login: the settings a client
+/// that asked for nothing in particular gets.
+#[derive(Debug)]
+pub struct Defaults {
+    /// ParameterStatus as the server sent it (names in the server's spelling).
+    pub reported: Vec<(String, String)>,
+    /// The same, lower-case names.
+    pub params: Params,
+}
+
+/// Why no connection could be handed out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("no server connection became free within pool_wait_timeout ({waited:?}): all {size} connections of pool {key} are busy")]
+    WaitTimeout {
+        key: String,
+        size: usize,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("pgwake is shutting down")]
+    Closed,
+}
+
+impl CheckoutError {
+    pub fn to_client(&self) -> ErrorMessage {
+        match self {
+            CheckoutError::WaitTimeout { .. } => {
+                ErrorMessage::error(sqlstate::TOO_MANY_CONNECTIONS, format!("pgwake: {self}"))
+                    .with_hint("raise pool.size or pool.pool_wait_timeout, or shorten transactions")
+            }
+            CheckoutError::Connect(e) => e.to_client(),
+            CheckoutError::Closed => {
+                ErrorMessage::fatal(sqlstate::ADMIN_SHUTDOWN, "pgwake is shutting down")
+            }
+        }
+    }
+}
+
+/// A server connection checked out of a pool. Dropping it closes the
+/// connection and frees its place in the pool.
+#[derive(Debug)]
+pub struct Pooled {
+    pub conn: ServerConn,
+    retire_at: Instant,
+    slot: Slot,
+}
+
+/// A place in the pool's `size`. Freed on drop: handed to the first waiter,
+/// or the pool's count goes down.
+struct Slot {
+    pool: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.release_slot();
+        }
+    }
+}
+
+enum Grant {
+    Conn(Pooled),
+    Slot(Slot),
+}
+
+#[derive(Default)]
+struct State {
+    idle: VecDeque<Pooled>,
+    /// Connections open or being opened, idle ones included.
+    total: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// The last login refused by the server, and until when to answer with it.
+    auth_failure: Option<(ConnectError, Instant, Duration)>,
+    closed: bool,
+}
+
+/// A handle to a pool; cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    key: PoolKey,
+    settings: PoolSettings,
+    target: Arc<Target>,
+    credentials: Arc<dyn CredentialSource>,
+    state: Mutex<State>,
+    defaults: RwLock<Option<Arc<Defaults>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("key", &self.inner.key)
+            .finish()
+    }
+}
+
+/// Longest pause between logins after the server refused one (bad password).
+const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Pool {
+    pub fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        target: Arc<Target>,
+        credentials: Arc<dyn CredentialSource>,
+    ) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                key,
+                settings,
+                target,
+                credentials,
+                state: Mutex::new(State::default()),
+                defaults: RwLock::new(None),
+            }),
+        }
+    }
+
+    pub fn key(&self) -> &PoolKey {
+        &self.inner.key
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.inner.settings
+    }
+
+    /// Connection counts: (open in total, idle, clients waiting).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.inner.lock();
+        (st.total, st.idle.len(), st.waiters.len())
+    }
+
+    /// The server's defaults, once any connection has logged in.
+    pub fn defaults(&self) -> Option<Arc<Defaults>> {
+        self.inner
+            .defaults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The server's defaults, logging in once if no connection has yet.
+    pub async fn learn_defaults(&self) -> Result<Arc<Defaults>, CheckoutError> {
+        if let Some(d) = self.defaults() {
+            return Ok(d);
+        }
+        let p = self.checkout().await?;
+        self.checkin(p);
+        self.defaults()
+            .ok_or_else(|| CheckoutError::Connect(ConnectError::Protocol("no defaults".into())))
+    }
+
+    /// A clean, live server connection: an idle one, a new one if the pool
+    /// has room, else the next one freed (first come, first served) within
+    /// `pool_wait_timeout`.
+    pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
+        let deadline = tokio::time::Instant::now() + self.inner.settings.wait_timeout;
+        loop {
+            let next = {
+                let mut st = self.inner.lock();
+                if st.closed {
+                    return Err(CheckoutError::Closed);
+                }
+                if let Some((e, at, window)) = &st.auth_failure {
+                    if at.elapsed() < *window {
+                        return Err(e.clone().into());
+                    }
+                }
+                if let Some(p) = st.idle.pop_back() {
+                    Ok(Grant::Conn(p))
+                } else if st.total < self.inner.settings.size {
+                    st.total += 1;
+                    Ok(Grant::Slot(Slot {
+                        pool: Some(self.inner.clone()),
+                    }))
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push_back(tx);
+                    Err(rx)
+                }
+            };
+            let grant = match next {
+                Ok(g) => g,
+                Err(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(g)) => g,
+                    Ok(Err(_)) => return Err(CheckoutError::Closed),
+                    Err(_) => {
+                        return Err(CheckoutError::WaitTimeout {
+                            key: self.inner.key.to_string(),
+                            size: self.inner.settings.size,
+                            waited: self.inner.settings.wait_timeout,
+                        })
+                    }
+                },
+            };
+            match grant {
+                Grant::Conn(mut p) => {
+                    if p.conn.is_alive() && Instant::now() < p.retire_at {
+                        return Ok(p);
+                    }
+                    tracing::debug!(pool = %self.inner.key, "replacing a pooled server connection that closed or expired");
+                    // Dropping frees the slot for the next in line (maybe us).
+                    retire(p);
+                }
+                Grant::Slot(slot) => {
+                    let conn = self.connect_with_retry(deadline).await?;
+                    return Ok(self.inner.wrap(conn, slot));
+                }
+            }
+        }
+    }
+
+    /// Returns a connection. Only an idle, clean one within its lifetime goes
+    /// back; anything else is closed.
+    pub fn checkin(&self, mut p: Pooled) {
+        let now = Instant::now();
+        if !p.conn.tx.is_idle()
+            || p.conn.broken
+            || !p.conn.buf.is_empty()
+            || !p.conn.scan.at_boundary()
+            || now >= p.retire_at
+        {
+            retire(p);
+            return;
+        }
+        p.conn.last_used = now;
+        let mut st = self.inner.lock();
+        if st.closed {
+            drop(st);
+            retire(p);
+            return;
+        }
+        while let Some(w) = st.waiters.pop_front() {
+            match w.send(Grant::Conn(p)) {
+                Ok(()) => return,
+                Err(Grant::Conn(back)) => p = back,
+                Err(Grant::Slot(mut s)) => {
+                    s.pool = None;
+                    unreachable!("sent a connection")
+                }
+            }
+        }
+        st.idle.push_back(p);
+    }
+
+    /// Logs in, retrying at once (with a short backoff) while the server is
+    /// restarting, so clients recover as soon as it accepts connections.
+    async fn connect_with_retry(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<ServerConn, ConnectError> {
+        let inner = &self.inner;
+        let give_up = deadline.min(tokio::time::Instant::now() + inner.target.connect_timeout);
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            let password = inner
+                .credentials
+                .current()
+                .map_err(|e| ConnectError::Credential(e.to_string()))?;
+            match ServerConn::connect(&inner.target, &inner.key.dbname, &inner.key.user, password)
+                .await
+            {
+                Ok(conn) => {
+                    inner.lock().auth_failure = None;
+                    inner.learn(&conn);
+                    return Ok(conn);
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + backoff < give_up => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    if e.is_auth() {
+                        let mut st = inner.lock();
+                        let window = st
+                            .auth_failure
+                            .as_ref()
+                            .map_or(Duration::from_secs(1), |(_, _, w)| {
+                                (*w * 2).min(AUTH_BACKOFF_MAX)
+                            });
+                        tracing::warn!(pool = %inner.key, error = %e, "server refused login; pausing logins for {window:?}");
+                        st.auth_failure = Some((e.clone(), Instant::now(), window));
+                    } else {
+                        tracing::warn!(pool = %inner.key, error = %e, "server connection failed");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Keeps `min_idle` connections open and closes idle ones past
+    /// `idle_timeout`, expired or dead ones. Runs until `stop`.
+    pub async fn maintain(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        let mut next_attempt = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.prune();
+            // Warm up to min_idle, one connection at a time.
+            while tokio::time::Instant::now() >= next_attempt {
+                let slot = {
+                    let mut st = self.inner.lock();
+                    let s = &self.inner.settings;
+                    if st.closed
+                        || st.idle.len() >= s.min_idle
+                        || st.total >= s.size
+                        || !st.waiters.is_empty()
+                    {
+                        break;
+                    }
+                    st.total += 1;
+                    Slot {
+                        pool: Some(self.inner.clone()),
+                    }
+                };
+                let deadline = tokio::time::Instant::now() + self.inner.target.connect_timeout;
+                let conn = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    c = self.connect_with_retry(deadline) => c,
+                };
+                match conn {
+                    Ok(conn) => {
+                        failures = 0;
+                        let p = self.inner.wrap(conn, slot);
+                        self.checkin(p);
+                    }
+                    Err(_) => {
+                        failures = failures.saturating_add(1);
+                        let pause =
+                            Duration::from_millis(250) * 2u32.saturating_pow(failures.min(7));
+                        next_attempt =
+                            tokio::time::Instant::now() + pause.min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+
+    fn prune(&self) {
+        let now = Instant::now();
+        let s = &self.inner.settings;
+        let mut gone = Vec::new();
+        {
+            let mut st = self.inner.lock();
+            let mut keep = VecDeque::with_capacity(st.idle.len());
+            let mut idle = std::mem::take(&mut st.idle);
+            // Oldest-used first, so idle_timeout closes the coldest ones.
+            while let Some(mut p) = idle.pop_front() {
+                let surplus = keep.len() + idle.len() >= s.min_idle;
+                let stale = surplus && now.duration_since(p.conn.last_used) >= s.idle_timeout;
+                if stale || now >= p.retire_at || !p.conn.is_alive() {
+                    gone.push(p);
+                } else {
+                    keep.push_back(p);
+                }
+            }
+            st.idle = keep;
+        }
+        for p in gone {
+            retire(p);
+        }
+    }
+
+    /// Closes idle connections and refuses new checkouts; connections in use
+    /// close when returned.
+    pub fn close(&self) {
+        let idle = {
+            let mut st = self.inner.lock();
+            st.closed = true;
+            st.waiters.clear();
+            std::mem::take(&mut st.idle)
+        };
+        for p in idle {
+            retire(p);
+        }
+    }
+}
+
+/// Closes a connection with Terminate in the background; its slot frees at once.
+fn retire(p: Pooled) {
+    let Pooled { conn, slot, .. } = p;
+    drop(slot);
+    if !conn.broken {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(conn.terminate());
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wrap(&self, conn: ServerConn, slot: Slot) -> Pooled {
+        // Up to 10 % jitter, so connections made together do not all expire together.
+        let lifetime = self.settings.max_lifetime;
+        let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
+        Pooled {
+            retire_at: conn.created + (lifetime - jitter),
+            conn,
+            slot,
+        }
+    }
+
+    fn learn(&self, conn: &ServerConn) {
+        let mut d = self.defaults.write().unwrap_or_else(|e| e.into_inner());
+        if d.is_none() {
+            *d = Some(Arc::new(Defaults {
+                reported: conn.reported.clone(),
+                params: conn.params.clone(),
+            }));
+        }
+    }
+
+    fn release_slot(self: &Arc<Self>) {
+        let mut st = self.lock();
+        while let Some(w) = st.waiters.pop_front() {
+            let grant = Grant::Slot(Slot {
+                pool: Some(self.clone()),
+            });
+            match w.send(grant) {
+                Ok(()) => return,
+                // The waiter gave up; defuse the slot so it does not release again.
+                Err(Grant::Slot(mut s)) => s.pool = None,
+                Err(Grant::Conn(_)) => unreachable!("sent a slot"),
+            }
+        }
+        st.total = st.total.saturating_sub(1);
+    }
+}

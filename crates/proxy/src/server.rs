@@ -1,0 +1,660 @@
+//! One connection to the Postgres server: connecting (TCP options, startup,
+//! authentication), and the typed state pgwake derives from the messages that
+//! pass: transaction status and the replies still owed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use fallible_iterator::FallibleIterator;
+use pgwake_config::SslMode;
+use pgwake_credentials::Secret;
+use pgwake_protocol::backend::{ErrorMessage, Severity};
+use pgwake_protocol::{sqlstate, Scanned, Scanner};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::params::Params;
+
+/// Largest frame accepted from the server. Postgres itself never sends more
+/// than 1 GiB in one message.
+pub const SERVER_MAX_FRAME: usize = 1 << 30;
+
+/// Where and how to reach the server, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub sslmode: SslMode,
+    pub connect_timeout: Duration,
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_count: u32,
+    pub user_timeout: Duration,
+}
+
+impl Target {
+    pub fn from_config(s: &pgwake_config::Server) -> Self {
+        Target {
+            host: s.host.clone(),
+            port: s.port,
+            sslmode: s.sslmode,
+            connect_timeout: s.connect_timeout,
+            keepalive_idle: s.tcp_keepalive_idle,
+            keepalive_interval: s.tcp_keepalive_interval,
+            keepalive_count: s.tcp_keepalive_count,
+            user_timeout: s.tcp_user_timeout,
+        }
+    }
+}
+
+/// Why a server connection could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to server at {host}:{port}: {reason}")]
+    Unreachable {
+        host: String,
+        port: u16,
+        reason: String,
+        refused: bool,
+    },
+    #[error("connecting to server at {host}:{port} took longer than {timeout:?} (server.connect_timeout)")]
+    Timeout {
+        host: String,
+        port: u16,
+        timeout: Duration,
+    },
+    /// The server refused the login (bad password, missing database, starting up…).
+    #[error("server refused the connection: {}", .0.message)]
+    Server(ErrorMessage),
+    #[error("the server asked for a password, and server.auth has none (set server.auth.password or PGWAKE_SERVER_AUTH_PASSWORD)")]
+    NoPassword,
+    #[error("server.sslmode = require, and the server at {host}:{port} does not accept TLS")]
+    TlsRequired { host: String, port: u16 },
+    #[error("unexpected reply from server during login: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Credential(String),
+}
+
+impl ConnectError {
+    /// The error a client sees.
+    pub fn to_client(&self) -> ErrorMessage {
+        match self {
+            ConnectError::Server(e) => {
+                let mut e = e.clone();
+                e.severity = Severity::Error;
+                e.message = format!("server login failed: {}", e.message);
+                e
+            }
+            ConnectError::NoPassword | ConnectError::Credential(_) => {
+                ErrorMessage::error(sqlstate::INVALID_PASSWORD, self.to_string())
+            }
+            ConnectError::Protocol(_) => {
+                ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, self.to_string())
+            }
+            _ => ErrorMessage::error(sqlstate::UNABLE_TO_CONNECT, format!("pgwake {self}"))
+                .with_hint("check that the server is running and reachable; pgwake retries as soon as it accepts connections"),
+        }
+    }
+
+    /// Worth retrying at once: the server is restarting or briefly unreachable.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Unreachable { refused, .. } => *refused,
+            ConnectError::Server(e) => {
+                e.code == sqlstate::CANNOT_CONNECT_NOW || e.code == sqlstate::ADMIN_SHUTDOWN
+            }
+            _ => false,
+        }
+    }
+
+    /// A login the server refused on purpose: retrying at once would only hammer it.
+    pub fn is_auth(&self) -> bool {
+        match self {
+            ConnectError::Server(e) => {
+                e.code == sqlstate::INVALID_PASSWORD || e.code == sqlstate::INVALID_AUTHORIZATION
+            }
+            ConnectError::NoPassword | ConnectError::Credential(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Transaction status from the last ReadyForQuery, and the replies still owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxState {
+    /// `I` idle, `T` in a transaction, `E` in a failed transaction.
+    pub status: u8,
+    /// ReadyForQuery messages still to come: one per Query, Sync or FunctionCall sent.
+    pub owed: u32,
+    /// Extended-protocol messages were sent since the last Sync.
+    pub open_extended: bool,
+}
+
+impl TxState {
+    const IDLE: TxState = TxState {
+        status: b'I',
+        owed: 0,
+        open_extended: false,
+    };
+
+    /// Nothing in flight and no transaction open: the connection can serve anyone.
+    pub fn is_idle(&self) -> bool {
+        self.owed == 0 && !self.open_extended && self.status == b'I'
+    }
+
+    /// Records a message sent to the server.
+    #[inline]
+    pub fn sent(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'F' => self.owed += 1,
+            b'S' => {
+                self.owed += 1;
+                self.open_extended = false;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.open_extended = true,
+            _ => {}
+        }
+    }
+
+    /// Records a ReadyForQuery received.
+    #[inline]
+    pub fn ready(&mut self, status: u8) {
+        self.owed = self.owed.saturating_sub(1);
+        self.status = status;
+    }
+}
+
+/// A logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the server, not yet forwarded.
+    pub(crate) buf: BytesMut,
+    pub(crate) scan: Scanner,
+    pub(crate) tx: TxState,
+    /// Settings in force, lower-case names: what the server reported plus what pgwake set.
+    pub(crate) params: Params,
+    /// ParameterStatus as sent at login, names as the server spells them.
+    pub(crate) reported: Vec<(String, String)>,
+    pub(crate) pid: u32,
+    pub(crate) secret_key: u32,
+    pub(crate) peer: SocketAddr,
+    pub(crate) created: Instant,
+    pub(crate) last_used: Instant,
+    /// The connection broke or is in a state pgwake cannot vouch for.
+    pub(crate) broken: bool,
+}
+
+/// The frames whose bodies the relay reads from the server side.
+#[inline]
+pub fn inspected_server_frame(tag: u8) -> bool {
+    tag == b'Z' || tag == b'S'
+}
+
+impl ServerConn {
+    /// Connects, negotiates TLS per `sslmode`, and logs in as `user` to `dbname`.
+    pub async fn connect(
+        target: &Target,
+        dbname: &str,
+        user: &str,
+        password: Option<Secret>,
+    ) -> Result<ServerConn, ConnectError> {
+        let timeout = target.connect_timeout;
+        let attempt = async {
+            let mut stream = tcp_connect(target).await?;
+            if target.sslmode != SslMode::Disable {
+                if ssl_request(&mut stream)
+                    .await
+                    .map_err(|e| unreachable(target, &e))?
+                {
+                    if target.sslmode == SslMode::Require {
+                        return Err(ConnectError::TlsRequired {
+                            host: target.host.clone(),
+                            port: target.port,
+                        });
+                    }
+                    // TLS is not available in this build; `prefer` allows a
+                    // plaintext connection, as libpq does when TLS fails.
+                    drop(stream);
+                    stream = tcp_connect(target).await?;
+                } else if target.sslmode == SslMode::Require {
+                    return Err(ConnectError::TlsRequired {
+                        host: target.host.clone(),
+                        port: target.port,
+                    });
+                }
+            }
+            login(stream, dbname, user, password).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout {
+                host: target.host.clone(),
+                port: target.port,
+                timeout,
+            }),
+        }
+    }
+
+    /// Process id and secret key of the backend, for cancel requests.
+    pub fn cancel_key(&self) -> (SocketAddr, u32, u32) {
+        (self.peer, self.pid, self.secret_key)
+    }
+
+    /// Applies what a server frame says about the connection's state.
+    #[inline]
+    pub(crate) fn observe(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'Z' => self.tx.ready(body.first().copied().unwrap_or(b'E')),
+            b'S' => {
+                if let Some((k, v)) = split_param(body) {
+                    self.params.insert(k.to_ascii_lowercase(), v.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a connection that sat in the pool is still usable: no EOF,
+    /// no error and no stray bytes waiting. Never blocks.
+    pub fn is_alive(&mut self) -> bool {
+        if self.broken || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            // EOF, an error, or unsolicited bytes (often a FATAL before close).
+            _ => false,
+        }
+    }
+
+    /// Reads more bytes from the server into `buf`. Cancel-safe.
+    pub(crate) async fn read_more(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(16 * 1024);
+        }
+        let n = self.stream.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(n)
+    }
+
+    /// Sends `sql` as a simple query and reads until its ReadyForQuery,
+    /// discarding the replies. Returns the first error the server sent.
+    pub(crate) async fn run_internal(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Option<ErrorMessage>, io::Error> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        match tokio::time::timeout(timeout, self.exchange(&out, b'Q')).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "server did not answer in time",
+            )),
+        }
+        .inspect_err(|_| self.broken = true)
+    }
+
+    /// Writes `msg` (containing one message counted in TxState by `tag`) and
+    /// drains replies until nothing is owed.
+    async fn exchange(&mut self, msg: &[u8], tag: u8) -> io::Result<Option<ErrorMessage>> {
+        self.tx.sent(tag);
+        self.stream.write_all(msg).await?;
+        self.drain().await
+    }
+
+    /// Reads and discards server output until every owed ReadyForQuery has
+    /// arrived; returns the first error seen.
+    pub(crate) async fn drain(&mut self) -> io::Result<Option<ErrorMessage>> {
+        let mut first_error = None;
+        while self.tx.owed > 0 {
+            let mut pos = 0;
+            loop {
+                let step = self
+                    .scan
+                    .next(&self.buf, pos, |t| inspected_server_frame(t) || t == b'E')
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let Some((item, next)) = step else { break };
+                if let Scanned::Frame { tag, body } = item {
+                    if tag == b'E' {
+                        if first_error.is_none() {
+                            first_error = Some(parse_error(body));
+                        }
+                    } else {
+                        let body = body.to_vec();
+                        self.observe(tag, &body);
+                    }
+                }
+                pos = next;
+            }
+            self.buf.advance(pos);
+            if self.tx.owed > 0 {
+                self.read_more().await?;
+            }
+        }
+        Ok(first_error)
+    }
+
+    /// Ends the session politely (Terminate), ignoring errors: the connection is going away.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&out)).await;
+    }
+}
+
+pub(crate) fn split_param(body: &[u8]) -> Option<(&str, &str)> {
+    let nul = body.iter().position(|&b| b == 0)?;
+    let k = std::str::from_utf8(&body[..nul]).ok()?;
+    let rest = &body[nul + 1..];
+    let end = rest.iter().position(|&b| b == 0)?;
+    let v = std::str::from_utf8(&rest[..end]).ok()?;
+    Some((k, v))
+}
+
+/// Parses the body of an ErrorResponse or NoticeResponse.
+pub fn parse_error(body: &[u8]) -> ErrorMessage {
+    let mut e = ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, "(no message)");
+    let mut rest = body;
+    while let Some((&code, after)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
+        let value = String::from_utf8_lossy(&after[..end]).into_owned();
+        match code {
+            b'V' => {
+                e.severity = match value.as_str() {
+                    "FATAL" | "PANIC" => Severity::Fatal,
+                    "WARNING" => Severity::Warning,
+                    "NOTICE" | "INFO" | "LOG" | "DEBUG" => Severity::Notice,
+                    _ => Severity::Error,
+                }
+            }
+            b'C' => e.code = value,
+            b'M' => e.message = value,
+            b'D' => e.detail = Some(value),
+            b'H' => e.hint = Some(value),
+            _ => {}
+        }
+        rest = after.get(end + 1..).unwrap_or(&[]);
+    }
+    e
+}
+
+fn unreachable(target: &Target, e: &io::Error) -> ConnectError {
+    ConnectError::Unreachable {
+        host: target.host.clone(),
+        port: target.port,
+        reason: e.to_string(),
+        refused: e.kind() == io::ErrorKind::ConnectionRefused,
+    }
+}
+
+/// TCP connect to the first address that answers, with keepalives set so a
+/// NAT in between never sees the flow idle for long.
+async fn tcp_connect(target: &Target) -> Result<TcpStream, ConnectError> {
+    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            host: target.host.clone(),
+            port: target.port,
+            reason: format!("cannot resolve host name: {e}"),
+            refused: false,
+        })?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "host name has no addresses");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                // A client polling a closed local port in the ephemeral range
+                // can end up connected to itself; that is no server.
+                if s.local_addr().ok() == Some(addr) {
+                    last = io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
+                    continue;
+                }
+                set_socket_options(&s, target).map_err(|e| unreachable(target, &e))?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(unreachable(target, &last))
+}
+
+fn set_socket_options(s: &TcpStream, t: &Target) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(s);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(t.keepalive_idle)
+        .with_interval(t.keepalive_interval)
+        .with_retries(t.keepalive_count);
+    sock.set_tcp_keepalive(&ka)?;
+    sock.set_tcp_user_timeout(Some(t.user_timeout))?;
+    Ok(())
+}
+
+/// Sends SSLRequest; true when the server is willing to do TLS.
+async fn ssl_request(stream: &mut TcpStream) -> io::Result<bool> {
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    stream.write_all(&out).await?;
+    let answer = stream.read_u8().await?;
+    match answer {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer {other:#x} to SSLRequest"),
+        )),
+    }
+}
+
+async fn login(
+    mut stream: TcpStream,
+    dbname: &str,
+    user: &str,
+    password: Option<Secret>,
+) -> Result<ServerConn, ConnectError> {
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", user), ("database", dbname)], &mut out)
+        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    let io_err = |e: io::Error| ConnectError::Protocol(format!("connection lost: {e}"));
+    stream.write_all(&out).await.map_err(io_err)?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scram: Option<ScramSha256> = None;
+    let mut params = Params::new();
+    let mut reported = Vec::new();
+    let mut key = (0, 0);
+    loop {
+        let msg = loop {
+            match backend::Message::parse(&mut buf)
+                .map_err(|e| ConnectError::Protocol(e.to_string()))?
+            {
+                Some(m) => break m,
+                None => {
+                    if buf.len() > 1 << 20 {
+                        return Err(ConnectError::Protocol("login message too large".into()));
+                    }
+                    if stream.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                        return Err(ConnectError::Protocol(
+                            "server closed the connection during login".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        out.clear();
+        let need = || password.as_ref().ok_or(ConnectError::NoPassword);
+        match msg {
+            backend::Message::AuthenticationOk => {}
+            backend::Message::AuthenticationCleartextPassword => {
+                frontend::password_message(need()?.expose().as_bytes(), &mut out)
+                    .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+            }
+            backend::Message::AuthenticationMd5Password(body) => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    user.as_bytes(),
+                    need()?.expose().as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut out)
+                    .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+            }
+            backend::Message::AuthenticationSasl(body) => {
+                let mut mechs = body.mechanisms();
+                let mut ok = false;
+                while let Some(m) = mechs
+                    .next()
+                    .map_err(|e| ConnectError::Protocol(e.to_string()))?
+                {
+                    ok |= m == SCRAM_SHA_256;
+                }
+                if !ok {
+                    return Err(ConnectError::Protocol(
+                        "server offers no SASL mechanism pgwake supports (SCRAM-SHA-256)".into(),
+                    ));
+                }
+                let s =
+                    ScramSha256::new(need()?.expose().as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                    .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+                scram = Some(s);
+            }
+            backend::Message::AuthenticationSaslContinue(body) => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| ConnectError::Protocol("SASL continue before start".into()))?;
+                s.update(body.data())
+                    .map_err(|e| ConnectError::Protocol(format!("SCRAM: {e}")))?;
+                frontend::sasl_response(s.message(), &mut out)
+                    .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+            }
+            backend::Message::AuthenticationSaslFinal(body) => {
+                let mut s = scram
+                    .take()
+                    .ok_or_else(|| ConnectError::Protocol("SASL final before start".into()))?;
+                s.finish(body.data())
+                    .map_err(|e| ConnectError::Protocol(format!("SCRAM server signature: {e}")))?;
+            }
+            backend::Message::ParameterStatus(p) => {
+                let (k, v) = (
+                    p.name()
+                        .map_err(|e| ConnectError::Protocol(e.to_string()))?,
+                    p.value()
+                        .map_err(|e| ConnectError::Protocol(e.to_string()))?,
+                );
+                params.insert(k.to_ascii_lowercase(), v.to_owned());
+                reported.push((k.to_owned(), v.to_owned()));
+            }
+            backend::Message::BackendKeyData(k) => {
+                key = (
+                    k.process_id().cast_unsigned(),
+                    k.secret_key().cast_unsigned(),
+                )
+            }
+            backend::Message::NoticeResponse(_) => {}
+            backend::Message::ErrorResponse(body) => {
+                let mut fields = body.fields();
+                let mut raw = Vec::new();
+                while let Ok(Some(f)) = fields.next() {
+                    raw.push(f.type_());
+                    raw.extend_from_slice(f.value_bytes());
+                    raw.push(0);
+                }
+                raw.push(0);
+                return Err(ConnectError::Server(parse_error(&raw)));
+            }
+            backend::Message::ReadyForQuery(r) => {
+                let now = Instant::now();
+                return Ok(ServerConn {
+                    stream,
+                    buf,
+                    scan: Scanner::new(SERVER_MAX_FRAME),
+                    tx: TxState {
+                        status: r.status(),
+                        ..TxState::IDLE
+                    },
+                    params,
+                    reported,
+                    pid: key.0,
+                    secret_key: key.1,
+                    peer,
+                    created: now,
+                    last_used: now,
+                    broken: false,
+                });
+            }
+            _ => {
+                return Err(ConnectError::Protocol(
+                    "unexpected message during login".into(),
+                ))
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.map_err(io_err)?;
+        }
+    }
+}
+
+/// Sends a CancelRequest for the backend `(pid, key)` at `addr`. Best effort:
+/// Postgres answers cancel requests by closing the connection.
+pub async fn send_cancel(addr: SocketAddr, pid: u32, key: u32) -> io::Result<()> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "cancel connect timed out"))??;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(
+        i32::from_be_bytes(pid.to_be_bytes()),
+        i32::from_be_bytes(key.to_be_bytes()),
+        &mut out,
+    );
+    s.write_all(&out).await?;
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_state_counts_replies() {
+        let mut t = TxState::IDLE;
+        for tag in [b'P', b'B', b'E', b'S'] {
+            t.sent(tag);
+        }
+        assert!(!t.is_idle());
+        t.ready(b'I');
+        assert!(t.is_idle());
+        t.sent(b'Q');
+        t.ready(b'T');
+        assert!(!t.is_idle(), "in a transaction");
+        t.sent(b'P');
+        t.sent(b'H');
+        assert!(!t.is_idle(), "extended messages without Sync");
+    }
+
+    #[test]
+    fn parses_server_errors() {
+        let mut buf = BytesMut::new();
+        ErrorMessage::fatal("3D000", "database \"x\" does not exist").write(&mut buf);
+        let e = parse_error(&buf[5..]);
+        assert_eq!(e.code, "3D000");
+        assert_eq!(e.severity, Severity::Fatal);
+        assert_eq!(e.message, "database \"x\" does not exist");
+    }
+}

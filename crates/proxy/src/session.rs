@@ -1,0 +1,632 @@
+//! One client connection: the startup handshake pgwake answers itself, then
+//! the relay between the client and whichever server connection it holds.
+//!
+//! Transaction mode: a server connection is attached at the first message
+//! after the client was idle and returned at the ReadyForQuery that leaves
+//! it idle with nothing owed. Session mode: attached at the first message and
+//! kept until the client leaves, then reset with `DISCARD ALL`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use pgwake_config::PoolMode;
+use pgwake_protocol::backend::{self, ErrorMessage};
+use pgwake_protocol::startup::{self, StartupRequest};
+use pgwake_protocol::{sqlstate, FrameError, Scanned, Scanner};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::cancel::CancelHandle;
+use crate::params::{self, Params};
+use crate::pool::{Defaults, Pool, PoolKey, Pooled};
+use crate::server::{inspected_server_frame, send_cancel};
+use crate::Shared;
+
+/// How long a client may take to send its startup packet.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long cleaning up after a departed client may take before the server
+/// connection is closed instead.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on statements pgwake runs itself (settings, ROLLBACK, DISCARD ALL).
+const INTERNAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client byte stream: TCP or unix socket.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
+
+/// Serves one client until it leaves. `admitted` is false when the client is
+/// over `max_client_conn`: it is told so after the handshake and closed.
+pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>, admitted: bool) {
+    let mut buf = BytesMut::new();
+    let mut client = client;
+    let request = match tokio::time::timeout(LOGIN_TIMEOUT, handshake(&mut client, &mut buf)).await
+    {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e.message, "refused malformed startup");
+            let _ = send_fatal(&mut client, &e).await;
+            return;
+        }
+        Err(_) => {
+            let e = ErrorMessage::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "startup packet not received in time",
+            );
+            let _ = send_fatal(&mut client, &e).await;
+            return;
+        }
+    };
+    match request {
+        StartupRequest::Cancel { pid, key } => {
+            if let Some((addr, spid, skey)) = shared.cancels.lookup(pid, key) {
+                if let Err(e) = send_cancel(addr, spid, skey).await {
+                    tracing::warn!(%peer, error = %e, "could not forward cancel request");
+                }
+            }
+        }
+        StartupRequest::Startup {
+            minor,
+            params,
+            protocol_options,
+        } => {
+            if !admitted {
+                let e = ErrorMessage::fatal(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    format!(
+                        "sorry, too many clients already (listen.max_client_conn = {})",
+                        shared.config.listen.max_client_conn
+                    ),
+                );
+                let _ = send_fatal(&mut client, &e).await;
+                return;
+            }
+            match Session::start(client, buf, peer, shared, minor, params, protocol_options).await {
+                Ok(mut session) => session.run().await,
+                Err((mut client, e)) => {
+                    let _ = send_fatal(&mut client, &e).await;
+                }
+            }
+        }
+        StartupRequest::Ssl | StartupRequest::GssEnc => {}
+    }
+}
+
+/// Reads startup packets, answering encryption requests with `N`, until a
+/// StartupMessage or CancelRequest arrives. `None`: the client left.
+async fn handshake<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupRequest>, ErrorMessage> {
+    let malformed = |e: startup::StartupError| ErrorMessage::fatal(e.sqlstate(), e.to_string());
+    // SSLRequest and GSSENCRequest may each come once before the startup message.
+    for _ in 0..3 {
+        let len = loop {
+            if let Some(len) = startup::packet_len(buf).map_err(malformed)? {
+                break len;
+            }
+            if !read_some(client, buf, 8).await? {
+                return Ok(None);
+            }
+        };
+        while buf.len() < len {
+            if !read_some(client, buf, len).await? {
+                return Ok(None);
+            }
+        }
+        let packet = buf.split_to(len);
+        match startup::parse(&packet).map_err(malformed)? {
+            StartupRequest::Ssl | StartupRequest::GssEnc => {
+                if !buf.is_empty() {
+                    return Err(ErrorMessage::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "received unencrypted data after encryption request",
+                    ));
+                }
+                client
+                    .write_all(&[backend::ENCRYPTION_REFUSED])
+                    .await
+                    .map_err(|_| closed())?;
+            }
+            other => return Ok(Some(other)),
+        }
+    }
+    Err(ErrorMessage::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        "too many encryption requests",
+    ))
+}
+
+fn closed() -> ErrorMessage {
+    ErrorMessage::fatal(sqlstate::CONNECTION_FAILURE, "client closed the connection")
+}
+
+/// Reads at least one byte, reserving room for `want` bytes in total.
+async fn read_some<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Result<bool, ErrorMessage> {
+    buf.reserve(want.saturating_sub(buf.len()).max(8));
+    match client.read_buf(buf).await {
+        Ok(0) | Err(_) => Ok(false),
+        Ok(_) => Ok(true),
+    }
+}
+
+async fn send_fatal<C: ClientStream>(client: &mut C, e: &ErrorMessage) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    e.write(&mut out);
+    client.write_all(&out).await?;
+    client.shutdown().await
+}
+
+/// Why the relay stopped.
+enum Stop {
+    /// The transaction ended; the server connection can go back.
+    Released,
+    /// The client left (Terminate or EOF).
+    ClientGone,
+    /// The client must be told and closed.
+    Fatal(ErrorMessage),
+}
+
+struct Session<C> {
+    client: C,
+    /// Client bytes read but not yet forwarded.
+    cbuf: BytesMut,
+    cscan: Scanner,
+    shared: Arc<Shared>,
+    peer: String,
+    pool: Pool,
+    mode: PoolMode,
+    defaults: Arc<Defaults>,
+    /// The settings this client expects on whatever connection serves it.
+    want: Params,
+    cancel: CancelHandle,
+    server: Option<Pooled>,
+}
+
+impl<C: ClientStream> Session<C> {
+    /// Routes the client to a pool and answers its startup itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        mut client: C,
+        cbuf: BytesMut,
+        peer: String,
+        shared: Arc<Shared>,
+        minor: u16,
+        startup_params: Vec<(String, String)>,
+        protocol_options: Vec<String>,
+    ) -> Result<Self, (C, ErrorMessage)> {
+        let get = |k: &str| {
+            startup_params
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(user) = get("user").filter(|u| !u.is_empty()) else {
+            return Err((
+                client,
+                ErrorMessage::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "no PostgreSQL user name specified in startup packet",
+                ),
+            ));
+        };
+        if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+            return Err((
+                client,
+                ErrorMessage::fatal(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "pgwake does not pool replication connections; connect to the server directly",
+                ),
+            ));
+        }
+        let database = get("database").filter(|d| !d.is_empty()).unwrap_or(user);
+        let Some(route) = shared.config.route(database) else {
+            return Err((
+                client,
+                ErrorMessage::fatal(
+                    sqlstate::INVALID_CATALOG_NAME,
+                    format!("database \"{database}\" is not served by this pgwake (not listed under [databases])"),
+                ),
+            ));
+        };
+        let mut want = match params::from_startup(&startup_params) {
+            Ok(p) => p,
+            Err(e) => return Err((client, e)),
+        };
+        let key = PoolKey {
+            dbname: route.dbname.clone(),
+            user: route.user.clone().unwrap_or_else(|| user.to_owned()),
+        };
+        let pool = shared.pool(key, &route);
+        let defaults = match pool.learn_defaults().await {
+            Ok(d) => d,
+            Err(e) => {
+                let mut e = e.to_client();
+                e.severity = backend::Severity::Fatal;
+                return Err((client, e));
+            }
+        };
+        for (k, v) in &defaults.params {
+            want.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let cancel = shared.cancels.register();
+
+        let mut out = BytesMut::with_capacity(512);
+        if minor > startup::SUPPORTED_MINOR || !protocol_options.is_empty() {
+            backend::negotiate_protocol_version(
+                &mut out,
+                startup::SUPPORTED_MINOR,
+                &protocol_options,
+            );
+        }
+        backend::auth_ok(&mut out);
+        for (name, value) in &defaults.reported {
+            let v = want.get(&name.to_ascii_lowercase()).unwrap_or(value);
+            backend::parameter_status(&mut out, name, v);
+        }
+        backend::backend_key_data(&mut out, cancel.pid(), cancel.key());
+        backend::ready_for_query(&mut out, b'I');
+        if client.write_all(&out).await.is_err() {
+            return Err((client, closed()));
+        }
+        let max = usize::try_from(shared.config.listen.max_message_size).unwrap_or(usize::MAX);
+        Ok(Session {
+            client,
+            cbuf,
+            cscan: Scanner::new(max),
+            mode: route.mode,
+            shared,
+            peer,
+            pool,
+            defaults,
+            want,
+            cancel,
+            server: None,
+        })
+    }
+
+    async fn run(&mut self) {
+        let stop = self.serve_loop().await;
+        if let Stop::Fatal(e) = &stop {
+            let _ = send_fatal(&mut self.client, e).await;
+        }
+        if let Some(p) = self.server.take() {
+            self.cancel.set(None);
+            self.give_back_after_client_left(p).await;
+        }
+    }
+
+    async fn serve_loop(&mut self) -> Stop {
+        loop {
+            if self.server.is_none() {
+                // Idle: wait for the client's next message.
+                match self.await_first_frame().await {
+                    Ok(Some(())) => {}
+                    Ok(None) => return Stop::ClientGone,
+                    Err(stop) => return stop,
+                }
+                match self.attach().await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(stop) => return stop,
+                }
+            }
+            match self.relay().await {
+                Stop::Released => {
+                    let p = self.server.take().expect("attached");
+                    self.cancel.set(None);
+                    self.pool.checkin(p);
+                    if self.shared.shutdown.is_cancelled() {
+                        return Stop::Fatal(shutting_down());
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until a whole frame header is buffered. `None`: the client left
+    /// (EOF or Terminate). An idle client is told when pgwake shuts down.
+    async fn await_first_frame(&mut self) -> Result<Option<()>, Stop> {
+        loop {
+            match self.cscan.frame_len(&self.cbuf) {
+                Err(e) => return Err(Stop::Fatal(too_large(&e))),
+                Ok(Some(_)) => {
+                    if self.cbuf[0] == b'X' {
+                        return Ok(None);
+                    }
+                    return Ok(Some(()));
+                }
+                Ok(None) => {}
+            }
+            if self.cbuf.capacity() - self.cbuf.len() < 64 {
+                self.cbuf.reserve(8 * 1024);
+            }
+            let read = tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                r = self.client.read_buf(&mut self.cbuf) => r,
+            };
+            match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Checks out a server connection and brings its settings in line with
+    /// the client's. `Ok(false)`: none could be had; the client was told and
+    /// its request skipped.
+    async fn attach(&mut self) -> Result<bool, Stop> {
+        let mut p = match self.pool.checkout().await {
+            Ok(p) => p,
+            Err(e) => {
+                self.skip_request(e.to_client()).await?;
+                return Ok(false);
+            }
+        };
+        if let Some(sql) = params::sync_sql(&self.want, &p.conn.params, &self.defaults.params) {
+            // Record what is being set; ParameterStatus replies then
+            // overwrite reported settings with the server's spelling.
+            for (k, v) in &self.want {
+                p.conn.params.insert(k.clone(), v.clone());
+            }
+            p.conn
+                .params
+                .retain(|k, _| self.want.contains_key(k) || self.defaults.params.contains_key(k));
+            match p.conn.run_internal(&sql, INTERNAL_TIMEOUT).await {
+                Ok(None) => {
+                    for (k, v) in self.want.iter_mut() {
+                        if let Some(h) = p.conn.params.get(k) {
+                            v.clone_from(h);
+                        }
+                    }
+                }
+                Ok(Some(mut e)) => {
+                    // A setting the server rejects: the server would have refused this
+                    // client's startup the same way.
+                    e.severity = backend::Severity::Fatal;
+                    p.conn.params.clear();
+                    self.pool.checkin(p);
+                    return Err(Stop::Fatal(e));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "server connection failed while applying settings");
+                    return Err(Stop::Fatal(ErrorMessage::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("server connection lost: {e}"),
+                    )));
+                }
+            }
+        }
+        self.cancel.set(Some(p.conn.cancel_key()));
+        self.server = Some(p);
+        Ok(true)
+    }
+
+    /// Answers the client's current request with `err` without a server:
+    /// skips messages up to and including the next Query or Sync, then sends
+    /// the error and ReadyForQuery, as the server does after an error.
+    async fn skip_request(&mut self, err: ErrorMessage) -> Result<(), Stop> {
+        let mut ended = false;
+        loop {
+            let mut pos = 0;
+            loop {
+                let step = self.cscan.next(&self.cbuf, pos, |_| false);
+                let Some((item, next)) = step.map_err(|e| Stop::Fatal(too_large(&e)))? else {
+                    break;
+                };
+                if let Scanned::Start { tag } = item {
+                    if ended {
+                        break;
+                    }
+                    match tag {
+                        b'Q' | b'S' | b'F' => ended = true,
+                        b'X' => return Err(Stop::ClientGone),
+                        _ => {}
+                    }
+                }
+                pos = next;
+            }
+            self.cbuf.advance(pos);
+            if ended && self.cscan.at_boundary() {
+                let mut out = BytesMut::new();
+                err.write(&mut out);
+                backend::ready_for_query(&mut out, b'I');
+                return self
+                    .client
+                    .write_all(&out)
+                    .await
+                    .map_err(|_| Stop::ClientGone);
+            }
+            self.cbuf.reserve(8 * 1024);
+            match self.client.read_buf(&mut self.cbuf).await {
+                Ok(0) | Err(_) => return Err(Stop::ClientGone),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Moves bytes both ways until the transaction ends (transaction mode)
+    /// or either side leaves.
+    async fn relay(&mut self) -> Stop {
+        if let Err(stop) = self.forward_client().await {
+            return stop;
+        }
+        loop {
+            let server = &mut self.server.as_mut().expect("attached").conn;
+            if self.mode == PoolMode::Transaction
+                && server.tx.is_idle()
+                && self.cscan.at_boundary()
+                && server.scan.at_boundary()
+                && server.buf.is_empty()
+            {
+                return Stop::Released;
+            }
+            if self.cbuf.capacity() - self.cbuf.len() < 1024 {
+                self.cbuf.reserve(8 * 1024);
+            }
+            tokio::select! {
+                r = self.client.read_buf(&mut self.cbuf) => match r {
+                    Ok(0) | Err(_) => return Stop::ClientGone,
+                    Ok(_) => if let Err(stop) = self.forward_client().await { return stop },
+                },
+                r = server.read_more() => match r {
+                    Err(e) => {
+                        server.broken = true;
+                        tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost mid-transaction");
+                        return Stop::Fatal(ErrorMessage::fatal(
+                            sqlstate::CONNECTION_FAILURE,
+                            format!("server connection lost: {e}"),
+                        ).with_hint("the transaction was not committed if COMMIT had not completed; reconnect and retry"));
+                    }
+                    Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
+                },
+                _ = self.shared.hard_stop.cancelled() => return Stop::Fatal(shutting_down()),
+            }
+        }
+    }
+
+    /// Forwards every buffered client byte that belongs to a frame whose
+    /// header arrived; a partial header waits for more.
+    async fn forward_client(&mut self) -> Result<(), Stop> {
+        let server = &mut self.server.as_mut().expect("attached").conn;
+        let mut pos = 0;
+        let mut terminate = false;
+        loop {
+            let step = self.cscan.next(&self.cbuf, pos, |_| false);
+            let Some((item, next)) = step.map_err(|e| Stop::Fatal(too_large(&e)))? else {
+                break;
+            };
+            if let Scanned::Start { tag } = item {
+                if tag == b'X' {
+                    terminate = true;
+                    break;
+                }
+                server.tx.sent(tag);
+            }
+            pos = next;
+        }
+        if pos > 0 {
+            if let Err(e) = server.stream.write_all(&self.cbuf[..pos]).await {
+                server.broken = true;
+                return Err(Stop::Fatal(ErrorMessage::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("server connection lost: {e}"),
+                )));
+            }
+            self.cbuf.advance(pos);
+        }
+        if terminate {
+            return Err(Stop::ClientGone);
+        }
+        Ok(())
+    }
+
+    /// Forwards every buffered server byte to the client, noting
+    /// ReadyForQuery and ParameterStatus on the way.
+    async fn forward_server(&mut self) -> Result<(), Stop> {
+        let server = &mut self.server.as_mut().expect("attached").conn;
+        let mut pos = 0;
+        loop {
+            let step = server.scan.next(&server.buf, pos, inspected_server_frame);
+            let Some((item, next)) = step.map_err(|e| {
+                Stop::Fatal(ErrorMessage::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("from server: {e}"),
+                ))
+            })?
+            else {
+                break;
+            };
+            if let Scanned::Frame { tag, body } = item {
+                if tag == b'Z' {
+                    server.tx.ready(body.first().copied().unwrap_or(b'E'));
+                } else {
+                    // ParameterStatus: a SET by the client; it now expects this value.
+                    let body = body.to_vec();
+                    server.observe(tag, &body);
+                    if let Some((k, v)) = crate::server::split_param(&body) {
+                        self.want.insert(k.to_ascii_lowercase(), v.to_owned());
+                    }
+                }
+            }
+            pos = next;
+        }
+        if pos > 0 {
+            if self.client.write_all(&server.buf[..pos]).await.is_err() {
+                return Err(Stop::ClientGone);
+            }
+            server.buf.advance(pos);
+        }
+        Ok(())
+    }
+
+    /// The client left while holding a server connection: make it clean
+    /// (cancel a running query, end COPY, roll back) and return it, or close it.
+    async fn give_back_after_client_left(&mut self, mut p: Pooled) {
+        if p.conn.broken || !self.cscan.at_boundary() {
+            // A message was cut off mid-way; the server cannot be brought back in step.
+            return;
+        }
+        let pool = self.pool.clone();
+        let mode = self.mode;
+        let peer = self.peer.clone();
+        let cleanup = async move {
+            if !p.conn.tx.is_idle() {
+                let mut out = BytesMut::new();
+                if p.conn.tx.owed > 0 {
+                    let (addr, pid, key) = p.conn.cancel_key();
+                    let _ = send_cancel(addr, pid, key).await;
+                    // Ends a COPY FROM STDIN; ignored by the server otherwise.
+                    frontend::copy_fail("client disconnected", &mut out).ok()?;
+                }
+                if p.conn.tx.open_extended {
+                    frontend::sync(&mut out);
+                    p.conn.tx.sent(b'S');
+                }
+                frontend::query("ROLLBACK", &mut out).ok()?;
+                p.conn.tx.sent(b'Q');
+                p.conn.stream.write_all(&out).await.ok()?;
+                p.conn.drain().await.ok()?;
+            }
+            if mode == PoolMode::Session {
+                p.conn
+                    .run_internal("DISCARD ALL", INTERNAL_TIMEOUT)
+                    .await
+                    .ok()?;
+                p.conn.params = self.defaults.params.clone();
+            }
+            Some(p)
+        };
+        match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
+            Ok(Some(p)) => pool.checkin(p),
+            _ => {
+                tracing::warn!(%peer, "closed a server connection that could not be cleaned after its client left")
+            }
+        }
+    }
+}
+
+fn shutting_down() -> ErrorMessage {
+    ErrorMessage::fatal(sqlstate::ADMIN_SHUTDOWN, "pgwake is shutting down")
+        .with_hint("reconnect in a moment")
+}
+
+fn too_large(e: &FrameError) -> ErrorMessage {
+    let code = match e {
+        FrameError::TooLarge { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        FrameError::BadLength { .. } => sqlstate::PROTOCOL_VIOLATION,
+    };
+    let mut m = ErrorMessage::fatal(code, format!("invalid message from client: {e}"));
+    if matches!(e, FrameError::TooLarge { .. }) {
+        m = m.with_hint("raise listen.max_message_size if such messages are expected");
+    }
+    m
+}

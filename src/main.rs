@@ -1,0 +1,140 @@
+#![forbid(unsafe_code)]
+//! The `pgwake` command: `run`, `check` and `demo`. Wiring only; the work is
+//! in the crates.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pgwake_config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "pgwake",
+    version,
+    about = "A Postgres connection pooler for managed Postgres"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run(Source),
+    /// Validate the configuration and print it with secrets redacted.
+    Check(Source),
+    /// Start a throwaway PostgreSQL and pgwake in front of it, and show pooling at work.
+    Demo(demo::DemoArgs),
+}
+
+/// Where the configuration comes from.
+#[derive(Args)]
+struct Source {
+    /// TOML configuration file.
+    #[arg(long, short, env = "PGWAKE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server to pool, e.g. postgres://app@db.example.com:5432/app?sslmode=require
+    #[arg(long, env = "PGWAKE_SERVER_URL")]
+    server_url: Option<String>,
+}
+
+impl Source {
+    fn load(&self) -> anyhow::Result<Result<Config, pgwake_config::ConfigErrors>> {
+        let text = match &self.config {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Ok(pgwake_config::load(
+            text.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+            self.server_url.as_deref(),
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(src) => check(&src),
+        Command::Run(src) => run(&src),
+        Command::Demo(args) => demo::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgwake: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(errors: &pgwake_config::ConfigErrors) -> ExitCode {
+    let n = errors.0.len();
+    eprintln!(
+        "pgwake: the configuration has {n} problem{}:\n{errors}",
+        if n == 1 { "" } else { "s" }
+    );
+    ExitCode::from(2)
+}
+
+fn check(src: &Source) -> anyhow::Result<ExitCode> {
+    match src.load()? {
+        Ok(config) => {
+            println!("# pgwake: configuration is valid; effective settings (secrets redacted):");
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => Ok(report(&errors)),
+    }
+}
+
+fn run(src: &Source) -> anyhow::Result<ExitCode> {
+    let config = match src.load()? {
+        Ok(c) => c,
+        Err(errors) => return Ok(report(&errors)),
+    };
+    init_logging(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let proxy = pgwake_proxy::Proxy::bind(config).await?;
+        proxy.run(shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Logs to stderr, as text or JSON, at `log.level` unless `RUST_LOG` says otherwise.
+pub(crate) fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
