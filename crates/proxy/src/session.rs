@@ -6,6 +6,7 @@
 //! it idle with nothing owed. Session mode: attached at the first message and
 //! kept until the client leaves, then reset with `DISCARD ALL`.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +188,10 @@ struct Session<C> {
     want: Params,
     cancel: CancelHandle,
     server: Option<Pooled>,
+    /// Named prepared statements this client created and has not closed.
+    /// While any exist, the server connection that holds them stays with
+    /// the client (transaction mode degrades to session mode for it).
+    statements: HashSet<Box<[u8]>>,
 }
 
 impl<C: ClientStream> Session<C> {
@@ -288,6 +293,7 @@ impl<C: ClientStream> Session<C> {
             want,
             cancel,
             server: None,
+            statements: HashSet::new(),
         })
     }
 
@@ -319,9 +325,10 @@ impl<C: ClientStream> Session<C> {
             }
             match self.relay().await {
                 Stop::Released => {
-                    let p = self.server.take().expect("attached");
-                    self.cancel.set(None);
-                    self.pool.checkin(p);
+                    if let Some(p) = self.server.take() {
+                        self.cancel.set(None);
+                        self.pool.checkin(p);
+                    }
                     if self.shared.shutdown.is_cancelled() {
                         return Stop::Fatal(shutting_down());
                     }
@@ -460,17 +467,16 @@ impl<C: ClientStream> Session<C> {
             return stop;
         }
         loop {
+            self.reserve_client_buffer();
             let server = &mut self.server.as_mut().expect("attached").conn;
             if self.mode == PoolMode::Transaction
                 && server.tx.is_idle()
                 && self.cscan.at_boundary()
                 && server.scan.at_boundary()
                 && server.buf.is_empty()
+                && self.statements.is_empty()
             {
                 return Stop::Released;
-            }
-            if self.cbuf.capacity() - self.cbuf.len() < 1024 {
-                self.cbuf.reserve(8 * 1024);
             }
             tokio::select! {
                 r = self.client.read_buf(&mut self.cbuf) => match r {
@@ -480,16 +486,69 @@ impl<C: ClientStream> Session<C> {
                 r = server.read_more() => match r {
                     Err(e) => {
                         server.broken = true;
-                        tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost mid-transaction");
-                        return Stop::Fatal(ErrorMessage::fatal(
-                            sqlstate::CONNECTION_FAILURE,
-                            format!("server connection lost: {e}"),
-                        ).with_hint("the transaction was not committed if COMMIT had not completed; reconnect and retry"));
+                        tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
+                        return self.server_lost(&e).await;
                     }
                     Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
                 },
                 _ = self.shared.hard_stop.cancelled() => return Stop::Fatal(shutting_down()),
             }
+        }
+    }
+
+    /// Makes room for the next read: at least a few KiB, and a whole Parse
+    /// or Close frame, which is read in full.
+    fn reserve_client_buffer(&mut self) {
+        let mut want = 8 * 1024;
+        if self.cscan.at_boundary() {
+            if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
+                if client_frame_read_whole(self.cbuf[0]) {
+                    want = want.max(len);
+                }
+            }
+        }
+        if self.cbuf.capacity() - self.cbuf.len() < want.min(1024) || self.cbuf.capacity() < want {
+            self.cbuf.reserve(want);
+        }
+    }
+
+    /// The server connection broke under the client. Outside a transaction
+    /// the client only loses the statement in flight: it gets an error and
+    /// ReadyForQuery for each reply owed, and its next statement runs on a
+    /// fresh connection. Inside a transaction the session state is gone, so
+    /// the client is closed, as a direct connection would be.
+    async fn server_lost(&mut self, e: &io::Error) -> Stop {
+        let p = self.server.take().expect("attached");
+        let tx = p.conn.tx;
+        drop(p);
+        self.cancel.set(None);
+        let lost = ErrorMessage::error(
+            sqlstate::CONNECTION_FAILURE,
+            format!("pgwake lost its server connection while running this statement: {e}"),
+        );
+        if tx.status != b'I'
+            || tx.open_extended
+            || !self.cscan.at_boundary()
+            || self.mode == PoolMode::Session
+        {
+            return Stop::Fatal(
+                ErrorMessage { severity: backend::Severity::Fatal, ..lost }
+                    .with_hint("the open transaction is lost (if COMMIT was in flight, it may or may not have completed); reconnect and retry"),
+            );
+        }
+        // Named statements lived on that connection only.
+        self.statements.clear();
+        let mut out = BytesMut::new();
+        lost.with_hint(
+            "the statement may or may not have completed; it is safe to retry on this connection",
+        )
+        .write(&mut out);
+        for _ in 0..tx.owed.max(1) {
+            backend::ready_for_query(&mut out, b'I');
+        }
+        match self.client.write_all(&out).await {
+            Ok(()) => Stop::Released,
+            Err(_) => Stop::ClientGone,
         }
     }
 
@@ -500,16 +559,21 @@ impl<C: ClientStream> Session<C> {
         let mut pos = 0;
         let mut terminate = false;
         loop {
-            let step = self.cscan.next(&self.cbuf, pos, |_| false);
+            let step = self.cscan.next(&self.cbuf, pos, client_frame_read_whole);
             let Some((item, next)) = step.map_err(|e| Stop::Fatal(too_large(&e)))? else {
                 break;
             };
-            if let Scanned::Start { tag } = item {
-                if tag == b'X' {
+            match item {
+                Scanned::Start { tag: b'X' } => {
                     terminate = true;
                     break;
                 }
-                server.tx.sent(tag);
+                Scanned::Start { tag } => server.tx.sent(tag),
+                Scanned::Frame { tag, body } => {
+                    server.tx.sent(tag);
+                    track_statement(&mut self.statements, tag, body);
+                }
+                Scanned::Body => {}
             }
             pos = next;
         }
@@ -578,6 +642,7 @@ impl<C: ClientStream> Session<C> {
         let pool = self.pool.clone();
         let mode = self.mode;
         let peer = self.peer.clone();
+        let had_statements = !self.statements.is_empty();
         let cleanup = async move {
             if !p.conn.tx.is_idle() {
                 let mut out = BytesMut::new();
@@ -596,6 +661,12 @@ impl<C: ClientStream> Session<C> {
                 p.conn.stream.write_all(&out).await.ok()?;
                 p.conn.drain().await.ok()?;
             }
+            if mode == PoolMode::Transaction && had_statements {
+                p.conn
+                    .run_internal("DEALLOCATE ALL", INTERNAL_TIMEOUT)
+                    .await
+                    .ok()?;
+            }
             if mode == PoolMode::Session {
                 p.conn
                     .run_internal("DISCARD ALL", INTERNAL_TIMEOUT)
@@ -611,6 +682,32 @@ impl<C: ClientStream> Session<C> {
                 tracing::warn!(%peer, "closed a server connection that could not be cleaned after its client left")
             }
         }
+    }
+}
+
+/// Client frames whose bodies pgwake reads: Parse and Close name prepared statements.
+#[inline]
+fn client_frame_read_whole(tag: u8) -> bool {
+    tag == b'P' || tag == b'C'
+}
+
+/// Notes a named statement created by Parse or removed by Close.
+fn track_statement(statements: &mut HashSet<Box<[u8]>>, tag: u8, body: &[u8]) {
+    let name = |b: &[u8]| -> Box<[u8]> {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        b[..end].into()
+    };
+    match tag {
+        b'P' => {
+            let n = name(body);
+            if !n.is_empty() {
+                statements.insert(n);
+            }
+        }
+        b'C' if body.first() == Some(&b'S') => {
+            statements.remove(&name(&body[1..]));
+        }
+        _ => {}
     }
 }
 

@@ -1,0 +1,178 @@
+//! Starting the `pgwake` binary in front of a test cluster.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgwake_testkit::Cluster;
+
+/// A running `pgwake run`, killed on drop.
+pub struct Pgwake {
+    child: Child,
+    pub port: u16,
+    logs: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The config a sidecar in front of `cluster` uses, plus `extra` TOML
+/// (sections given in `extra` replace nothing; add keys via env instead).
+pub fn config_for(cluster: &Cluster, port: u16, pool: &str) -> String {
+    format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\nshutdown_grace = \"10s\"\n\
+         [server]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"app\"\nsslmode = \"disable\"\nconnect_timeout = \"3s\"\n\
+         [server.auth]\nuser = \"app\"\npassword = \"app-secret\"\n\
+         [pool]\n{pool}\n",
+        cluster.port()
+    )
+}
+
+impl Pgwake {
+    /// Starts pgwake for `cluster` with pool settings `pool` (TOML lines).
+    pub fn start(cluster: &Cluster, pool: &str) -> Pgwake {
+        let port = pgwake_testkit::free_port();
+        Self::start_config(&config_for(cluster, port, pool), port, &[])
+    }
+
+    /// Starts pgwake with a whole config file; `port` must be its listen port.
+    pub fn start_config(toml: &str, port: u16, env: &[(&str, &str)]) -> Pgwake {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pgwake.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwake"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn pgwake");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = logs.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                // Bounded: keep the last ~1 MiB of logs.
+                if l.len() > 1 << 20 {
+                    l.drain(..1 << 19);
+                }
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let me = Pgwake {
+            child,
+            port,
+            logs,
+            _dir: dir,
+        };
+        me.wait_listening();
+        me
+    }
+
+    fn wait_listening(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "pgwake did not listen on {}; logs:\n{}",
+            self.port,
+            self.logs()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://app@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        match pgwake_testkit::connect("127.0.0.1", self.port, "app", None, "app").await {
+            Ok(c) => c,
+            Err(e) => panic!("connect through pgwake: {e:#}\nlogs:\n{}", self.logs()),
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let steps = limit.as_millis() / 20;
+        for _ in 0..steps {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Pgwake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test cluster with SCRAM logins for `app` and database `app`.
+pub fn cluster() -> Cluster {
+    Cluster::builder()
+        .auth(pgwake_testkit::HostAuth::Scram)
+        .user("app", "app-secret")
+        .database("app", "app")
+        .start()
+        .expect("start cluster")
+}
+
+/// Server backends of user `app` (excluding the one asking).
+pub fn app_backends(cluster: &Cluster) -> i64 {
+    cluster
+        .psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where usename = 'app' and backend_type = 'client backend'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The SQLSTATE of a tokio-postgres error, or "" when it has none.
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_owned()).unwrap_or_default()
+}

@@ -1,0 +1,429 @@
+#![forbid(unsafe_code)]
+//! `pgwake run` with the sidecar configuration, driven by real Python
+//! clients: psycopg 3 from several threads, and a Django site served by
+//! gunicorn with `CONN_MAX_AGE = 0`.
+//!
+//! The Python side lives in `tests/python/`. Its virtualenv is
+//! `target/pyenv`, created here (or by `.ci/run`) from
+//! `tests/python/requirements.txt` when missing. Every process started here
+//! runs in its own process group, which is killed when the test ends, passed
+//! or failed.
+
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use pgwake_testkit::{free_port, Cluster, HostAuth};
+
+const USER: &str = "app";
+const PASSWORD: &str = "app-secret";
+const DB: &str = "app";
+
+const VENV_TIMEOUT: Duration = Duration::from_secs(1200);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Outer bound on a load script; each script also has its own deadline below it.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+const LOAD_DEADLINE_SECS: u32 = 180;
+
+const PSYCOPG_THREADS: u32 = 6;
+const PSYCOPG_ITERATIONS: u32 = 40;
+const HTTP_REQUESTS: u32 = 300;
+const GUNICORN_WORKERS: u32 = 4;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python_dir() -> PathBuf {
+    workspace().join("tests").join("python")
+}
+
+fn venv() -> PathBuf {
+    workspace().join("target").join("pyenv")
+}
+
+fn venv_bin(tool: &str) -> PathBuf {
+    venv().join("bin").join(tool)
+}
+
+/// The sidecar configuration (as in the sidecar quick start), with the
+/// listen and server ports of this test filled in.
+fn sidecar_config(listen_port: u16, server_port: u16) -> String {
+    format!(
+        r#"[listen]
+addr = "127.0.0.1:{listen_port}"
+
+[server]
+host = "127.0.0.1"
+port = {server_port}
+dbname = "{DB}"
+sslmode = "disable"
+
+[server.auth]
+user = "{USER}"
+password = "{PASSWORD}"
+
+[pool]
+size = 5
+min_idle = 1
+"#
+    )
+}
+
+/// A child process in its own process group, with stdout and stderr going
+/// to a log file. Dropping it kills the whole group.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// The last `lines` lines of the process's output.
+    fn output_tail(&self, lines: usize) -> String {
+        let text = fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        format!(
+            "--- {} output (last {} of {} lines) ---\n{}\n--- end of {} output ---",
+            self.name,
+            all.len() - start,
+            all.len(),
+            all[start..].join("\n"),
+            self.name
+        )
+    }
+
+    fn output(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for the process to exit, killing it after `limit`.
+    fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill_group();
+                bail!("{} did not finish within {limit:?}; killed", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_group(&mut self) {
+        // The group id is the child's pid (process_group(0)); killing the
+        // group also ends what it forked (gunicorn's workers).
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -KILL -{} 2>/dev/null", self.child.id()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// Runs a command to completion within `limit`; fails with its output unless
+/// it exits 0. Returns its output.
+fn run_to_end(name: &str, cmd: Command, log: PathBuf, limit: Duration) -> Result<String> {
+    let mut proc = Proc::spawn(name, cmd, log)?;
+    let status = proc.wait(limit).with_context(|| proc.output_tail(200))?;
+    ensure!(
+        status.success(),
+        "{name} failed ({status})\n{}",
+        proc.output_tail(200)
+    );
+    Ok(proc.output())
+}
+
+/// Creates target/pyenv from tests/python/requirements.txt unless it already
+/// holds them; concurrent callers are serialized by a lock file.
+fn ensure_venv(logs: &Path) -> Result<()> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_dir().join("ensure_venv.py"))
+        .arg(venv())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    run_to_end(
+        "ensure_venv.py",
+        cmd,
+        logs.join("ensure_venv.log"),
+        VENV_TIMEOUT,
+    )
+    .context("setting up the Python virtualenv for the client tests")?;
+    Ok(())
+}
+
+/// A Python command from the venv, with an environment free of settings
+/// that could redirect or alter its connections.
+fn python_cmd(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        if key_str.starts_with("PG")
+            || key_str.starts_with("DJANGO")
+            || key_str.to_ascii_lowercase().ends_with("_proxy")
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// A throwaway cluster with SCRAM auth for `app`, and `pgwake run` in front
+/// of it with the sidecar configuration.
+struct Stack {
+    pgwake: Proc,
+    port: u16,
+    // After `pgwake`, so the proxy stops before the server.
+    cluster: Cluster,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    fn start(name: &str) -> Result<Stack> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pgwake-py-{name}-"))
+            .tempdir()?;
+        ensure_venv(dir.path())?;
+
+        let cluster = Cluster::builder()
+            .auth(HostAuth::Scram)
+            .user(USER, PASSWORD)
+            .database(DB, USER)
+            .start()
+            .context("starting PostgreSQL")?;
+        let port = free_port();
+        let config = dir.path().join("sidecar.toml");
+        fs::write(&config, sidecar_config(port, cluster.port()))?;
+
+        let pgwake_cmd = |sub: &str| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwake"));
+            cmd.arg(sub).arg("--config").arg(&config);
+            // Only the file configures this instance.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("PGWAKE_") {
+                    cmd.env_remove(&key);
+                }
+            }
+            cmd.env_remove("RUST_LOG");
+            cmd
+        };
+        run_to_end(
+            "pgwake check",
+            pgwake_cmd("check"),
+            dir.path().join("check.log"),
+            STARTUP_TIMEOUT,
+        )?;
+
+        let mut pgwake = Proc::spawn("pgwake", pgwake_cmd("run"), dir.path().join("pgwake.log"))?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = pgwake.exited() {
+                bail!("pgwake exited ({status})\n{}", pgwake.output_tail(100));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pgwake did not accept connections on {addr} within {STARTUP_TIMEOUT:?}\n{}",
+                    pgwake.output_tail(100)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Stack {
+            pgwake,
+            port,
+            cluster,
+            dir,
+        })
+    }
+
+    /// Runs a Python script of tests/python to completion; on failure the
+    /// error carries its output and pgwake's.
+    fn python(&mut self, name: &str, cmd: Command, limit: Duration) -> Result<String> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let result = run_to_end(name, cmd, log, limit);
+        self.check_pgwake(result)
+    }
+
+    /// Adds pgwake's output to an error, and fails if pgwake died or panicked.
+    fn check_pgwake<T>(&mut self, result: Result<T>) -> Result<T> {
+        let result = result.and_then(|v| {
+            if let Some(status) = self.pgwake.exited() {
+                bail!("pgwake exited ({status})");
+            }
+            if self.pgwake.output().contains("panicked") {
+                bail!("pgwake panicked");
+            }
+            Ok(v)
+        });
+        result.with_context(|| self.pgwake.output_tail(150))
+    }
+
+    fn psql(&self, sql: &str) -> Result<String> {
+        self.cluster.psql(DB, sql)
+    }
+}
+
+/// Number of `i` in 0..n with `i % m == 0`.
+fn multiples(n: u32, m: u32) -> u32 {
+    n.div_ceil(m)
+}
+
+#[test]
+fn psycopg3_threads_through_pgwake() -> Result<()> {
+    let mut stack = Stack::start("psycopg")?;
+
+    let mut cmd = python_cmd(&venv_bin("python"));
+    cmd.arg(python_dir().join("psycopg_load.py"))
+        .args(["--host", "127.0.0.1"])
+        .args(["--port", &stack.port.to_string()])
+        .args(["--dbname", DB, "--user", USER])
+        .args(["--threads", &PSYCOPG_THREADS.to_string()])
+        .args(["--iterations", &PSYCOPG_ITERATIONS.to_string()])
+        .args(["--deadline", &LOAD_DEADLINE_SECS.to_string()]);
+    let out = stack.python("psycopg_load", cmd, LOAD_TIMEOUT)?;
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(summary.starts_with("psycopg: ok"), "{out}");
+    eprintln!("{summary}");
+
+    // What the clients committed is on the server, and nothing rolled back is.
+    let labels =
+        stack.psql("SELECT label || '=' || count(*) FROM items GROUP BY label ORDER BY label")?;
+    let committed = PSYCOPG_THREADS * PSYCOPG_ITERATIONS;
+    let many = PSYCOPG_THREADS * multiples(PSYCOPG_ITERATIONS, 4) * 5;
+    assert_eq!(
+        labels,
+        format!("committed={committed}\nmany={many}"),
+        "rows in items by label\n{}",
+        stack.pgwake.output_tail(50)
+    );
+    let per_thread =
+        stack.psql("SELECT count(DISTINCT (thread, n)) FROM items WHERE label = 'committed'")?;
+    assert_eq!(per_thread, committed.to_string());
+    let copied =
+        stack.psql("SELECT count(*) FROM copy_items WHERE payload LIKE '%\twith a tab'")?;
+    assert_eq!(
+        copied,
+        (PSYCOPG_THREADS * multiples(PSYCOPG_ITERATIONS, 10) * 20).to_string()
+    );
+    stack.check_pgwake(Ok(()))
+}
+
+#[test]
+fn django_under_gunicorn_through_pgwake() -> Result<()> {
+    let mut stack = Stack::start("django")?;
+    let site = python_dir().join("django_site");
+    let django_env = |mut cmd: Command, port: u16| {
+        cmd.current_dir(&site)
+            .env("DJANGO_SETTINGS_MODULE", "site_conf.settings")
+            .env("DJANGO_DB_HOST", "127.0.0.1")
+            .env("DJANGO_DB_PORT", port.to_string())
+            .env("DJANGO_DB_NAME", DB)
+            .env("DJANGO_DB_USER", USER);
+        cmd
+    };
+
+    let mut migrate = python_cmd(&venv_bin("python"));
+    migrate.arg("manage.py").args(["migrate", "--noinput"]);
+    stack.python("migrate", django_env(migrate, stack.port), MIGRATE_TIMEOUT)?;
+    assert_eq!(
+        stack.psql("SELECT app || '.' || name FROM django_migrations ORDER BY id")?,
+        "notes.0001_initial"
+    );
+
+    let http_port = free_port();
+    let mut gunicorn = python_cmd(&venv_bin("gunicorn"));
+    gunicorn
+        .args(["--workers", &GUNICORN_WORKERS.to_string()])
+        .args(["--worker-class", "sync"])
+        .args(["--bind", &format!("127.0.0.1:{http_port}")])
+        .args(["--timeout", "60", "--graceful-timeout", "5"])
+        .args(["--error-logfile", "-"])
+        .arg("site_conf.wsgi:application");
+    let gunicorn = Proc::spawn(
+        "gunicorn",
+        django_env(gunicorn, stack.port),
+        stack.dir.path().join("gunicorn.log"),
+    )?;
+
+    let mut driver = python_cmd(&venv_bin("python"));
+    driver
+        .arg(python_dir().join("http_load.py"))
+        .args(["--port", &http_port.to_string()])
+        .args(["--count", &HTTP_REQUESTS.to_string()])
+        .args(["--threads", &GUNICORN_WORKERS.to_string()])
+        .args(["--deadline", &LOAD_DEADLINE_SECS.to_string()]);
+    let out = stack
+        .python("http_load", driver, LOAD_TIMEOUT)
+        .with_context(|| gunicorn.output_tail(100))?;
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(summary.starts_with("http: ok"), "{out}");
+    eprintln!("{summary}");
+    drop(gunicorn);
+
+    // Every request's row is on the server, exactly once.
+    let rows = stack.psql(&format!(
+        "SELECT count(*) || ' ' || count(DISTINCT text) || ' ' || \
+         count(*) FILTER (WHERE text IN (SELECT 'note-' || g FROM generate_series(0, {}) g)) \
+         FROM notes_note",
+        HTTP_REQUESTS - 1
+    ))?;
+    assert_eq!(
+        rows,
+        format!("{HTTP_REQUESTS} {HTTP_REQUESTS} {HTTP_REQUESTS}")
+    );
+    let workers = stack.psql("SELECT count(DISTINCT worker_pid) FROM notes_note")?;
+    let workers: u32 = workers.parse().context("count of worker pids")?;
+    assert!(
+        (1..=GUNICORN_WORKERS).contains(&workers),
+        "rows written by {workers} gunicorn workers"
+    );
+    stack.check_pgwake(Ok(()))
+}
