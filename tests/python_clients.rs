@@ -248,7 +248,7 @@ impl Stack {
                     cmd.env_remove(&key);
                 }
             }
-            cmd.env_remove("RUST_LOG");
+            cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
             cmd
         };
         run_to_end(

@@ -1,0 +1,162 @@
+//! Malformed and hostile input: every case gets an ErrorResponse or a
+//! closed connection, memory stays bounded, and a normal client is served
+//! throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, Pgwake};
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends `bytes`, half-closes, and returns everything pgwake answers before closing.
+async fn exchange(port: u16, bytes: &[u8], half_close: bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    if half_close {
+        s.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("pgwake answers and closes promptly")
+        .unwrap_or_default();
+    out
+}
+
+fn sqlstate_of(reply: &[u8]) -> Option<String> {
+    if reply.first() != Some(&b'E') {
+        return None;
+    }
+    let body = &reply[5..];
+    body.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+}
+
+fn startup(user: &str, db: &str) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = u32::try_from(body.len() + 4).unwrap().to_be_bytes().to_vec();
+    p.extend(body);
+    p
+}
+
+async fn normal_client_works(pg: &Pgwake) {
+    let c = tokio::time::timeout(Duration::from_secs(5), pg.client())
+        .await
+        .expect("a normal client connects at once");
+    let v: i32 = tokio::time::timeout(Duration::from_secs(5), c.query_one("select 1", &[]))
+        .await
+        .expect("and is served at once")
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_startups_get_errors_and_harm_nobody() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 5\nmin_idle = 1");
+    let port = pg.port;
+
+    let http = exchange(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", false).await;
+    assert_eq!(sqlstate_of(&http).as_deref(), Some("08P01"), "HTTP request: {http:?}");
+    normal_client_works(&pg).await;
+
+    let huge = exchange(port, &0x7fff_ffffu32.to_be_bytes(), false).await;
+    assert_eq!(sqlstate_of(&huge).as_deref(), Some("08P01"));
+
+    let mut v4 = 8u32.to_be_bytes().to_vec();
+    v4.extend(0x0004_0000u32.to_be_bytes());
+    let unknown = exchange(port, &v4, false).await;
+    assert_eq!(sqlstate_of(&unknown).as_deref(), Some("0A000"), "unknown protocol: {unknown:?}");
+
+    let mut no_user = 9u32.to_be_bytes().to_vec();
+    no_user.extend(196_608u32.to_be_bytes());
+    no_user.push(0);
+    assert_eq!(sqlstate_of(&exchange(port, &no_user, false).await).as_deref(), Some("28000"));
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    for i in 0..200 {
+        let len = rng.random_range(1..300);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let reply = exchange(port, &bytes, true).await;
+        // An ErrorResponse, a lone 'N' to something that parsed as an
+        // encryption request, or a plain close: never anything else.
+        assert!(
+            reply.is_empty() || reply[0] == b'E' || reply[0] == b'N',
+            "random input {i} got {reply:?}"
+        );
+        if i % 50 == 0 {
+            normal_client_works(&pg).await;
+        }
+    }
+    normal_client_works(&pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_after_startup_is_refused() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 5\nmin_idle = 1");
+    let mut s = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
+    s.write_all(&startup("app", "app")).await.unwrap();
+    // Read the startup reply up to ReadyForQuery.
+    let mut got = Vec::new();
+    while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed during startup");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    // A Query claiming 1 GiB.
+    let mut q = vec![b'Q'];
+    q.extend((1u32 << 30).to_be_bytes());
+    q.extend(b"select 1");
+    s.write_all(&q).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .expect("answered and closed at once")
+        .unwrap();
+    let code = sqlstate_of(&reply);
+    assert!(
+        matches!(code.as_deref(), Some("54000") | Some("08P01")),
+        "reply {reply:?}"
+    );
+    normal_client_works(&pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_silent_connections_cost_little() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 5\nmin_idle = 1");
+    normal_client_works(&pg).await;
+    let before = pg.rss_kib();
+    let mut silent = Vec::with_capacity(2000);
+    for i in 0..2000 {
+        silent.push(TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap());
+        if i % 500 == 0 {
+            normal_client_works(&pg).await;
+        }
+    }
+    normal_client_works(&pg).await;
+    let during = pg.rss_kib();
+    assert!(
+        during < 200 * 1024,
+        "RSS {during} KiB with 2,000 silent connections (was {before} KiB)"
+    );
+    drop(silent);
+    normal_client_works(&pg).await;
+}
