@@ -45,7 +45,10 @@ fn startup(user: &str, db: &str) -> Vec<u8> {
         body.push(0);
     }
     body.push(0);
-    let mut p = u32::try_from(body.len() + 4).unwrap().to_be_bytes().to_vec();
+    let mut p = u32::try_from(body.len() + 4)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
     p.extend(body);
     p
 }
@@ -69,7 +72,11 @@ async fn malformed_startups_get_errors_and_harm_nobody() {
     let port = pg.port;
 
     let http = exchange(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", false).await;
-    assert_eq!(sqlstate_of(&http).as_deref(), Some("08P01"), "HTTP request: {http:?}");
+    assert_eq!(
+        sqlstate_of(&http).as_deref(),
+        Some("08P01"),
+        "HTTP request: {http:?}"
+    );
     normal_client_works(&pg).await;
 
     let huge = exchange(port, &0x7fff_ffffu32.to_be_bytes(), false).await;
@@ -78,12 +85,19 @@ async fn malformed_startups_get_errors_and_harm_nobody() {
     let mut v4 = 8u32.to_be_bytes().to_vec();
     v4.extend(0x0004_0000u32.to_be_bytes());
     let unknown = exchange(port, &v4, false).await;
-    assert_eq!(sqlstate_of(&unknown).as_deref(), Some("0A000"), "unknown protocol: {unknown:?}");
+    assert_eq!(
+        sqlstate_of(&unknown).as_deref(),
+        Some("0A000"),
+        "unknown protocol: {unknown:?}"
+    );
 
     let mut no_user = 9u32.to_be_bytes().to_vec();
     no_user.extend(196_608u32.to_be_bytes());
     no_user.push(0);
-    assert_eq!(sqlstate_of(&exchange(port, &no_user, false).await).as_deref(), Some("28000"));
+    assert_eq!(
+        sqlstate_of(&exchange(port, &no_user, false).await).as_deref(),
+        Some("28000")
+    );
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     for i in 0..200 {

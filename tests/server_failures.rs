@@ -43,7 +43,10 @@ async fn wrong_password_is_28p01_and_does_not_hammer_the_server() {
     let log = std::fs::read_to_string(cluster.log_file()).unwrap();
     let attempts = log.matches("password authentication failed").count();
     assert!(attempts >= 1);
-    assert!(attempts <= 3, "30 client logins caused {attempts} failed server logins");
+    assert!(
+        attempts <= 3,
+        "30 client logins caused {attempts} failed server logins"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +63,8 @@ async fn missing_database_is_3d000() {
 async fn max_client_conn_refuses_cleanly_with_53300() {
     let cluster = cluster();
     let port = pgwake_testkit::free_port();
-    let toml = config_for(&cluster, port, "size = 2").replace("[listen]\n", "[listen]\nmax_client_conn = 3\n");
+    let toml = config_for(&cluster, port, "size = 2")
+        .replace("[listen]\n", "[listen]\nmax_client_conn = 3\n");
     let pg = Pgwake::start_config(&toml, port, &[]);
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -75,7 +79,10 @@ async fn max_client_conn_refuses_cleanly_with_53300() {
     // The freed place is usable again (the close is processed asynchronously).
     let mut ok = false;
     for _ in 0..100 {
-        if pgwake_testkit::connect("127.0.0.1", port, "app", None, "app").await.is_ok() {
+        if pgwake_testkit::connect("127.0.0.1", port, "app", None, "app")
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }
@@ -87,7 +94,10 @@ async fn max_client_conn_refuses_cleanly_with_53300() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_wait_timeout_gives_a_clear_error_and_the_client_goes_on() {
     let cluster = cluster();
-    let pg = Pgwake::start(&cluster, "size = 1\nmin_idle = 1\npool_wait_timeout = \"300ms\"");
+    let pg = Pgwake::start(
+        &cluster,
+        "size = 1\nmin_idle = 1\npool_wait_timeout = \"300ms\"",
+    );
     let mut holder = pg.client().await;
     let waiter = pg.client().await;
     let tx = holder.transaction().await.unwrap();
@@ -98,7 +108,10 @@ async fn pool_wait_timeout_gives_a_clear_error_and_the_client_goes_on() {
     assert!(msg.contains("pool_wait_timeout"), "{msg}");
     tx.commit().await.unwrap();
     let v: i32 = waiter.query_one("select 3", &[]).await.unwrap().get(0);
-    assert_eq!(v, 3, "the client that timed out is served once a connection frees");
+    assert_eq!(
+        v, 3,
+        "the client that timed out is served once a connection frees"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +141,10 @@ async fn waiting_clients_are_served_first_come_first_served() {
     }
     // The server ran them in the order the clients arrived.
     let order = cluster
-        .psql("app", "select string_agg(who::text, ',' order by seq) from fifo")
+        .psql(
+            "app",
+            "select string_agg(who::text, ',' order by seq) from fifo",
+        )
         .unwrap();
     assert_eq!(order, "0,1,2,3,4");
 }

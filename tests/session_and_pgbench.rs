@@ -17,13 +17,21 @@ async fn session_mode_resets_the_connection_between_clients() {
         .batch_execute("set work_mem = '7MB'; create temp table mine(x int); prepare p as select 1")
         .await
         .unwrap();
-    let pid1: i32 = first.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid1: i32 = first
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let wm: String = first.query_one("show work_mem", &[]).await.unwrap().get(0);
     assert_eq!(wm, "7MB");
     drop(first);
 
     let second = pg.client().await;
-    let pid2: i32 = second.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid2: i32 = second
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pid1, pid2, "the single server connection is reused");
     let wm: String = second.query_one("show work_mem", &[]).await.unwrap().get(0);
     assert_eq!(wm, "4MB", "a SET must not leak to the next client");
@@ -34,7 +42,10 @@ async fn session_mode_resets_the_connection_between_clients() {
         .get(0);
     assert_eq!(temp, 0, "temp tables are dropped by DISCARD ALL");
     let prepared: i64 = second
-        .query_one("select count(*) from pg_prepared_statements where name = 'p'", &[])
+        .query_one(
+            "select count(*) from pg_prepared_statements where name = 'p'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -94,7 +105,9 @@ fn assert_no_failures(out: &str, transactions: u32) {
         "failed transactions:\n{out}"
     );
     assert!(
-        out.contains(&format!("number of transactions actually processed: {transactions}/{transactions}")),
+        out.contains(&format!(
+            "number of transactions actually processed: {transactions}/{transactions}"
+        )),
         "not every transaction ran:\n{out}"
     );
 }
@@ -103,15 +116,23 @@ fn pgbench_suite(pool: &str) {
     let cluster = cluster();
     let pg = Pgwake::start(&cluster, pool);
     pgbench(&cluster, pg.port, &["-i", "-q", "-s", "1"]);
-    let accounts = cluster.psql("app", "select count(*) from pgbench_accounts").unwrap();
+    let accounts = cluster
+        .psql("app", "select count(*) from pgbench_accounts")
+        .unwrap();
     assert_eq!(accounts, "100000");
     for mode in ["simple", "extended"] {
-        let out = pgbench(&cluster, pg.port, &["-S", "-M", mode, "-c", "8", "-j", "2", "-t", "250"]);
+        let out = pgbench(
+            &cluster,
+            pg.port,
+            &["-S", "-M", mode, "-c", "8", "-j", "2", "-t", "250"],
+        );
         assert_no_failures(&out, 2000);
     }
     let out = pgbench(&cluster, pg.port, &["-c", "8", "-j", "2", "-t", "100"]);
     assert_no_failures(&out, 800);
-    let history = cluster.psql("app", "select count(*) from pgbench_history").unwrap();
+    let history = cluster
+        .psql("app", "select count(*) from pgbench_history")
+        .unwrap();
     assert_eq!(history, "800", "every TPC-B transaction committed once");
 }
 

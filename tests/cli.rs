@@ -1,0 +1,202 @@
+//! The command line: `check`, the example configs, graceful shutdown, `demo`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{cluster, config_for, Pgwake};
+
+fn pgwake(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwake"));
+    cmd.args(args).stdin(Stdio::null());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGWAKE_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example(name: &str) -> String {
+    format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_prints_the_effective_config_with_secrets_redacted() {
+    let (code, out, err) = pgwake(
+        &["check", "--config", &example("multi-database.toml")],
+        &[("PGWAKE_POOL_SIZE", "9")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("size = 9"), "env override shown: {out}");
+    assert!(
+        out.contains("<redacted>") && !out.contains("change-me"),
+        "{out}"
+    );
+    assert!(out.contains("[databases.reports]"), "{out}");
+    // A password given in the URL is redacted too.
+    let (code, out, _) = pgwake(
+        &[
+            "check",
+            "--server-url",
+            "postgres://app:s3cr3t@db.example:5432/app",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains("s3cr3t") && out.contains("<redacted>"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_lists_every_problem_in_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[listen]\naddr = \"0.0.0.0:6432\"\n[server]\nhost = \"db\"\nprot = 5432\n[pool]\nsise = 3\nmode = \"statement\"\nmin_idle = 50\n",
+    )
+    .unwrap();
+    let (code, out, err) = pgwake(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    for needle in [
+        "server.prot",
+        "pool.sise",
+        "pool.mode",
+        "listen.addr",
+        "min_idle",
+    ] {
+        assert!(err.contains(needle), "{needle} not reported:\n{err}");
+    }
+    let (code, _, err) = pgwake(&["check", "--config", "/nonexistent/pgwake.toml"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/pgwake.toml"), "{err}");
+    let (code, _, err) = pgwake(&["run", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "run refuses a bad config too: {err}");
+    assert!(err.contains("listen.addr"), "{err}");
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = format!("{}/config", env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let (code, out, err) = pgwake(
+            &["check", "--config", path.to_str().unwrap()],
+            &[("PGWAKE_SERVER_AUTH_PASSWORD", "from-env")],
+        );
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        assert!(!out.contains("from-env"));
+        n += 1;
+    }
+    assert!(n >= 3, "example configs found: {n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_example_serves_clients() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let text = std::fs::read_to_string(example("sidecar.toml")).unwrap();
+    let server_port = cluster.port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("PGWAKE_SERVER_HOST", "127.0.0.1"),
+        ("PGWAKE_SERVER_PORT", server_port.as_str()),
+        ("PGWAKE_SERVER_AUTH_PASSWORD", "app-secret"),
+        ("PGWAKE_LISTEN_ADDR", listen.as_str()),
+    ];
+    let pg = Pgwake::start_config(&text, port, &env);
+    let c = pg.client().await;
+    let v: String = c
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_transactions_finish_then_exits() {
+    let cluster = cluster();
+    cluster
+        .psql("app", "create table t(x int); alter table t owner to app")
+        .unwrap();
+    let port = pgwake_testkit::free_port();
+    let mut pg = Pgwake::start_config(
+        &config_for(&cluster, port, "size = 5\nmin_idle = 2"),
+        port,
+        &[],
+    );
+    let mut busy = pg.client().await;
+    let idle = pg.client().await;
+    idle.query_one("select 1", &[]).await.unwrap();
+    let tx = busy.transaction().await.unwrap();
+    tx.execute("insert into t values (1)", &[]).await.unwrap();
+
+    pg.signal("TERM");
+    // The idle client is told at once; new clients are refused.
+    let mut refused = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "still accepting after SIGTERM");
+    let e = idle.query_one("select 1", &[]).await.unwrap_err();
+    assert!(
+        e.is_closed() || e.code().is_some_and(|c| c.code() == "57P01"),
+        "{e:?}"
+    );
+
+    // The transaction in flight finishes and commits.
+    tx.execute("insert into t values (2)", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let status = pg
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the transaction");
+    assert!(status.success(), "exit status {status:?}\n{}", pg.logs());
+    assert_eq!(cluster.psql("app", "select count(*) from t").unwrap(), "2");
+    // Server connections were closed (Terminate) on the way out.
+    let mut left = -1;
+    for _ in 0..100 {
+        left = common::app_backends(&cluster);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "server connections left open");
+}
+
+#[test]
+fn demo_runs_its_workload_and_cleans_up() {
+    let (code, out, err) = pgwake(
+        &["demo", "--exit", "--clients", "20", "--transactions", "20"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("DATABASE_URL=postgres://app@127.0.0.1:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("400 transactions") && out.contains(", 0 failed;"),
+        "{out}"
+    );
+    assert!(out.contains("removing its files"), "{out}");
+}
