@@ -104,6 +104,7 @@ fn run(src: &Source) -> anyhow::Result<ExitCode> {
         Err(errors) => return Ok(report(&errors)),
     };
     init_logging(&config);
+    raise_fd_limit(config.listen.max_client_conn);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,6 +114,22 @@ fn run(src: &Source) -> anyhow::Result<ExitCode> {
         proxy.run(shutdown_signal()).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Each client and server connection is a file descriptor: raise the soft
+/// limit to the hard one, and say so when `max_client_conn` cannot fit.
+fn raise_fd_limit(max_clients: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let need = u64::try_from(max_clients)
+                .unwrap_or(u64::MAX)
+                .saturating_add(256);
+            if limit < need {
+                tracing::warn!(limit, max_client_conn = max_clients, "the open-file limit is below listen.max_client_conn; clients beyond it will be refused at accept");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 /// Logs to stderr, as text or JSON, at `log.level` unless `RUST_LOG` says otherwise.

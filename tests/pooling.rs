@@ -470,3 +470,30 @@ async fn settings(c: &tokio_postgres::Client) -> (String, String, String) {
         .unwrap();
     (r.get(0), r.get(1), r.get(2))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_pooled_connections_are_replaced_transparently() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 3\nmin_idle = 3");
+    let c = pg.client().await;
+    c.query_one("select 1", &[]).await.unwrap();
+    // Kill every idle server connection behind pgwake's back.
+    let killed: i64 = cluster
+        .psql(
+            "postgres",
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app' and state = 'idle') t",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(killed >= 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..10 {
+        let v: i32 = c
+            .query_one("select $1::int", &[&i])
+            .await
+            .unwrap_or_else(|e| panic!("query {i} after the kill failed: {e}\n{}", pg.logs()))
+            .get(0);
+        assert_eq!(v, i);
+    }
+}

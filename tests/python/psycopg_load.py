@@ -41,6 +41,9 @@ class Run:
         self.errors = []
         self.queries = 0
         self.transactions = 0
+        # Server backends seen, per thread: shows the clients being moved
+        # between server connections (transaction pooling).
+        self.backends = {}
 
     def connect(self, autocommit, app_name):
         return psycopg.connect(
@@ -93,10 +96,13 @@ def iteration(run, conn, t, i):
     # Server-side parameter binding; the same text on every iteration, so
     # psycopg prepares it after a few executions (prepare_threshold).
     row = conn.execute(
-        "SELECT %s::int * 1000 + %s::int, %s::text, current_setting('application_name')",
+        "SELECT %s::int * 1000 + %s::int, %s::text, current_setting('application_name'), "
+        "pg_backend_pid()",
         (t, i, f"t{t}-i{i}"),
     ).fetchone()
-    expect(row, (t * 1000 + i, f"t{t}-i{i}", app_name), "parameterized select")
+    expect(row[:3], (t * 1000 + i, f"t{t}-i{i}", app_name), "parameterized select")
+    with run.lock:
+        run.backends.setdefault(t, set()).add(row[3])
 
     # Explicitly prepared statement.
     row = conn.execute(
@@ -245,6 +251,8 @@ def main():
     print(
         f"psycopg: ok threads={args.threads} iterations={args.iterations} "
         f"queries={run.queries} transactions={run.transactions} "
+        f"backends={len(set().union(*run.backends.values()))} "
+        f"max_backends_per_thread={max(len(b) for b in run.backends.values())} "
         f"seconds={elapsed:.1f} psycopg={psycopg.__version__} "
         f"libpq={psycopg.pq.version()}",
         flush=True,
