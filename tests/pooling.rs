@@ -396,24 +396,28 @@ async fn clients_recover_quickly_after_a_server_restart() {
     for l in load {
         let c = l.await.unwrap();
         recovered.push(tokio::spawn(async move {
+            let last = std::sync::Mutex::new(String::new());
             tokio::time::timeout(Duration::from_secs(2), async {
                 loop {
-                    if let Ok(r) = c.query_one("select 1", &[]).await {
-                        return r.get::<_, i32>(0);
+                    match c.query_one("select 1", &[]).await {
+                        Ok(r) => return r.get::<_, i32>(0),
+                        Err(e) => *last.lock().unwrap() = format!("{e:?}"),
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
             .await
+            .map_err(|_| last.into_inner().unwrap())
         }));
     }
     for r in recovered {
-        assert_eq!(
-            r.await.unwrap().expect("recovered within 2 s"),
-            1,
-            "{}",
-            pg.logs()
-        );
+        match r.await.unwrap() {
+            Ok(v) => assert_eq!(v, 1),
+            Err(last) => panic!(
+                "not recovered within 2 s; last error: {last}\n{}",
+                pg.logs()
+            ),
+        }
     }
     // New clients work too.
     let fresh = pg.client().await;

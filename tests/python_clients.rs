@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! `pgwake run` with the sidecar configuration, driven by real Python
+//! `pgwake run` with the sidecar quick start configuration, driven by real Python
 //! clients: psycopg 3 from several threads, and a Django site served by
 //! gunicorn with `CONN_MAX_AGE = 0`.
 //!
@@ -30,7 +30,7 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 const LOAD_DEADLINE_SECS: u32 = 180;
 
-const PSYCOPG_THREADS: u32 = 6;
+const PSYCOPG_THREADS: u32 = 8;
 const PSYCOPG_ITERATIONS: u32 = 40;
 const HTTP_REQUESTS: u32 = 300;
 const GUNICORN_WORKERS: u32 = 4;
@@ -51,28 +51,16 @@ fn venv_bin(tool: &str) -> PathBuf {
     venv().join("bin").join(tool)
 }
 
-/// The sidecar configuration (as in the sidecar quick start), with the
-/// listen and server ports of this test filled in.
-fn sidecar_config(listen_port: u16, server_port: u16) -> String {
-    format!(
-        r#"[listen]
-addr = "127.0.0.1:{listen_port}"
-
-[server]
-host = "127.0.0.1"
-port = {server_port}
-dbname = "{DB}"
-sslmode = "disable"
-
-[server.auth]
-user = "{USER}"
-password = "{PASSWORD}"
-
-[pool]
-size = 5
-min_idle = 1
-"#
-    )
+/// The sidecar quick start of the README: `config/sidecar.toml` as shipped,
+/// pointed at this test's server and listen port by the environment
+/// overrides it documents (the password always comes from the environment).
+fn sidecar_env(listen_port: u16, server_port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("PGWAKE_LISTEN_ADDR", format!("127.0.0.1:{listen_port}")),
+        ("PGWAKE_SERVER_HOST", "127.0.0.1".to_string()),
+        ("PGWAKE_SERVER_PORT", server_port.to_string()),
+        ("PGWAKE_SERVER_AUTH_PASSWORD", PASSWORD.to_string()),
+    ]
 }
 
 /// A child process in its own process group, with stdout and stderr going
@@ -236,8 +224,10 @@ impl Stack {
             .start()
             .context("starting PostgreSQL")?;
         let port = free_port();
+        let example = workspace().join("config").join("sidecar.toml");
         let config = dir.path().join("sidecar.toml");
-        fs::write(&config, sidecar_config(port, cluster.port()))?;
+        fs::copy(&example, &config).with_context(|| format!("copying {}", example.display()))?;
+        let env = sidecar_env(port, cluster.port());
 
         let pgwake_cmd = |sub: &str| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwake"));
@@ -248,15 +238,23 @@ impl Stack {
                     cmd.env_remove(&key);
                 }
             }
-            cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
+            cmd.envs(env.iter().map(|(k, v)| (k, v)))
+                .env_remove("RUST_LOG")
+                .env("NO_COLOR", "1");
             cmd
         };
-        run_to_end(
+        let checked = run_to_end(
             "pgwake check",
             pgwake_cmd("check"),
             dir.path().join("check.log"),
             STARTUP_TIMEOUT,
         )?;
+        ensure!(
+            checked.contains(&format!("port = {}", cluster.port()))
+                && checked.contains(&format!("127.0.0.1:{port}"))
+                && !checked.contains(PASSWORD),
+            "pgwake check should show the overridden ports and no password:\n{checked}"
+        );
 
         let mut pgwake = Proc::spawn("pgwake", pgwake_cmd("run"), dir.path().join("pgwake.log"))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));

@@ -215,7 +215,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--dbname", required=True)
     p.add_argument("--user", required=True)
-    p.add_argument("--threads", type=int, default=6)
+    p.add_argument("--threads", type=int, default=8)
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--deadline", type=float, default=180.0)
     args = p.parse_args()

@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn parses_startup_message() {
-        let p = startup(196_608, b"user\0app\0database\0db\0_pq_.x\01\0\0");
+        let p = startup(196_608, b"user\0app\0database\0db\0_pq_.x\0\x31\0\0");
         let StartupRequest::Startup {
             minor,
             params,

@@ -44,7 +44,9 @@ pub struct Shared {
 
 impl Shared {
     /// The pool for `key`, created (and its upkeep started) on first use.
-    pub fn pool(&self, key: PoolKey, route: &Route) -> Pool {
+    /// `prewarm`: open `min_idle` connections before any client asks (pools
+    /// named in the config); other pools warm up after their first login.
+    pub fn pool(&self, key: PoolKey, route: &Route, prewarm: bool) -> Pool {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = pools.get(&key) {
             return p.clone();
@@ -57,6 +59,7 @@ impl Shared {
             max_lifetime: p.max_lifetime,
             idle_timeout: p.idle_timeout,
             wait_timeout: p.pool_wait_timeout,
+            prewarm,
         };
         tracing::info!(pool = %key, size = settings.size, min_idle = settings.min_idle, mode = ?settings.mode, "new pool");
         let pool = Pool::new(
@@ -64,11 +67,23 @@ impl Shared {
             settings,
             self.target.clone(),
             self.credentials.clone(),
+            self.hard_stop.child_token(),
         );
-        self.tasks
-            .spawn(pool.clone().maintain(self.hard_stop.child_token()));
+        self.tasks.spawn(pool.clone().maintain());
         pools.insert(key, pool.clone());
         pool
+    }
+
+    /// Drops a pool created for a client whose first login failed (a
+    /// database that does not exist, say), so stray names do not pile up.
+    pub fn forget_failed_pool(&self, key: &PoolKey) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.get(key) {
+            if p.defaults().is_none() && p.counts() == (0, 0, 0) && !p.settings().prewarm {
+                p.close();
+                pools.remove(key);
+            }
+        }
     }
 
     /// Every pool, for status and shutdown.
@@ -142,6 +157,7 @@ impl Proxy {
                             user,
                         },
                         &route,
+                        true,
                     );
                 }
             }

@@ -42,6 +42,8 @@ pub struct PoolSettings {
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
     pub wait_timeout: Duration,
+    /// Open `min_idle` connections before the first client logs in.
+    pub prewarm: bool,
 }
 
 /// What a fresh server connection reports at login: the settings a client
@@ -113,6 +115,9 @@ impl Drop for Slot {
     }
 }
 
+/// What a waiter receives. The connection moves by value: boxing it would
+/// allocate on every hand-off under contention, where it matters most.
+#[allow(clippy::large_enum_variant)]
 enum Grant {
     Conn(Pooled),
     Slot(Slot),
@@ -142,6 +147,8 @@ struct Inner {
     credentials: Arc<dyn CredentialSource>,
     state: Mutex<State>,
     defaults: RwLock<Option<Arc<Defaults>>>,
+    /// Ends the upkeep task.
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Pool {
@@ -161,6 +168,7 @@ impl Pool {
         settings: PoolSettings,
         target: Arc<Target>,
         credentials: Arc<dyn CredentialSource>,
+        stop: CancellationToken,
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
@@ -170,6 +178,7 @@ impl Pool {
                 credentials,
                 state: Mutex::new(State::default()),
                 defaults: RwLock::new(None),
+                stop,
             }),
         }
     }
@@ -348,8 +357,9 @@ impl Pool {
     }
 
     /// Keeps `min_idle` connections open and closes idle ones past
-    /// `idle_timeout`, expired or dead ones. Runs until `stop`.
-    pub async fn maintain(self, stop: CancellationToken) {
+    /// `idle_timeout`, expired or dead ones. Runs until the pool closes.
+    pub async fn maintain(self) {
+        let stop = self.inner.stop.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = 0u32;
@@ -428,6 +438,7 @@ impl Pool {
     /// Closes idle connections and refuses new checkouts; connections in use
     /// close when returned.
     pub fn close(&self) {
+        self.inner.stop.cancel();
         let idle = {
             let mut st = self.inner.lock();
             st.closed = true;

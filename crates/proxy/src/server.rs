@@ -190,10 +190,28 @@ pub struct ServerConn {
     pub(crate) broken: bool,
 }
 
-/// The frames whose bodies the relay reads from the server side.
+/// The frames whose bodies the relay reads from the server side:
+/// ReadyForQuery, ParameterStatus, and ErrorResponse (to catch a FATAL).
 #[inline]
 pub fn inspected_server_frame(tag: u8) -> bool {
-    tag == b'Z' || tag == b'S'
+    tag == b'Z' || tag == b'S' || tag == b'E'
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC: the server
+/// closes the connection right after it.
+pub fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&code, after)) = rest.split_first() {
+        if code == 0 {
+            return false;
+        }
+        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
+        if code == b'V' {
+            return matches!(&after[..end], b"FATAL" | b"PANIC");
+        }
+        rest = after.get(end + 1..).unwrap_or(&[]);
+    }
+    false
 }
 
 impl ServerConn {
@@ -322,7 +340,7 @@ impl ServerConn {
             loop {
                 let step = self
                     .scan
-                    .next(&self.buf, pos, |t| inspected_server_frame(t) || t == b'E')
+                    .next(&self.buf, pos, inspected_server_frame)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 let Some((item, next)) = step else { break };
                 if let Scanned::Frame { tag, body } = item {

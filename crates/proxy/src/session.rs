@@ -248,10 +248,11 @@ impl<C: ClientStream> Session<C> {
             dbname: route.dbname.clone(),
             user: route.user.clone().unwrap_or_else(|| user.to_owned()),
         };
-        let pool = shared.pool(key, &route);
+        let pool = shared.pool(key.clone(), &route, false);
         let defaults = match pool.learn_defaults().await {
             Ok(d) => d,
             Err(e) => {
+                shared.forget_failed_pool(&key);
                 let mut e = e.to_client();
                 e.severity = backend::Severity::Fatal;
                 return Err((client, e));
@@ -487,7 +488,7 @@ impl<C: ClientStream> Session<C> {
                     Err(e) => {
                         server.broken = true;
                         tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
-                        return self.server_lost(&e).await;
+                        return self.server_lost(&e.to_string()).await;
                     }
                     Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
                 },
@@ -517,7 +518,7 @@ impl<C: ClientStream> Session<C> {
     /// ReadyForQuery for each reply owed, and its next statement runs on a
     /// fresh connection. Inside a transaction the session state is gone, so
     /// the client is closed, as a direct connection would be.
-    async fn server_lost(&mut self, e: &io::Error) -> Stop {
+    async fn server_lost(&mut self, e: &str) -> Stop {
         let p = self.server.take().expect("attached");
         let tx = p.conn.tx;
         drop(p);
@@ -538,12 +539,17 @@ impl<C: ClientStream> Session<C> {
         }
         // Named statements lived on that connection only.
         self.statements.clear();
+        if tx.owed == 0 {
+            // Nothing in flight: the client only loses its named statements,
+            // and an unsolicited error would make many drivers hang up.
+            return Stop::Released;
+        }
         let mut out = BytesMut::new();
         lost.with_hint(
             "the statement may or may not have completed; it is safe to retry on this connection",
         )
         .write(&mut out);
-        for _ in 0..tx.owed.max(1) {
+        for _ in 0..tx.owed {
             backend::ready_for_query(&mut out, b'I');
         }
         match self.client.write_all(&out).await {
@@ -578,14 +584,13 @@ impl<C: ClientStream> Session<C> {
             pos = next;
         }
         if pos > 0 {
-            if let Err(e) = server.stream.write_all(&self.cbuf[..pos]).await {
-                server.broken = true;
-                return Err(Stop::Fatal(ErrorMessage::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    format!("server connection lost: {e}"),
-                )));
-            }
+            let written = server.stream.write_all(&self.cbuf[..pos]).await;
             self.cbuf.advance(pos);
+            if let Err(e) = written {
+                server.broken = true;
+                // Answered by server_lost like any other request in flight.
+                return Err(self.server_lost(&e.to_string()).await);
+            }
         }
         if terminate {
             return Err(Stop::ClientGone);
@@ -598,6 +603,7 @@ impl<C: ClientStream> Session<C> {
     async fn forward_server(&mut self) -> Result<(), Stop> {
         let server = &mut self.server.as_mut().expect("attached").conn;
         let mut pos = 0;
+        let mut fatal = None;
         loop {
             let step = server.scan.next(&server.buf, pos, inspected_server_frame);
             let Some((item, next)) = step.map_err(|e| {
@@ -609,17 +615,26 @@ impl<C: ClientStream> Session<C> {
             else {
                 break;
             };
-            if let Scanned::Frame { tag, body } = item {
-                if tag == b'Z' {
+            match item {
+                Scanned::Frame { tag: b'Z', body } => {
                     server.tx.ready(body.first().copied().unwrap_or(b'E'));
-                } else {
+                }
+                Scanned::Frame { tag: b'S', body } => {
                     // ParameterStatus: a SET by the client; it now expects this value.
                     let body = body.to_vec();
-                    server.observe(tag, &body);
+                    server.observe(b'S', &body);
                     if let Some((k, v)) = crate::server::split_param(&body) {
                         self.want.insert(k.to_ascii_lowercase(), v.to_owned());
                     }
                 }
+                Scanned::Frame { tag: b'E', body } if crate::server::is_fatal(body) => {
+                    // The server is closing this connection (shutdown, terminated
+                    // backend): not the client's session to end. Keep it from the
+                    // client and handle it as a lost connection.
+                    fatal = Some(crate::server::parse_error(body).message);
+                    break;
+                }
+                _ => {}
             }
             pos = next;
         }
@@ -628,6 +643,11 @@ impl<C: ClientStream> Session<C> {
                 return Err(Stop::ClientGone);
             }
             server.buf.advance(pos);
+        }
+        if let Some(message) = fatal {
+            server.broken = true;
+            tracing::warn!(peer = %self.peer, pool = %self.pool.key(), %message, "server closed a connection while serving a client");
+            return Err(self.server_lost(&format!("server: {message}")).await);
         }
         Ok(())
     }
