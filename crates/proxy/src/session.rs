@@ -18,6 +18,7 @@ use pgwake_protocol::startup::{self, StartupRequest};
 use pgwake_protocol::{sqlstate, FrameError, Scanned, Scanner};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelHandle;
 use crate::params::{self, Params};
@@ -188,6 +189,10 @@ struct Session<C> {
     want: Params,
     cancel: CancelHandle,
     server: Option<Pooled>,
+    /// The proxy's shutdown signals, as tokens of this session's own: waiting
+    /// on a shared token takes a lock every relay turn that all sessions contend for.
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
     /// Named prepared statements this client created and has not closed.
     /// While any exist, the server connection that holds them stays with
     /// the client (transaction mode degrades to session mode for it).
@@ -282,6 +287,8 @@ impl<C: ClientStream> Session<C> {
             return Err((client, closed()));
         }
         let max = usize::try_from(shared.config.listen.max_message_size).unwrap_or(usize::MAX);
+        let shutdown = shared.shutdown.child_token();
+        let hard_stop = shared.hard_stop.child_token();
         Ok(Session {
             client,
             cbuf,
@@ -294,6 +301,8 @@ impl<C: ClientStream> Session<C> {
             want,
             cancel,
             server: None,
+            shutdown,
+            hard_stop,
             statements: HashSet::new(),
         })
     }
@@ -358,7 +367,7 @@ impl<C: ClientStream> Session<C> {
             }
             let read = tokio::select! {
                 biased;
-                _ = self.shared.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
                 r = self.client.read_buf(&mut self.cbuf) => r,
             };
             match read {
@@ -492,7 +501,7 @@ impl<C: ClientStream> Session<C> {
                     }
                     Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
                 },
-                _ = self.shared.hard_stop.cancelled() => return Stop::Fatal(shutting_down()),
+                _ = self.hard_stop.cancelled() => return Stop::Fatal(shutting_down()),
             }
         }
     }
