@@ -14,7 +14,12 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 /// RowDescription, one DataRow, CommandComplete, ReadyForQuery: what a
 /// `SELECT abalance FROM pgbench_accounts WHERE aid = $1` returns.
 fn select_reply() -> Vec<u8> {
-    let mut v = frame(b'T', &[0, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 255, 255, 255, 255, 0, 0]);
+    let mut v = frame(
+        b'T',
+        &[
+            0, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 255, 255, 255, 255, 0, 0,
+        ],
+    );
     v.extend(frame(b'D', &[0, 1, 0, 0, 0, 1, b'0']));
     v.extend(frame(b'C', b"SELECT 1\0"));
     v.extend(frame(b'Z', b"I"));
@@ -54,14 +59,22 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", "app"), ("database", "app"), ("application_name", "pgbench"), ("client_encoding", "UTF8")] {
+    for (k, v) in [
+        ("user", "app"),
+        ("database", "app"),
+        ("application_name", "pgbench"),
+        ("client_encoding", "UTF8"),
+    ] {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
         body.push(0);
     }
     body.push(0);
-    let mut packet = u32::try_from(body.len() + 4).unwrap().to_be_bytes().to_vec();
+    let mut packet = u32::try_from(body.len() + 4)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
     packet.extend(body);
     c.bench_function("startup_parse", |b| {
         b.iter(|| startup::parse(std::hint::black_box(&packet)).unwrap())

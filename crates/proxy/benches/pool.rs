@@ -67,7 +67,13 @@ fn checkout_checkin(c: &mut Criterion) {
             dbname: "bench".into(),
             user: "bench".into(),
         };
-        let pool = Pool::new(key, settings, Arc::new(target), Arc::new(NoPassword), CancellationToken::new());
+        let pool = Pool::new(
+            key,
+            settings,
+            Arc::new(target),
+            Arc::new(NoPassword),
+            CancellationToken::new(),
+        );
         let p = pool.checkout().await.unwrap();
         pool.checkin(p);
         pool

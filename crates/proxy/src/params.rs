@@ -35,6 +35,36 @@ pub fn from_startup(
     Ok(out)
 }
 
+/// Settings that a client's `SET` carries from connection to connection in
+/// transaction mode, when the server reports the change (ParameterStatus).
+/// Others it reports (`is_superuser`, `session_authorization`, …) follow
+/// from statements that cannot be replayed with `set_config`.
+pub fn follows_client(name: &str) -> bool {
+    matches!(
+        name,
+        "application_name"
+            | "client_encoding"
+            | "datestyle"
+            | "intervalstyle"
+            | "timezone"
+            | "standard_conforming_strings"
+            | "search_path"
+    )
+}
+
+/// A 64-bit digest of a client's settings; 0 for none (a fresh connection's
+/// state). Lets a connection that already has a client's settings skip the
+/// comparison entirely, which is the common case.
+pub fn fingerprint(p: &Params) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if p.is_empty() {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.hash(&mut h);
+    h.finish().max(1)
+}
+
 /// The SQL that turns a connection with settings `have` into one with
 /// `want`, or `None` when nothing differs. `defaults` are the values a fresh
 /// connection reports; a setting the client never chose is brought back to

@@ -179,6 +179,9 @@ pub struct ServerConn {
     pub(crate) tx: TxState,
     /// Settings in force, lower-case names: what the server reported plus what pgwake set.
     pub(crate) params: Params,
+    /// [`crate::params::fingerprint`] of the client settings this connection
+    /// was last brought in line with; 0: the server's defaults.
+    pub(crate) settings_fp: u64,
     /// ParameterStatus as sent at login, names as the server spells them.
     pub(crate) reported: Vec<(String, String)>,
     pub(crate) pid: u32,
@@ -606,6 +609,7 @@ async fn login(
                         ..TxState::IDLE
                     },
                     params,
+                    settings_fp: 0,
                     reported,
                     pid: key.0,
                     secret_key: key.1,

@@ -35,8 +35,23 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 const INTERNAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client byte stream: TCP or unix socket.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until there is something to read (or EOF) without holding a
+    /// buffer: an idle client then costs no buffer memory at all.
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+}
+
+impl ClientStream for tokio::net::TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        tokio::net::TcpStream::readable(self)
+    }
+}
+
+impl ClientStream for tokio::net::UnixStream {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        tokio::net::UnixStream::readable(self)
+    }
+}
 
 /// Serves one client until it leaves. `admitted` is false when the client is
 /// over `max_client_conn`: it is told so after the handshake and closed.
@@ -185,8 +200,12 @@ struct Session<C> {
     pool: Pool,
     mode: PoolMode,
     defaults: Arc<Defaults>,
-    /// The settings this client expects on whatever connection serves it.
+    /// The settings this client expects on whatever connection serves it,
+    /// where they differ from the server's defaults.
     want: Params,
+    /// [`params::fingerprint`] of `want`: equal to a connection's when the
+    /// connection already has exactly these settings.
+    want_fp: u64,
     cancel: CancelHandle,
     server: Option<Pooled>,
     /// The proxy's shutdown signals, as tokens of this session's own: waiting
@@ -263,9 +282,9 @@ impl<C: ClientStream> Session<C> {
                 return Err((client, e));
             }
         };
-        for (k, v) in &defaults.params {
-            want.entry(k.clone()).or_insert_with(|| v.clone());
-        }
+        // Only what differs from the server's defaults is kept per client.
+        want.retain(|k, v| defaults.params.get(k) != Some(v));
+        let want_fp = params::fingerprint(&want);
         let cancel = shared.cancels.register();
 
         let mut out = BytesMut::with_capacity(512);
@@ -299,6 +318,7 @@ impl<C: ClientStream> Session<C> {
             pool,
             defaults,
             want,
+            want_fp,
             cancel,
             server: None,
             shutdown,
@@ -362,6 +382,16 @@ impl<C: ClientStream> Session<C> {
                 }
                 Ok(None) => {}
             }
+            if self.cbuf.is_empty() {
+                // Idle between transactions: give the buffer back and wait
+                // for readability holding none.
+                self.cbuf = BytesMut::new();
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                    r = self.client.readable() => if r.is_err() { return Ok(None) },
+                }
+            }
             if self.cbuf.capacity() - self.cbuf.len() < 64 {
                 self.cbuf.reserve(8 * 1024);
             }
@@ -388,6 +418,17 @@ impl<C: ClientStream> Session<C> {
                 return Ok(false);
             }
         };
+        if p.conn.settings_fp != self.want_fp {
+            self.sync_settings(&mut p).await?;
+        }
+        self.cancel.set(Some(p.conn.cancel_key()));
+        self.server = Some(p);
+        Ok(true)
+    }
+
+    /// Brings a connection's settings in line with the client's (one round
+    /// trip, only when they differ).
+    async fn sync_settings(&mut self, p: &mut Pooled) -> Result<(), Stop> {
         if let Some(sql) = params::sync_sql(&self.want, &p.conn.params, &self.defaults.params) {
             // Record what is being set; ParameterStatus replies then
             // overwrite reported settings with the server's spelling.
@@ -404,13 +445,14 @@ impl<C: ClientStream> Session<C> {
                             v.clone_from(h);
                         }
                     }
+                    self.want_fp = params::fingerprint(&self.want);
                 }
                 Ok(Some(mut e)) => {
                     // A setting the server rejects: the server would have refused this
-                    // client's startup the same way.
+                    // client's startup the same way. The failed statements rolled back,
+                    // but the connection's recorded settings no longer match: close it.
                     e.severity = backend::Severity::Fatal;
-                    p.conn.params.clear();
-                    self.pool.checkin(p);
+                    p.conn.broken = true;
                     return Err(Stop::Fatal(e));
                 }
                 Err(e) => {
@@ -422,9 +464,8 @@ impl<C: ClientStream> Session<C> {
                 }
             }
         }
-        self.cancel.set(Some(p.conn.cancel_key()));
-        self.server = Some(p);
-        Ok(true)
+        p.conn.settings_fp = self.want_fp;
+        Ok(())
     }
 
     /// Answers the client's current request with `err` without a server:
@@ -633,7 +674,17 @@ impl<C: ClientStream> Session<C> {
                     let body = body.to_vec();
                     server.observe(b'S', &body);
                     if let Some((k, v)) = crate::server::split_param(&body) {
-                        self.want.insert(k.to_ascii_lowercase(), v.to_owned());
+                        let k = k.to_ascii_lowercase();
+                        if !params::follows_client(&k) {
+                            // Not replayable: the connection keeps it; it is the client's
+                            // own doing, as with any session state in transaction mode.
+                        } else if self.defaults.params.get(&k).map(String::as_str) == Some(v) {
+                            self.want.remove(&k);
+                        } else {
+                            self.want.insert(k, v.to_owned());
+                        }
+                        self.want_fp = params::fingerprint(&self.want);
+                        server.settings_fp = self.want_fp;
                     }
                 }
                 Scanned::Frame { tag: b'E', body } if crate::server::is_fatal(body) => {
