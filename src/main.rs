@@ -105,15 +105,29 @@ fn run(src: &Source) -> anyhow::Result<ExitCode> {
     };
     init_logging(&config);
     raise_fd_limit(config.listen.max_client_conn);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = runtime(config.listen.worker_threads)?;
     rt.block_on(async move {
         let proxy = pgwake_proxy::Proxy::bind(config).await?;
         proxy.run(shutdown_signal()).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The async runtime: one thread (no cross-thread wake-ups), or a pool of them.
+pub(crate) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Each client and server connection is a file descriptor: raise the soft

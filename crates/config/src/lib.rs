@@ -48,6 +48,10 @@ pub struct Listen {
     /// How long transactions in flight may run on after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads serving clients. 1 (the default) is fastest per CPU second
+    /// when pgwake shares a few cores with the app and the database; more
+    /// helps a shared service on a large machine. 0: one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for Listen {
@@ -58,6 +62,7 @@ impl Default for Listen {
             max_client_conn: 10_000,
             max_message_size: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            worker_threads: 1,
         }
     }
 }

@@ -270,7 +270,9 @@ impl Pool {
                     retire(p);
                 }
                 Grant::Slot(slot) => {
-                    let conn = self.connect_with_retry(deadline).await?;
+                    // Boxed: a login is rare and its future is large; every
+                    // session's task would otherwise carry its size.
+                    let conn = Box::pin(self.connect_with_retry(deadline)).await?;
                     return Ok(self.inner.wrap(conn, slot));
                 }
             }

@@ -39,17 +39,25 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Waits until there is something to read (or EOF) without holding a
     /// buffer: an idle client then costs no buffer memory at all.
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+    /// Reads what is there without waiting (`WouldBlock` when nothing is).
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 impl ClientStream for tokio::net::TcpStream {
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         tokio::net::TcpStream::readable(self)
     }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_read(self, buf)
+    }
 }
 
 impl ClientStream for tokio::net::UnixStream {
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         tokio::net::UnixStream::readable(self)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::net::UnixStream::try_read(self, buf)
     }
 }
 
@@ -58,28 +66,29 @@ impl ClientStream for tokio::net::UnixStream {
 pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>, admitted: bool) {
     let mut buf = BytesMut::new();
     let mut client = client;
-    let request = match tokio::time::timeout(LOGIN_TIMEOUT, handshake(&mut client, &mut buf)).await
-    {
-        Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e.message, "refused malformed startup");
-            let _ = send_fatal(&mut client, &e).await;
-            return;
-        }
-        Err(_) => {
-            let e = ErrorMessage::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "startup packet not received in time",
-            );
-            let _ = send_fatal(&mut client, &e).await;
-            return;
-        }
-    };
+    let request =
+        match tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(handshake(&mut client, &mut buf))).await
+        {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e.message, "refused malformed startup");
+                let _ = send_fatal(&mut client, &e).await;
+                return;
+            }
+            Err(_) => {
+                let e = ErrorMessage::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "startup packet not received in time",
+                );
+                let _ = send_fatal(&mut client, &e).await;
+                return;
+            }
+        };
     match request {
         StartupRequest::Cancel { pid, key } => {
             if let Some((addr, spid, skey)) = shared.cancels.lookup(pid, key) {
-                if let Err(e) = send_cancel(addr, spid, skey).await {
+                if let Err(e) = Box::pin(send_cancel(addr, spid, skey)).await {
                     tracing::warn!(%peer, error = %e, "could not forward cancel request");
                 }
             }
@@ -100,7 +109,10 @@ pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>
                 let _ = send_fatal(&mut client, &e).await;
                 return;
             }
-            match Session::start(client, buf, peer, shared, minor, params, protocol_options).await {
+            // Boxed (as are the other rare paths below): the task of every
+            // idle client would otherwise be as large as its largest future.
+            let start = Session::start(client, buf, peer, shared, minor, params, protocol_options);
+            match Box::pin(start).await {
                 Ok(mut session) => session.run().await,
                 Err((mut client, e)) => {
                     let _ = send_fatal(&mut client, &e).await;
@@ -166,7 +178,8 @@ async fn read_some<C: ClientStream>(
     buf: &mut BytesMut,
     want: usize,
 ) -> Result<bool, ErrorMessage> {
-    buf.reserve(want.saturating_sub(buf.len()).max(8));
+    // Room for a whole startup packet in one read (the buffer is short-lived).
+    buf.reserve(want.saturating_sub(buf.len()).max(512));
     match client.read_buf(buf).await {
         Ok(0) | Err(_) => Ok(false),
         Ok(_) => Ok(true),
@@ -334,7 +347,7 @@ impl<C: ClientStream> Session<C> {
         }
         if let Some(p) = self.server.take() {
             self.cancel.set(None);
-            self.give_back_after_client_left(p).await;
+            Box::pin(self.give_back_after_client_left(p)).await;
         }
     }
 
@@ -384,13 +397,29 @@ impl<C: ClientStream> Session<C> {
             }
             if self.cbuf.is_empty() {
                 // Idle between transactions: give the buffer back and wait
-                // for readability holding none.
+                // for readability holding none. Readiness can be stale (the
+                // last read emptied the socket without seeing WouldBlock), so
+                // probe with a small stack buffer before taking a real one.
                 self.cbuf = BytesMut::new();
-                tokio::select! {
-                    biased;
-                    _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
-                    r = self.client.readable() => if r.is_err() { return Ok(None) },
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                        r = self.client.readable() => if r.is_err() { return Ok(None) },
+                    }
+                    let mut probe = [0u8; 512];
+                    match self.client.try_read(&mut probe) {
+                        Ok(0) => return Ok(None),
+                        Ok(n) => {
+                            self.cbuf.reserve(8 * 1024);
+                            self.cbuf.extend_from_slice(&probe[..n]);
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Ok(None),
+                    }
                 }
+                continue;
             }
             if self.cbuf.capacity() - self.cbuf.len() < 64 {
                 self.cbuf.reserve(8 * 1024);
@@ -414,12 +443,12 @@ impl<C: ClientStream> Session<C> {
         let mut p = match self.pool.checkout().await {
             Ok(p) => p,
             Err(e) => {
-                self.skip_request(e.to_client()).await?;
+                Box::pin(self.skip_request(e.to_client())).await?;
                 return Ok(false);
             }
         };
         if p.conn.settings_fp != self.want_fp {
-            self.sync_settings(&mut p).await?;
+            Box::pin(self.sync_settings(&mut p)).await?;
         }
         self.cancel.set(Some(p.conn.cancel_key()));
         self.server = Some(p);
@@ -517,6 +546,10 @@ impl<C: ClientStream> Session<C> {
         if let Err(stop) = self.forward_client().await {
             return stop;
         }
+        // Registered once per transaction, not once per turn of the loop.
+        let hard_stop = self.hard_stop.clone();
+        let hard_stopped = hard_stop.cancelled();
+        tokio::pin!(hard_stopped);
         loop {
             self.reserve_client_buffer();
             let server = &mut self.server.as_mut().expect("attached").conn;
@@ -530,6 +563,8 @@ impl<C: ClientStream> Session<C> {
                 return Stop::Released;
             }
             tokio::select! {
+                // Fixed order: no random draw per turn.
+                biased;
                 r = self.client.read_buf(&mut self.cbuf) => match r {
                     Ok(0) | Err(_) => return Stop::ClientGone,
                     Ok(_) => if let Err(stop) = self.forward_client().await { return stop },
@@ -538,11 +573,11 @@ impl<C: ClientStream> Session<C> {
                     Err(e) => {
                         server.broken = true;
                         tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
-                        return self.server_lost(&e.to_string()).await;
+                        return Box::pin(self.server_lost(&e.to_string())).await;
                     }
                     Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
                 },
-                _ = self.hard_stop.cancelled() => return Stop::Fatal(shutting_down()),
+                _ = &mut hard_stopped => return Stop::Fatal(shutting_down()),
             }
         }
     }
@@ -639,7 +674,7 @@ impl<C: ClientStream> Session<C> {
             if let Err(e) = written {
                 server.broken = true;
                 // Answered by server_lost like any other request in flight.
-                return Err(self.server_lost(&e.to_string()).await);
+                return Err(Box::pin(self.server_lost(&e.to_string())).await);
             }
         }
         if terminate {
@@ -707,7 +742,7 @@ impl<C: ClientStream> Session<C> {
         if let Some(message) = fatal {
             server.broken = true;
             tracing::warn!(peer = %self.peer, pool = %self.pool.key(), %message, "server closed a connection while serving a client");
-            return Err(self.server_lost(&format!("server: {message}")).await);
+            return Err(Box::pin(self.server_lost(&format!("server: {message}"))).await);
         }
         Ok(())
     }
@@ -806,4 +841,23 @@ fn too_large(e: &FrameError) -> ErrorMessage {
         m = m.with_hint("raise listen.max_message_size if such messages are expected");
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle client is one task holding this future: its size is the
+    /// memory an idle client costs (rare paths are boxed to keep it small).
+    #[tokio::test]
+    async fn an_idle_client_task_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut cfg = pgwake_config::load(None, Some("postgres://a@127.0.0.1:1/a"), []).unwrap();
+        cfg.listen.addr = "127.0.0.1:0".into();
+        let proxy = crate::Proxy::bind(cfg).await.unwrap();
+        let fut = super::serve(c, "test".into(), proxy.shared(), true);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 3 * 1024, "a client's task future is {size} bytes");
+    }
 }
