@@ -208,7 +208,6 @@ struct Session<C> {
     /// Client bytes read but not yet forwarded.
     cbuf: BytesMut,
     cscan: Scanner,
-    shared: Arc<Shared>,
     peer: String,
     pool: Pool,
     mode: PoolMode,
@@ -221,10 +220,11 @@ struct Session<C> {
     want_fp: u64,
     cancel: CancelHandle,
     server: Option<Pooled>,
-    /// The proxy's shutdown signals, as tokens of this session's own: waiting
-    /// on a shared token takes a lock every relay turn that all sessions contend for.
+    /// The proxy's shutdown signal, as a token of this session's own: waiting
+    /// on the shared token would take a lock all sessions contend for. (When
+    /// the grace period ends, sessions still relaying are dropped with the
+    /// runtime; their server backends see the close and roll back.)
     shutdown: CancellationToken,
-    hard_stop: CancellationToken,
     /// Named prepared statements this client created and has not closed.
     /// While any exist, the server connection that holds them stays with
     /// the client (transaction mode degrades to session mode for it).
@@ -320,13 +320,11 @@ impl<C: ClientStream> Session<C> {
         }
         let max = usize::try_from(shared.config.listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
-        let hard_stop = shared.hard_stop.child_token();
         Ok(Session {
             client,
             cbuf,
             cscan: Scanner::new(max),
             mode: route.mode,
-            shared,
             peer,
             pool,
             defaults,
@@ -335,7 +333,6 @@ impl<C: ClientStream> Session<C> {
             cancel,
             server: None,
             shutdown,
-            hard_stop,
             statements: HashSet::new(),
         })
     }
@@ -372,7 +369,7 @@ impl<C: ClientStream> Session<C> {
                         self.cancel.set(None);
                         self.pool.checkin(p);
                     }
-                    if self.shared.shutdown.is_cancelled() {
+                    if self.shutdown.is_cancelled() {
                         return Stop::Fatal(shutting_down());
                     }
                 }
@@ -546,10 +543,6 @@ impl<C: ClientStream> Session<C> {
         if let Err(stop) = self.forward_client().await {
             return stop;
         }
-        // Registered once per transaction, not once per turn of the loop.
-        let hard_stop = self.hard_stop.clone();
-        let hard_stopped = hard_stop.cancelled();
-        tokio::pin!(hard_stopped);
         loop {
             self.reserve_client_buffer();
             let server = &mut self.server.as_mut().expect("attached").conn;
@@ -577,7 +570,6 @@ impl<C: ClientStream> Session<C> {
                     }
                     Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
                 },
-                _ = &mut hard_stopped => return Stop::Fatal(shutting_down()),
             }
         }
     }
