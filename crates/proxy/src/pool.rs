@@ -303,10 +303,7 @@ impl Pool {
             match w.send(Grant::Conn(p)) {
                 Ok(()) => return,
                 Err(Grant::Conn(back)) => p = back,
-                Err(Grant::Slot(mut s)) => {
-                    s.pool = None;
-                    unreachable!("sent a connection")
-                }
+                Err(Grant::Slot(_)) => unreachable!("sent a connection"),
             }
         }
         st.idle.push_back(p);

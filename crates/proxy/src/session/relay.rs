@@ -1,0 +1,300 @@
+//! The relay: moving bytes between a client and the server connection it
+//! holds, noting on the way what makes the connection's state (replies
+//! owed, transaction status, settings, named statements), and cleaning up
+//! when either side goes away.
+
+use std::collections::HashSet;
+
+use bytes::{Buf, BytesMut};
+use pgwake_config::PoolMode;
+use pgwake_protocol::backend::{self, ErrorMessage};
+use pgwake_protocol::{sqlstate, Scanned};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{too_large, ClientStream, Session, Stop, CLEANUP_TIMEOUT, INTERNAL_TIMEOUT};
+use crate::params;
+use crate::pool::Pooled;
+use crate::server::{inspected_server_frame, send_cancel};
+
+impl<C: ClientStream> Session<C> {
+    /// Moves bytes both ways until the transaction ends (transaction mode)
+    /// or either side leaves.
+    pub(super) async fn relay(&mut self) -> Stop {
+        if let Err(stop) = self.forward_client().await {
+            return stop;
+        }
+        loop {
+            self.reserve_client_buffer();
+            let server = &mut self.server.as_mut().expect("attached").conn;
+            if self.mode == PoolMode::Transaction
+                && server.tx.is_idle()
+                && self.cscan.at_boundary()
+                && server.scan.at_boundary()
+                && server.buf.is_empty()
+                && self.statements.is_empty()
+            {
+                return Stop::Released;
+            }
+            tokio::select! {
+                // Fixed order: no random draw per turn.
+                biased;
+                r = self.client.read_buf(&mut self.cbuf) => match r {
+                    Ok(0) | Err(_) => return Stop::ClientGone,
+                    Ok(_) => if let Err(stop) = self.forward_client().await { return stop },
+                },
+                r = server.read_more() => match r {
+                    Err(e) => {
+                        server.broken = true;
+                        tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
+                        return Box::pin(self.server_lost(&e.to_string())).await;
+                    }
+                    Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
+                },
+            }
+        }
+    }
+
+    /// Makes room for the next read: at least a few KiB, and a whole Parse
+    /// or Close frame, which is read in full.
+    fn reserve_client_buffer(&mut self) {
+        let mut want = 8 * 1024;
+        if self.cscan.at_boundary() {
+            if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
+                if client_frame_read_whole(self.cbuf[0]) {
+                    want = want.max(len);
+                }
+            }
+        }
+        if self.cbuf.capacity() - self.cbuf.len() < want.min(1024) || self.cbuf.capacity() < want {
+            self.cbuf.reserve(want);
+        }
+    }
+
+    /// The server connection broke under the client. Outside a transaction
+    /// the client only loses the statement in flight: it gets an error and
+    /// ReadyForQuery for each reply owed, and its next statement runs on a
+    /// fresh connection. Inside a transaction the session state is gone, so
+    /// the client is closed, as a direct connection would be.
+    async fn server_lost(&mut self, e: &str) -> Stop {
+        let p = self.server.take().expect("attached");
+        let tx = p.conn.tx;
+        drop(p);
+        self.cancel.set(None);
+        let lost = ErrorMessage::error(
+            sqlstate::CONNECTION_FAILURE,
+            format!("pgwake lost its server connection while running this statement: {e}"),
+        );
+        if tx.status != b'I'
+            || tx.open_extended
+            || !self.cscan.at_boundary()
+            || self.mode == PoolMode::Session
+        {
+            return Stop::Fatal(
+                ErrorMessage { severity: backend::Severity::Fatal, ..lost }
+                    .with_hint("the open transaction is lost (if COMMIT was in flight, it may or may not have completed); reconnect and retry"),
+            );
+        }
+        // Named statements lived on that connection only.
+        self.statements.clear();
+        if tx.owed == 0 {
+            // Nothing in flight: the client only loses its named statements,
+            // and an unsolicited error would make many drivers hang up.
+            return Stop::Released;
+        }
+        let mut out = BytesMut::new();
+        lost.with_hint(
+            "the statement may or may not have completed; it is safe to retry on this connection",
+        )
+        .write(&mut out);
+        for _ in 0..tx.owed {
+            backend::ready_for_query(&mut out, b'I');
+        }
+        match self.client.write_all(&out).await {
+            Ok(()) => Stop::Released,
+            Err(_) => Stop::ClientGone,
+        }
+    }
+
+    /// Forwards every buffered client byte that belongs to a frame whose
+    /// header arrived; a partial header waits for more.
+    async fn forward_client(&mut self) -> Result<(), Stop> {
+        let server = &mut self.server.as_mut().expect("attached").conn;
+        let mut pos = 0;
+        let mut terminate = false;
+        loop {
+            let step = self.cscan.next(&self.cbuf, pos, client_frame_read_whole);
+            let Some((item, next)) = step.map_err(|e| Stop::Fatal(too_large(&e)))? else {
+                break;
+            };
+            match item {
+                Scanned::Start { tag: b'X' } => {
+                    terminate = true;
+                    break;
+                }
+                Scanned::Start { tag } => server.tx.sent(tag),
+                Scanned::Frame { tag, body } => {
+                    server.tx.sent(tag);
+                    track_statement(&mut self.statements, tag, body);
+                }
+                Scanned::Body => {}
+            }
+            pos = next;
+        }
+        if pos > 0 {
+            let written = server.stream.write_all(&self.cbuf[..pos]).await;
+            self.cbuf.advance(pos);
+            if let Err(e) = written {
+                server.broken = true;
+                // Answered by server_lost like any other request in flight.
+                return Err(Box::pin(self.server_lost(&e.to_string())).await);
+            }
+        }
+        if terminate {
+            return Err(Stop::ClientGone);
+        }
+        Ok(())
+    }
+
+    /// Forwards every buffered server byte to the client, noting
+    /// ReadyForQuery and ParameterStatus on the way.
+    async fn forward_server(&mut self) -> Result<(), Stop> {
+        let server = &mut self.server.as_mut().expect("attached").conn;
+        let mut pos = 0;
+        let mut fatal = None;
+        loop {
+            let step = server.scan.next(&server.buf, pos, inspected_server_frame);
+            let Some((item, next)) = step.map_err(|e| {
+                Stop::Fatal(ErrorMessage::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("from server: {e}"),
+                ))
+            })?
+            else {
+                break;
+            };
+            match item {
+                Scanned::Frame { tag: b'Z', body } => {
+                    server.tx.ready(body.first().copied().unwrap_or(b'E'));
+                }
+                Scanned::Frame { tag: b'S', body } => {
+                    // ParameterStatus: a SET by the client; it now expects this value.
+                    let body = body.to_vec();
+                    server.observe(b'S', &body);
+                    if let Some((k, v)) = crate::server::split_param(&body) {
+                        let k = k.to_ascii_lowercase();
+                        if !params::follows_client(&k) {
+                            // Not replayable: the connection keeps it; it is the client's
+                            // own doing, as with any session state in transaction mode.
+                        } else if self.defaults.params.get(&k).map(String::as_str) == Some(v) {
+                            self.want.remove(&k);
+                        } else {
+                            self.want.insert(k, v.to_owned());
+                        }
+                        self.want_fp = params::fingerprint(&self.want);
+                        server.settings_fp = self.want_fp;
+                    }
+                }
+                Scanned::Frame { tag: b'E', body } if crate::server::is_fatal(body) => {
+                    // The server is closing this connection (shutdown, terminated
+                    // backend): not the client's session to end. Keep it from the
+                    // client and handle it as a lost connection.
+                    fatal = Some(crate::server::parse_error(body).message);
+                    break;
+                }
+                _ => {}
+            }
+            pos = next;
+        }
+        if pos > 0 {
+            if self.client.write_all(&server.buf[..pos]).await.is_err() {
+                return Err(Stop::ClientGone);
+            }
+            server.buf.advance(pos);
+        }
+        if let Some(message) = fatal {
+            server.broken = true;
+            tracing::warn!(peer = %self.peer, pool = %self.pool.key(), %message, "server closed a connection while serving a client");
+            return Err(Box::pin(self.server_lost(&format!("server: {message}"))).await);
+        }
+        Ok(())
+    }
+
+    /// The client left while holding a server connection: make it clean
+    /// (cancel a running query, end COPY, roll back) and return it, or close it.
+    pub(super) async fn give_back_after_client_left(&mut self, mut p: Pooled) {
+        if p.conn.broken || !self.cscan.at_boundary() {
+            // A message was cut off mid-way; the server cannot be brought back in step.
+            return;
+        }
+        let pool = self.pool.clone();
+        let mode = self.mode;
+        let peer = self.peer.clone();
+        let had_statements = !self.statements.is_empty();
+        let cleanup = async move {
+            if !p.conn.tx.is_idle() {
+                let mut out = BytesMut::new();
+                if p.conn.tx.owed > 0 {
+                    let (addr, pid, key) = p.conn.cancel_key();
+                    let _ = send_cancel(addr, pid, key).await;
+                    // Ends a COPY FROM STDIN; ignored by the server otherwise.
+                    frontend::copy_fail("client disconnected", &mut out).ok()?;
+                }
+                if p.conn.tx.open_extended {
+                    frontend::sync(&mut out);
+                    p.conn.tx.sent(b'S');
+                }
+                frontend::query("ROLLBACK", &mut out).ok()?;
+                p.conn.tx.sent(b'Q');
+                p.conn.stream.write_all(&out).await.ok()?;
+                p.conn.drain().await.ok()?;
+            }
+            if mode == PoolMode::Transaction && had_statements {
+                p.conn
+                    .run_internal("DEALLOCATE ALL", INTERNAL_TIMEOUT)
+                    .await
+                    .ok()?;
+            }
+            if mode == PoolMode::Session {
+                p.conn
+                    .run_internal("DISCARD ALL", INTERNAL_TIMEOUT)
+                    .await
+                    .ok()?;
+                p.conn.params = self.defaults.params.clone();
+            }
+            Some(p)
+        };
+        match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
+            Ok(Some(p)) => pool.checkin(p),
+            _ => {
+                tracing::warn!(%peer, "closed a server connection that could not be cleaned after its client left")
+            }
+        }
+    }
+}
+
+/// Client frames whose bodies pgwake reads: Parse and Close name prepared statements.
+#[inline]
+fn client_frame_read_whole(tag: u8) -> bool {
+    tag == b'P' || tag == b'C'
+}
+
+/// Notes a named statement created by Parse or removed by Close.
+fn track_statement(statements: &mut HashSet<Box<[u8]>>, tag: u8, body: &[u8]) {
+    let name = |b: &[u8]| -> Box<[u8]> {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        b[..end].into()
+    };
+    match tag {
+        b'P' => {
+            let n = name(body);
+            if !n.is_empty() {
+                statements.insert(n);
+            }
+        }
+        b'C' if body.first() == Some(&b'S') => {
+            statements.remove(&name(&body[1..]));
+        }
+        _ => {}
+    }
+}
