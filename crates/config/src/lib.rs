@@ -101,6 +101,10 @@ pub struct Server {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
     pub sslmode: SslMode,
+    /// PEM file of the CA certificates that `verify-ca`/`verify-full` trust.
+    /// Unset: the system's root certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -120,6 +124,7 @@ impl Default for Server {
             port: 5432,
             dbname: None,
             sslmode: SslMode::Prefer,
+            sslrootcert: None,
             connect_timeout: Duration::from_secs(5),
             // Below the ~4 minute idle timeout of cloud NATs.
             tcp_keepalive_idle: Duration::from_secs(60),

@@ -5,7 +5,7 @@ use std::fmt;
 
 use toml::{Table, Value};
 
-use crate::{AuthMethod, Config, SslMode};
+use crate::{AuthMethod, Config};
 
 /// Every problem found, each naming the key (and the variable or file it came from).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +213,7 @@ fn apply_server_url(root: &mut Table, text: &str) -> Result<(), String> {
     for (k, v) in url.query_pairs() {
         match &*k {
             "sslmode" => insert(root, &["server", "sslmode"], Value::String(v.into_owned())),
+            "sslrootcert" => insert(root, &["server", "sslrootcert"], Value::String(v.into_owned())),
             "connect_timeout" => {
                 let secs: u64 = v
                     .parse()
@@ -225,7 +226,7 @@ fn apply_server_url(root: &mut Table, text: &str) -> Result<(), String> {
             }
             other => {
                 return Err(format!(
-                    "parameter {other:?} is not supported (supported: sslmode, connect_timeout)"
+                    "parameter {other:?} is not supported (supported: sslmode, sslrootcert, connect_timeout)"
                 ))
             }
         }
@@ -271,11 +272,13 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
     if c.listen.max_message_size < 1024 {
         errors.push("listen.max_message_size must be at least 1024 bytes".into());
     }
-    if matches!(c.server.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
-        errors.push(format!(
-            "server.sslmode = {:?}: certificate verification is not available in this version; use disable, prefer or require",
-            c.server.sslmode
-        ));
+    if let Some(path) = &c.server.sslrootcert {
+        if !path.is_file() {
+            errors.push(format!(
+                "server.sslrootcert = {:?} is not a readable file",
+                path.display()
+            ));
+        }
     }
     if c.server.tcp_keepalive_count == 0 {
         errors.push("server.tcp_keepalive_count must be at least 1".into());
@@ -322,7 +325,7 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PoolMode;
+    use crate::{PoolMode, SslMode};
     use std::time::Duration;
 
     fn ok(file: &str, env: &[(&str, &str)]) -> Config {

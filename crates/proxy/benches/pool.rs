@@ -53,6 +53,7 @@ fn checkout_checkin(c: &mut Criterion) {
             keepalive_interval: Duration::from_secs(10),
             keepalive_count: 6,
             user_timeout: Duration::from_secs(30),
+            tls: None,
         };
         let settings = PoolSettings {
             mode: PoolMode::Transaction,

@@ -13,6 +13,7 @@ pub mod params;
 pub mod pool;
 pub mod server;
 mod session;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -105,6 +106,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot create unix socket {path} (listen.unix_socket_dir): {source}")]
     Unix {
         path: PathBuf,
@@ -130,7 +133,7 @@ impl Proxy {
             _ => Arc::new(NoPassword),
         };
         let shared = Arc::new(Shared {
-            target: Arc::new(Target::from_config(&config.server)),
+            target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),
             credentials,
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),

@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::params::Params;
+use crate::tls::ServerStream;
+use std::sync::Arc;
 
 /// Largest frame accepted from the server. Postgres itself never sends more
 /// than 1 GiB in one message.
@@ -34,11 +36,15 @@ pub struct Target {
     pub keepalive_interval: Duration,
     pub keepalive_count: u32,
     pub user_timeout: Duration,
+    /// TLS settings for `sslmode`; `None` with `disable`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
-    pub fn from_config(s: &pgwake_config::Server) -> Self {
-        Target {
+    /// Fails when the TLS settings cannot be built (an unreadable `sslrootcert`, say).
+    pub fn from_config(s: &pgwake_config::Server) -> Result<Self, String> {
+        Ok(Target {
+            tls: crate::tls::client_config(s.sslmode, s.sslrootcert.as_deref())?,
             host: s.host.clone(),
             port: s.port,
             sslmode: s.sslmode,
@@ -47,7 +53,7 @@ impl Target {
             keepalive_interval: s.tcp_keepalive_interval,
             keepalive_count: s.tcp_keepalive_count,
             user_timeout: s.tcp_user_timeout,
-        }
+        })
     }
 }
 
@@ -72,8 +78,14 @@ pub enum ConnectError {
     Server(ErrorMessage),
     #[error("the server asked for a password, and server.auth has none (set server.auth.password or PGWAKE_SERVER_AUTH_PASSWORD)")]
     NoPassword,
-    #[error("server.sslmode = require, and the server at {host}:{port} does not accept TLS")]
+    #[error("server.sslmode requires TLS, and the server at {host}:{port} does not accept it")]
     TlsRequired { host: String, port: u16 },
+    #[error("TLS with the server at {host}:{port} failed: {reason}")]
+    Tls {
+        host: String,
+        port: u16,
+        reason: String,
+    },
     #[error("unexpected reply from server during login: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -172,7 +184,7 @@ impl TxState {
 /// A logged-in server connection.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: ServerStream,
     /// Bytes read from the server, not yet forwarded.
     pub(crate) buf: BytesMut,
     pub(crate) scan: Scanner,
@@ -227,29 +239,38 @@ impl ServerConn {
     ) -> Result<ServerConn, ConnectError> {
         let timeout = target.connect_timeout;
         let attempt = async {
-            let mut stream = tcp_connect(target).await?;
-            if target.sslmode != SslMode::Disable {
-                if ssl_request(&mut stream)
-                    .await
-                    .map_err(|e| unreachable(target, &e))?
-                {
-                    if target.sslmode == SslMode::Require {
+            let mut tcp = tcp_connect(target).await?;
+            let stream = match &target.tls {
+                None => ServerStream::Plain(tcp),
+                Some(config) => {
+                    let accepted = ssl_request(&mut tcp)
+                        .await
+                        .map_err(|e| unreachable(target, &e))?;
+                    if accepted {
+                        match crate::tls::handshake(config.clone(), &target.host, tcp).await {
+                            Ok(s) => s,
+                            // libpq's prefer: a failed TLS attempt falls back to plaintext.
+                            Err(_) if target.sslmode == SslMode::Prefer => {
+                                ServerStream::Plain(tcp_connect(target).await?)
+                            }
+                            Err(e) => {
+                                return Err(ConnectError::Tls {
+                                    host: target.host.clone(),
+                                    port: target.port,
+                                    reason: e.to_string(),
+                                })
+                            }
+                        }
+                    } else if target.sslmode == SslMode::Prefer {
+                        ServerStream::Plain(tcp)
+                    } else {
                         return Err(ConnectError::TlsRequired {
                             host: target.host.clone(),
                             port: target.port,
                         });
                     }
-                    // TLS is not available in this build; `prefer` allows a
-                    // plaintext connection, as libpq does when TLS fails.
-                    drop(stream);
-                    stream = tcp_connect(target).await?;
-                } else if target.sslmode == SslMode::Require {
-                    return Err(ConnectError::TlsRequired {
-                        host: target.host.clone(),
-                        port: target.port,
-                    });
                 }
-            }
+            };
             login(stream, dbname, user, password).await
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -288,7 +309,7 @@ impl ServerConn {
             return false;
         }
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
+        match self.stream.tcp().try_read(&mut probe) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             // EOF, an error, or unsolicited bytes (often a FATAL before close).
             _ => false,
@@ -481,12 +502,13 @@ async fn ssl_request(stream: &mut TcpStream) -> io::Result<bool> {
 }
 
 async fn login(
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     dbname: &str,
     user: &str,
     password: Option<Secret>,
 ) -> Result<ServerConn, ConnectError> {
     let peer = stream
+        .tcp()
         .peer_addr()
         .map_err(|e| ConnectError::Protocol(e.to_string()))?;
     let mut out = BytesMut::new();

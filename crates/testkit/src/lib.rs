@@ -161,9 +161,17 @@ pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     users: Vec<(String, String)>,
     databases: Vec<(String, String)>,
+    /// Server certificate and key (PEM) to turn on `ssl`.
+    tls: Option<(String, String)>,
 }
 
 impl ClusterBuilder {
+    /// Turns on TLS (`ssl = on`) with this certificate chain and key, in PEM.
+    pub fn tls(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        self.tls = Some((cert_pem.to_owned(), key_pem.to_owned()));
+        self
+    }
+
     /// Method for TCP logins of non-superuser roles. Default: trust.
     pub fn auth(mut self, a: HostAuth) -> Self {
         self.auth = a;
@@ -491,6 +499,22 @@ impl Cluster {
             // Otherwise the verifier is SCRAM and the md5 method silently
             // upgrades to SCRAM.
             set("password_encryption", "md5");
+        }
+        if let Some((cert, key)) = &b.tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = self.data.join(name);
+                fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+                // The server refuses a key readable by others.
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("chmod {}", path.display()))?;
+                if let Some(user) = &self.run_as {
+                    std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))
+                        .with_context(|| format!("chown {}", path.display()))?;
+                }
+            }
+            set("ssl", "on");
+            set("ssl_cert_file", "server.crt");
+            set("ssl_key_file", "server.key");
         }
         for (key, value) in &b.settings {
             set(key, value);
