@@ -283,6 +283,23 @@ impl ServerConn {
         }
     }
 
+    /// The TCP options in force on the socket, read back from the kernel:
+    /// (keepalive idle, keepalive interval, keepalive probes, user timeout).
+    pub fn tcp_options(&self) -> io::Result<(Duration, Duration, u32, Option<Duration>)> {
+        let sock = socket2::SockRef::from(self.stream.tcp());
+        Ok((
+            sock.tcp_keepalive_time()?,
+            sock.tcp_keepalive_interval()?,
+            sock.tcp_keepalive_retries()?,
+            sock.tcp_user_timeout()?,
+        ))
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
     /// Process id and secret key of the backend, for cancel requests.
     pub fn cancel_key(&self) -> (SocketAddr, u32, u32) {
         (self.peer, self.pid, self.secret_key)
