@@ -200,3 +200,31 @@ fn demo_runs_its_workload_and_cleans_up() {
     );
     assert!(out.contains("removing its files"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connect_over_the_unix_socket() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let port = pgwake_testkit::free_port();
+    let toml = config_for(&cluster, port, "size = 2").replace(
+        "[listen]\n",
+        &format!("[listen]\nunix_socket_dir = \"{}\"\n", dir.path().display()),
+    );
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    assert!(dir.path().join(format!(".s.PGSQL.{port}")).exists());
+    let out = Command::new(cluster.bin().path("psql"))
+        .args(["-X", "-A", "-t", "-U", "app", "-d", "app", "-h"])
+        .arg(dir.path())
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-c", "select 'over unix'"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        pg.logs()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over unix");
+}

@@ -62,7 +62,6 @@ impl Listeners {
     pub(crate) async fn serve(self, shared: Arc<Shared>) {
         let limit = Arc::new(Semaphore::new(shared.config.listen.max_client_conn));
         let sessions = TaskTracker::new();
-        let unix_path = self.unix.as_ref().map(|(_, p)| p.clone());
         loop {
             let accepted = tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
@@ -97,7 +96,6 @@ impl Listeners {
             drop(l);
             let _ = std::fs::remove_file(path);
         }
-        let _ = unix_path;
         sessions.close();
         sessions.wait().await;
     }
