@@ -148,3 +148,112 @@ async fn waiting_clients_are_served_first_come_first_served() {
         .unwrap();
     assert_eq!(order, "0,1,2,3,4");
 }
+
+/// A TCP relay in front of the server that can make the connections it
+/// carries die silently: a doomed connection is closed, unanswered, as soon
+/// as pgwake sends on it, like a socket a NAT or a restart killed while it sat
+/// idle in the pool. Connections made afterwards are relayed normally.
+struct FaultRelay {
+    port: u16,
+    doom_before: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultRelay {
+    async fn start(upstream: u16) -> FaultRelay {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let doom_before = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (doom, count) = (doom_before.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let id = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let doom = doom.clone();
+                tokio::spawn(async move {
+                    let up = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                        .await
+                        .unwrap();
+                    let (mut down_r, mut down_w) = down.into_split();
+                    let (mut up_r, mut up_w) = up.into_split();
+                    let to_client = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut up_r, &mut down_w).await;
+                    });
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = down_r.read(&mut buf).await {
+                        if n == 0 || id <= doom.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if up_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Closing both halves ends this connection without a reply.
+                    to_client.abort();
+                });
+            }
+        });
+        FaultRelay {
+            port,
+            doom_before,
+            accepted,
+        }
+    }
+
+    /// Every connection open now dies on its next use.
+    fn doom_current(&self) {
+        use std::sync::atomic::Ordering;
+        self.doom_before
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dead_on_first_use_is_replaced_invisibly() {
+    let cluster = cluster();
+    let relay = FaultRelay::start(cluster.port()).await;
+    let port = pgwake_testkit::free_port();
+    let toml = config_for(&cluster, port, "size = 3\nmin_idle = 3").replace(
+        &format!("port = {}", cluster.port()),
+        &format!("port = {}", relay.port),
+    );
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    pg.client().await.simple_query("select 1").await.unwrap();
+    for round in 0..3 {
+        // Each client's first request meets a dead pooled connection,
+        // with the simple and with the extended protocol.
+        relay.doom_current();
+        let c = pg.client().await;
+        let rows = c
+            .simple_query("select 40 + 2")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: simple query failed: {e:?}\n{}", pg.logs()));
+        let answer = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(
+            answer.as_deref(),
+            Some("42"),
+            "round {round}\n{}",
+            pg.logs()
+        );
+        drop(c);
+        relay.doom_current();
+        let c = pg.client().await;
+        let v: i32 = c
+            .query_one("select $1::int", &[&round])
+            .await
+            .unwrap_or_else(|e| {
+                panic!("round {round}: extended query failed: {e:?}\n{}", pg.logs())
+            })
+            .get(0);
+        assert_eq!(v, round);
+    }
+    assert!(pg
+        .logs()
+        .contains("retrying the request on a fresh server connection"));
+}

@@ -221,6 +221,17 @@ impl Pool {
     /// has room, else the next one freed (first come, first served) within
     /// `pool_wait_timeout`.
     pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
+        self.checkout_inner(false).await
+    }
+
+    /// Like [`Pool::checkout`], but opens a new connection when the pool has
+    /// room: used after a pooled connection proved dead on first use, when
+    /// its idle siblings (same NAT, same restart) are suspect too.
+    pub async fn checkout_fresh(&self) -> Result<Pooled, CheckoutError> {
+        self.checkout_inner(true).await
+    }
+
+    async fn checkout_inner(&self, fresh: bool) -> Result<Pooled, CheckoutError> {
         let deadline = tokio::time::Instant::now() + self.inner.settings.wait_timeout;
         loop {
             let next = {
@@ -233,9 +244,10 @@ impl Pool {
                         return Err(e.clone().into());
                     }
                 }
-                if let Some(p) = st.idle.pop_back() {
+                let room = st.total < self.inner.settings.size;
+                if let Some(p) = (!(fresh && room)).then(|| st.idle.pop_back()).flatten() {
                     Ok(Grant::Conn(p))
-                } else if st.total < self.inner.settings.size {
+                } else if room {
                     st.total += 1;
                     Ok(Grant::Slot(Slot {
                         pool: Some(self.inner.clone()),

@@ -202,6 +202,9 @@ enum Stop {
     ClientGone,
     /// The client must be told and closed.
     Fatal(ErrorMessage),
+    /// The server connection was dead on first use, before any reply: the
+    /// request (still buffered) can go to a fresh connection.
+    Retry,
 }
 
 struct Session<C> {
@@ -230,6 +233,12 @@ struct Session<C> {
     /// While any exist, the server connection that holds them stays with
     /// the client (transaction mode degrades to session mode for it).
     statements: HashSet<Box<[u8]>>,
+    /// Bytes at the front of `cbuf` already sent as the first request on a
+    /// freshly attached connection, kept until the server answers so that a
+    /// connection found dead on first use can be replaced invisibly.
+    replay: usize,
+    /// The next client bytes are the first sent on this attachment.
+    fresh: bool,
 }
 
 impl<C: ClientStream> Session<C> {
@@ -335,6 +344,8 @@ impl<C: ClientStream> Session<C> {
             server: None,
             shutdown,
             statements: HashSet::new(),
+            replay: 0,
+            fresh: false,
         })
     }
 
@@ -374,6 +385,10 @@ impl<C: ClientStream> Session<C> {
                         return Stop::Fatal(shutting_down());
                     }
                 }
+                Stop::Retry => match Box::pin(self.retry_on_fresh_connection()).await {
+                    Ok(_) => {}
+                    Err(stop) => return stop,
+                },
                 other => return other,
             }
         }
@@ -450,6 +465,7 @@ impl<C: ClientStream> Session<C> {
         }
         self.cancel.set(Some(p.conn.cancel_key()));
         self.server = Some(p);
+        self.fresh = true;
         Ok(true)
     }
 

@@ -17,6 +17,9 @@ use crate::params;
 use crate::pool::Pooled;
 use crate::server::{inspected_server_frame, send_cancel};
 
+/// Largest first request kept for a replay on a fresh connection.
+const MAX_REPLAY: usize = 64 * 1024;
+
 impl<C: ClientStream> Session<C> {
     /// Moves bytes both ways until the transaction ends (transaction mode)
     /// or either side leaves.
@@ -46,6 +49,10 @@ impl<C: ClientStream> Session<C> {
                 r = server.read_more() => match r {
                     Err(e) => {
                         server.broken = true;
+                        if self.replay > 0 {
+                            tracing::info!(peer = %self.peer, error = %e, "server connection dead on first use");
+                            return Stop::Retry;
+                        }
                         tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
                         return Box::pin(self.server_lost(&e.to_string())).await;
                     }
@@ -119,7 +126,16 @@ impl<C: ClientStream> Session<C> {
     /// Forwards every buffered client byte that belongs to a frame whose
     /// header arrived; a partial header waits for more.
     async fn forward_client(&mut self) -> Result<(), Stop> {
+        // More client bytes before the server answered: the first request is
+        // no longer alone in flight, so it can no longer be replayed.
+        if self.replay > 0 {
+            self.cbuf.advance(std::mem::take(&mut self.replay));
+        }
         let server = &mut self.server.as_mut().expect("attached").conn;
+        // A first request on a fresh attachment, with no session state on the
+        // connection, may go to another connection if this one proves dead.
+        let replayable =
+            std::mem::take(&mut self.fresh) && server.tx.is_idle() && self.statements.is_empty();
         let mut pos = 0;
         let mut terminate = false;
         loop {
@@ -143,9 +159,17 @@ impl<C: ClientStream> Session<C> {
         }
         if pos > 0 {
             let written = server.stream.write_all(&self.cbuf[..pos]).await;
-            self.cbuf.advance(pos);
+            let keep = replayable && !terminate && self.cscan.at_boundary() && pos <= MAX_REPLAY;
+            if keep {
+                self.replay = pos;
+            } else {
+                self.cbuf.advance(pos);
+            }
             if let Err(e) = written {
                 server.broken = true;
+                if keep {
+                    return Err(Stop::Retry);
+                }
                 // Answered by server_lost like any other request in flight.
                 return Err(Box::pin(self.server_lost(&e.to_string())).await);
             }
@@ -154,6 +178,48 @@ impl<C: ClientStream> Session<C> {
             return Err(Stop::ClientGone);
         }
         Ok(())
+    }
+
+    /// Replaces a connection that died before answering the first request
+    /// sent on it, and sends that request again on a fresh one: the client
+    /// never sees the dead connection. `Ok(false)`: no connection could be
+    /// had; the client got an error for the request instead.
+    pub(super) async fn retry_on_fresh_connection(&mut self) -> Result<bool, Stop> {
+        drop(self.server.take());
+        self.cancel.set(None);
+        let replay = std::mem::take(&mut self.replay);
+        tracing::info!(peer = %self.peer, pool = %self.pool.key(), "retrying the request on a fresh server connection");
+        let mut p = match self.pool.checkout_fresh().await {
+            Ok(p) => p,
+            Err(e) => {
+                // The request is still buffered; answer it with the error.
+                self.statements.clear();
+                Box::pin(self.skip_request(e.to_client())).await?;
+                return Ok(false);
+            }
+        };
+        if p.conn.settings_fp != self.want_fp {
+            Box::pin(self.sync_settings(&mut p)).await?;
+        }
+        let mut scan = pgwake_protocol::Scanner::new(usize::MAX);
+        let mut pos = 0;
+        while let Ok(Some((item, next))) = scan.next(&self.cbuf[..replay], pos, |_| false) {
+            if let Scanned::Start { tag } = item {
+                p.conn.tx.sent(tag);
+            }
+            pos = next;
+        }
+        let written = p.conn.stream.write_all(&self.cbuf[..replay]).await;
+        self.cbuf.advance(replay);
+        if let Err(e) = written {
+            return Err(Stop::Fatal(ErrorMessage::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("server connection lost: {e}"),
+            )));
+        }
+        self.cancel.set(Some(p.conn.cancel_key()));
+        self.server = Some(p);
+        Ok(true)
     }
 
     /// Forwards every buffered server byte to the client, noting
@@ -207,6 +273,10 @@ impl<C: ClientStream> Session<C> {
             pos = next;
         }
         if pos > 0 {
+            if self.replay > 0 {
+                // The server answered: the request went through.
+                self.cbuf.advance(std::mem::take(&mut self.replay));
+            }
             if self.client.write_all(&server.buf[..pos]).await.is_err() {
                 return Err(Stop::ClientGone);
             }
@@ -214,6 +284,10 @@ impl<C: ClientStream> Session<C> {
         }
         if let Some(message) = fatal {
             server.broken = true;
+            if self.replay > 0 {
+                tracing::info!(peer = %self.peer, %message, "server connection closed before answering the first request");
+                return Err(Stop::Retry);
+            }
             tracing::warn!(peer = %self.peer, pool = %self.pool.key(), %message, "server closed a connection while serving a client");
             return Err(Box::pin(self.server_lost(&format!("server: {message}"))).await);
         }
