@@ -143,6 +143,9 @@ pub enum AuthMethod {
     /// A password (or token) from the config or `PGWAKE_SERVER_AUTH_PASSWORD`;
     /// sent as the server asks: SCRAM-SHA-256, MD5 or cleartext.
     Password,
+    /// The first line of the file at `path` (a mounted secret, say), re-read
+    /// when the file changes; connections made with the old one retire.
+    PasswordFile,
     /// No password.
     Trust,
 }
@@ -162,6 +165,9 @@ pub struct ServerAuth {
         default
     )]
     pub password: Option<Secret>,
+    /// The file for `method = "password_file"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
 }
 
 impl ServerAuth {

@@ -292,6 +292,18 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
             "server.auth.password is required with server.auth.method = \"password\" (or set PGWAKE_SERVER_AUTH_PASSWORD)".into(),
         );
     }
+    if c.server.auth.effective_method() == AuthMethod::PasswordFile {
+        match &c.server.auth.path {
+            None => errors.push(
+                "server.auth.path is required with server.auth.method = \"password_file\"".into(),
+            ),
+            Some(p) if !p.is_file() => errors.push(format!(
+                "server.auth.path = {:?} is not a readable file",
+                p.display()
+            )),
+            Some(_) => {}
+        }
+    }
     let pool_checks = |prefix: &str, size: usize, min_idle: usize, errors: &mut Vec<String>| {
         if size == 0 {
             errors.push(format!("{prefix}size must be at least 1"));

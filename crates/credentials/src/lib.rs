@@ -50,7 +50,17 @@ pub struct CredentialError {
 pub trait CredentialSource: Send + Sync + fmt::Debug {
     /// The current secret, or `None` when the server needs none (trust).
     fn current(&self) -> Result<Option<Secret>, CredentialError>;
+
+    /// A number that changes whenever the secret does. Connections made
+    /// under an older generation are retired when next returned to a pool.
+    /// Cheap: called on every check-in.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
+
+mod password_file;
+pub use password_file::PasswordFile;
 
 /// A password fixed in the configuration (or its environment override).
 #[derive(Debug, Clone)]

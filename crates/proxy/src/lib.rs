@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use pgwake_config::{AuthMethod, Config, Route};
-use pgwake_credentials::{CredentialSource, NoPassword, StaticPassword};
+use pgwake_credentials::{CredentialSource, NoPassword, PasswordFile, StaticPassword};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -130,6 +130,9 @@ impl Proxy {
             &config.server.auth.password,
         ) {
             (AuthMethod::Password, Some(p)) => Arc::new(StaticPassword(p.clone())),
+            (AuthMethod::PasswordFile, _) => Arc::new(PasswordFile::new(
+                config.server.auth.path.clone().unwrap_or_default(),
+            )),
             _ => Arc::new(NoPassword),
         };
         let shared = Arc::new(Shared {

@@ -300,6 +300,7 @@ impl Pool {
             || !p.conn.buf.is_empty()
             || !p.conn.scan.at_boundary()
             || now >= p.retire_at
+            || p.conn.credential_generation != self.inner.credentials.generation()
         {
             retire(p);
             return;
@@ -335,10 +336,12 @@ impl Pool {
                 .credentials
                 .current()
                 .map_err(|e| ConnectError::Credential(e.to_string()))?;
+            let generation = inner.credentials.generation();
             match ServerConn::connect(&inner.target, &inner.key.dbname, &inner.key.user, password)
                 .await
             {
-                Ok(conn) => {
+                Ok(mut conn) => {
+                    conn.credential_generation = generation;
                     inner.lock().auth_failure = None;
                     inner.learn(&conn);
                     return Ok(conn);
@@ -380,6 +383,9 @@ impl Pool {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // Notices a changed secret (one stat for a password file), so
+            // connections made with the old one retire below.
+            let _ = self.inner.credentials.current();
             self.prune();
             // Warm up to min_idle, one connection at a time.
             while tokio::time::Instant::now() >= next_attempt {
@@ -424,6 +430,7 @@ impl Pool {
     fn prune(&self) {
         let now = Instant::now();
         let s = &self.inner.settings;
+        let generation = self.inner.credentials.generation();
         let mut gone = Vec::new();
         {
             let mut st = self.inner.lock();
@@ -433,7 +440,11 @@ impl Pool {
             while let Some(mut p) = idle.pop_front() {
                 let surplus = keep.len() + idle.len() >= s.min_idle;
                 let stale = surplus && now.duration_since(p.conn.last_used) >= s.idle_timeout;
-                if stale || now >= p.retire_at || !p.conn.is_alive() {
+                if stale
+                    || now >= p.retire_at
+                    || p.conn.credential_generation != generation
+                    || !p.conn.is_alive()
+                {
                     gone.push(p);
                 } else {
                     keep.push_back(p);

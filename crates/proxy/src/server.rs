@@ -201,6 +201,9 @@ pub struct ServerConn {
     pub(crate) peer: SocketAddr,
     pub(crate) created: Instant,
     pub(crate) last_used: Instant,
+    /// [`pgwake_credentials::CredentialSource::generation`] of the secret this
+    /// connection logged in with.
+    pub(crate) credential_generation: u64,
     /// The connection broke or is in a state pgwake cannot vouch for.
     pub(crate) broken: bool,
 }
@@ -656,6 +659,7 @@ async fn login(
                     created: now,
                     last_used: now,
                     broken: false,
+                    credential_generation: 0,
                 });
             }
             _ => {
