@@ -86,6 +86,36 @@ fn check_lists_every_problem_in_a_bad_file() {
 }
 
 #[test]
+fn check_never_prints_a_service_principal_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sp.toml");
+    std::fs::write(
+        &path,
+        "[server]\nhost = \"db.example\"\nsslmode = \"verify-full\"\n[server.auth]\nmethod = \"azure_client_secret\"\nuser = \"app\"\ntenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\nclient_id = \"app-client\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = pgwake(
+        &["check", "--config", path.to_str().unwrap()],
+        &[("PGWAKE_SERVER_AUTH_CLIENT_SECRET", "sp-Very~Secret.123")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("method = \"azure_client_secret\""), "{out}");
+    assert!(out.contains("client_secret = \"<redacted>\""), "{out}");
+    assert!(
+        !out.contains("Very~Secret") && !err.contains("Very~Secret"),
+        "{out}{err}"
+    );
+    // Without the secret: the error names the key and the variable.
+    let (code, _, err) = pgwake(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("server.auth.client_secret")
+            && err.contains("PGWAKE_SERVER_AUTH_CLIENT_SECRET"),
+        "{err}"
+    );
+}
+
+#[test]
 fn every_example_config_is_valid() {
     let dir = format!("{}/config", env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
@@ -94,10 +124,14 @@ fn every_example_config_is_valid() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let (code, out, err) = pgwake(
-            &["check", "--config", path.to_str().unwrap()],
-            &[("PGWAKE_SERVER_AUTH_PASSWORD", "from-env")],
-        );
+        // Password configs take theirs from the environment.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env: &[(&str, &str)] = if text.contains("method = \"password\"") {
+            &[("PGWAKE_SERVER_AUTH_PASSWORD", "from-env")]
+        } else {
+            &[]
+        };
+        let (code, out, err) = pgwake(&["check", "--config", path.to_str().unwrap()], env);
         assert_eq!(code, 0, "{}: {err}", path.display());
         assert!(!out.contains("from-env"));
         n += 1;

@@ -28,6 +28,7 @@ pub struct Config {
     /// Client database name → where and how it is pooled. Empty: every client
     /// database name maps to the server database of the same name.
     pub databases: BTreeMap<String, Database>,
+    pub lifecycle: Lifecycle,
     pub log: Log,
 }
 
@@ -146,17 +147,57 @@ pub enum AuthMethod {
     /// The first line of the file at `path` (a mounted secret, say), re-read
     /// when the file changes; connections made with the old one retire.
     PasswordFile,
+    /// The output of `command` (run with `/bin/sh -c`): the token, or JSON
+    /// with `token` and `expires_on`. Run again ahead of expiry.
+    Command,
+    /// Entra ID token of the managed identity (App Service, Container Apps,
+    /// VMs); user-assigned with `client_id`.
+    AzureManagedIdentity,
+    /// Entra ID token through AKS workload identity.
+    AzureWorkloadIdentity,
+    /// Entra ID token of the user signed in to the Azure CLI (development).
+    AzureCli,
+    /// Entra ID token of a service principal (`tenant_id`, `client_id`,
+    /// `client_secret`).
+    AzureClientSecret,
     /// No password.
     Trust,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl AuthMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::Password => "password",
+            AuthMethod::PasswordFile => "password_file",
+            AuthMethod::Command => "command",
+            AuthMethod::AzureManagedIdentity => "azure_managed_identity",
+            AuthMethod::AzureWorkloadIdentity => "azure_workload_identity",
+            AuthMethod::AzureCli => "azure_cli",
+            AuthMethod::AzureClientSecret => "azure_client_secret",
+            AuthMethod::Trust => "trust",
+        }
+    }
+
+    /// Methods whose tokens come from Microsoft Entra ID.
+    pub fn is_azure(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::AzureManagedIdentity
+                | AuthMethod::AzureWorkloadIdentity
+                | AuthMethod::AzureCli
+                | AuthMethod::AzureClientSecret
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerAuth {
     /// Unset: `password` when a password is given, else `trust`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<AuthMethod>,
-    /// Server user. Unset: the user name the client connected with.
+    /// Server user. Unset: the user name the client connected with. For
+    /// Entra ID, the role name the principal was created with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(
@@ -168,6 +209,63 @@ pub struct ServerAuth {
     /// The file for `method = "password_file"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// The shell command for `method = "command"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// User-assigned managed identity, workload identity or service
+    /// principal client ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Entra tenant (`azure_client_secret`; optional for the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The service principal's secret (`azure_client_secret`), or
+    /// `PGWAKE_SERVER_AUTH_CLIENT_SECRET`.
+    #[serde(
+        with = "secret_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub client_secret: Option<Secret>,
+    /// Federated token file for `azure_workload_identity`. Unset:
+    /// `AZURE_FEDERATED_TOKEN_FILE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Token scope. Unset: Azure Database for PostgreSQL's
+    /// (`https://ossrdbms-aad.database.windows.net/.default`); set it for
+    /// sovereign clouds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Fetch a new token at the latest this long before the current one
+    /// expires (and at 75 % of its lifetime if that is earlier).
+    #[serde(with = "humantime_serde")]
+    pub refresh_margin: Duration,
+    /// A token fetch that takes longer than this has failed (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// How often to run `command` again when its output has no expiry.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for ServerAuth {
+    fn default() -> Self {
+        ServerAuth {
+            method: None,
+            user: None,
+            password: None,
+            path: None,
+            command: None,
+            client_id: None,
+            tenant_id: None,
+            client_secret: None,
+            token_file: None,
+            scope: None,
+            refresh_margin: Duration::from_secs(300),
+            fetch_timeout: Duration::from_secs(10),
+            refresh_interval: Duration::from_secs(300),
+        }
+    }
 }
 
 impl ServerAuth {
@@ -243,6 +341,89 @@ pub struct Database {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Who starts and stops the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// pgwake never starts or stops the server.
+    None,
+    /// Azure Database for PostgreSQL Flexible Server through Azure Resource Manager.
+    Azure,
+    /// Shell commands in `[lifecycle.command]`.
+    Command,
+}
+
+/// Waking a stopped server when a client arrives, and stopping it when idle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifecycle {
+    pub provider: ProviderKind,
+    /// `azure`: the server's resource ID,
+    /// `/subscriptions/…/resourceGroups/…/providers/Microsoft.DBforPostgreSQL/flexibleServers/NAME`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// `azure`: Azure Resource Manager's address (sovereign clouds differ).
+    pub arm_endpoint: String,
+    /// `azure`: the REST API version.
+    pub api_version: String,
+    /// `azure`: the identity that calls ARM. Unset: `server.auth.method` when
+    /// that is an `azure_*` method, else `azure_managed_identity`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<AuthMethod>,
+    /// How long a client waits for a wake before it gets SQLSTATE 57P03.
+    #[serde(with = "humantime_serde")]
+    pub wake_timeout: Duration,
+    /// How long the provider's answer about the server's state is trusted.
+    #[serde(with = "humantime_serde")]
+    pub state_cache_ttl: Duration,
+    /// Stop the server after this long without client activity (and none on
+    /// the server itself). Unset: never.
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub idle_stop_after: Option<Duration>,
+    /// Stop the server when pgwake shuts down.
+    pub stop_on_shutdown: bool,
+    /// Start the server when pgwake starts, rather than when a client arrives.
+    pub wake_on_startup: bool,
+    pub command: LifecycleCommand,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            provider: ProviderKind::None,
+            resource_id: None,
+            arm_endpoint: "https://management.azure.com".into(),
+            api_version: "2024-08-01".into(),
+            identity: None,
+            wake_timeout: Duration::from_secs(120),
+            state_cache_ttl: Duration::from_secs(30),
+            idle_stop_after: None,
+            stop_on_shutdown: false,
+            wake_on_startup: false,
+            command: LifecycleCommand::default(),
+        }
+    }
+}
+
+/// Shell commands (run with `/bin/sh -c`) for `provider = "command"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleCommand {
+    /// Prints the server's state: ready, stopped, starting or stopping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Starts the server (may return before it is ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Stops the server (needed for idle stop and stop_on_shutdown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

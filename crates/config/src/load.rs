@@ -5,7 +5,9 @@ use std::fmt;
 
 use toml::{Table, Value};
 
-use crate::{AuthMethod, Config};
+use std::time::Duration;
+
+use crate::{AuthMethod, Config, ServerAuth};
 
 /// Every problem found, each naming the key (and the variable or file it came from).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,8 @@ const NOT_KEYS: &[&str] = &["PGWAKE_CONFIG", "PGWAKE_SERVER_URL"];
 /// `PGWAKE_SERVER_AUTH_USER` means `server.auth.user`.
 const SECTIONS: &[(&str, &[&str])] = &[
     ("server_auth_", &["server", "auth"]),
+    ("lifecycle_command_", &["lifecycle", "command"]),
+    ("lifecycle_", &["lifecycle"]),
     ("server_", &["server"]),
     ("listen_", &["listen"]),
     ("pool_", &["pool"]),
@@ -78,7 +82,7 @@ pub fn load<'a>(
             .find_map(|(p, path)| lower.strip_prefix(p).map(|k| (*path, k)))
         else {
             errors.push(format!(
-                "{name}: no config section matches (sections: listen, server, server.auth, pool, log)"
+                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, log)"
             ));
             continue;
         };
@@ -252,7 +256,142 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Checks that need more than one key, or a range.
+/// Each method's required keys are set, and no key it ignores is.
+fn check_auth(a: &ServerAuth, errors: &mut Vec<String>) {
+    let method = a.effective_method();
+    let name = method.name();
+    let set: [(&str, bool); 7] = [
+        ("password", a.password.is_some()),
+        ("path", a.path.is_some()),
+        ("command", a.command.is_some()),
+        ("client_id", a.client_id.is_some()),
+        ("tenant_id", a.tenant_id.is_some()),
+        ("client_secret", a.client_secret.is_some()),
+        ("token_file", a.token_file.is_some()),
+    ];
+    let (required, allowed): (&[&str], &[&str]) = match method {
+        AuthMethod::Password => (&["password"], &[]),
+        AuthMethod::PasswordFile => (&["path"], &[]),
+        AuthMethod::Command => (&["command"], &[]),
+        AuthMethod::AzureManagedIdentity => (&[], &["client_id"]),
+        AuthMethod::AzureWorkloadIdentity => (&[], &["client_id", "tenant_id", "token_file"]),
+        AuthMethod::AzureCli => (&[], &["tenant_id"]),
+        AuthMethod::AzureClientSecret => (&["tenant_id", "client_id", "client_secret"], &[]),
+        AuthMethod::Trust => (&[], &[]),
+    };
+    for (key, is_set) in set {
+        if required.contains(&key) && !is_set {
+            let env = format!("PGWAKE_SERVER_AUTH_{}", key.to_ascii_uppercase());
+            errors.push(format!(
+                "server.auth.{key} is required with server.auth.method = \"{name}\" (or set {env})"
+            ));
+        } else if is_set && !required.contains(&key) && !allowed.contains(&key) {
+            errors.push(format!(
+                "server.auth.{key} is not used with server.auth.method = \"{name}\"; remove it or change the method"
+            ));
+        }
+    }
+    if a.scope.is_some() && !method.is_azure() {
+        errors.push(format!(
+            "server.auth.scope is only used with the azure_* methods, not \"{name}\""
+        ));
+    }
+    if method == AuthMethod::PasswordFile {
+        if let Some(p) = &a.path {
+            if !p.is_file() {
+                errors.push(format!(
+                    "server.auth.path = {:?} is not a readable file",
+                    p.display()
+                ));
+            }
+        }
+    }
+    if a.fetch_timeout.is_zero() {
+        errors.push("server.auth.fetch_timeout must be above zero".into());
+    }
+    if a.refresh_interval < Duration::from_secs(1) {
+        errors.push("server.auth.refresh_interval must be at least 1s".into());
+    }
+}
+
+fn check_lifecycle(l: &crate::Lifecycle, errors: &mut Vec<String>) {
+    use crate::ProviderKind;
+    let stops = l.idle_stop_after.is_some() || l.stop_on_shutdown;
+    match l.provider {
+        ProviderKind::None => {
+            if stops || l.wake_on_startup {
+                errors.push("lifecycle.idle_stop_after, stop_on_shutdown and wake_on_startup need lifecycle.provider = \"azure\" or \"command\"".into());
+            }
+        }
+        ProviderKind::Azure => {
+            const SHAPE: &str = "/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.DBforPostgreSQL/flexibleServers/NAME";
+            match &l.resource_id {
+                None => errors.push(format!("lifecycle.resource_id is required with lifecycle.provider = \"azure\" ({SHAPE})")),
+                Some(id) => {
+                    let parts: Vec<&str> = id.trim_matches('/').split('/').collect();
+                    let ok = parts.len() == 8
+                        && parts[0].eq_ignore_ascii_case("subscriptions")
+                        && parts[2].eq_ignore_ascii_case("resourcegroups")
+                        && parts[4].eq_ignore_ascii_case("providers")
+                        && parts[5].eq_ignore_ascii_case("Microsoft.DBforPostgreSQL")
+                        && parts[6].eq_ignore_ascii_case("flexibleServers")
+                        && parts.iter().all(|p| !p.is_empty());
+                    if !ok {
+                        errors.push(format!("lifecycle.resource_id = {id:?} is not a flexible server's resource ID ({SHAPE})"));
+                    }
+                }
+            }
+            if !(l.arm_endpoint.starts_with("https://")
+                || l.arm_endpoint.starts_with("http://127.")
+                || l.arm_endpoint.starts_with("http://localhost"))
+            {
+                errors.push(format!(
+                    "lifecycle.arm_endpoint = {:?} must be an https:// URL",
+                    l.arm_endpoint
+                ));
+            }
+            if let Some(m) = l.identity {
+                if !m.is_azure() {
+                    errors.push(format!(
+                        "lifecycle.identity = \"{}\" is not an azure_* method",
+                        m.name()
+                    ));
+                }
+            }
+        }
+        ProviderKind::Command => {
+            if l.command.status.is_none() {
+                errors.push(
+                    "lifecycle.command.status is required with lifecycle.provider = \"command\""
+                        .into(),
+                );
+            }
+            if l.command.start.is_none() {
+                errors.push(
+                    "lifecycle.command.start is required with lifecycle.provider = \"command\""
+                        .into(),
+                );
+            }
+            if stops && l.command.stop.is_none() {
+                errors.push(
+                    "lifecycle.command.stop is required for idle_stop_after or stop_on_shutdown"
+                        .into(),
+                );
+            }
+        }
+    }
+    if l.wake_timeout.is_zero() {
+        errors.push("lifecycle.wake_timeout must be above zero".into());
+    }
+    if l.idle_stop_after
+        .is_some_and(|d| d < Duration::from_secs(1))
+    {
+        errors.push("lifecycle.idle_stop_after must be at least 1s".into());
+    }
+}
+
 fn validate(c: &Config, errors: &mut Vec<String>) {
+    check_lifecycle(&c.lifecycle, errors);
     if c.server.host.is_empty() {
         errors.push(
             "server.host is not set: pass --server-url postgres://USER@HOST:5432/DB, set PGWAKE_SERVER_URL, or set [server] host".into(),
@@ -286,24 +425,7 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
     if c.server.connect_timeout.is_zero() {
         errors.push("server.connect_timeout must be above zero".into());
     }
-    if c.server.auth.effective_method() == AuthMethod::Password && c.server.auth.password.is_none()
-    {
-        errors.push(
-            "server.auth.password is required with server.auth.method = \"password\" (or set PGWAKE_SERVER_AUTH_PASSWORD)".into(),
-        );
-    }
-    if c.server.auth.effective_method() == AuthMethod::PasswordFile {
-        match &c.server.auth.path {
-            None => errors.push(
-                "server.auth.path is required with server.auth.method = \"password_file\"".into(),
-            ),
-            Some(p) if !p.is_file() => errors.push(format!(
-                "server.auth.path = {:?} is not a readable file",
-                p.display()
-            )),
-            Some(_) => {}
-        }
-    }
+    check_auth(&c.server.auth, errors);
     let pool_checks = |prefix: &str, size: usize, min_idle: usize, errors: &mut Vec<String>| {
         if size == 0 {
             errors.push(format!("{prefix}size must be at least 1"));
@@ -458,5 +580,43 @@ mod tests {
         assert!(!text.contains("hunter2"));
         assert!(text.contains("<redacted>"));
         assert!(format!("{c:?}").contains("<redacted>") && !format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn token_sources_need_their_keys_and_nothing_else() {
+        let e = errs(
+            "[server]\nhost = \"db\"\n[server.auth]\nmethod = \"azure_client_secret\"\nclient_id = \"c\"\ncommand = \"x\"\n",
+            &[],
+        )
+        .join("\n");
+        assert!(e.contains("server.auth.tenant_id is required"), "{e}");
+        assert!(e.contains("PGWAKE_SERVER_AUTH_CLIENT_SECRET"), "{e}");
+        assert!(e.contains("server.auth.command is not used"), "{e}");
+        let e = errs(
+            "[server]\nhost = \"db\"\n[server.auth]\nmethod = \"command\"\nscope = \"s\"\nfetch_timeout = \"0s\"\n",
+            &[],
+        )
+        .join("\n");
+        assert!(e.contains("server.auth.command is required"), "{e}");
+        assert!(e.contains("server.auth.scope"), "{e}");
+        assert!(e.contains("fetch_timeout"), "{e}");
+        let c = ok(
+            "[server]\nhost = \"db\"\n[server.auth]\nmethod = \"azure_client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nrefresh_margin = \"10m\"\n",
+            &[("PGWAKE_SERVER_AUTH_CLIENT_SECRET", "sp-s3cr3t")],
+        );
+        assert_eq!(c.server.auth.refresh_margin, Duration::from_secs(600));
+        assert_eq!(
+            c.server.auth.client_secret.as_ref().unwrap().expose(),
+            "sp-s3cr3t"
+        );
+        assert!(!c.to_toml().contains("sp-s3cr3t") && !format!("{c:?}").contains("sp-s3cr3t"));
+        let c = ok(
+            "[server]\nhost = \"db\"\n[server.auth]\nmethod = \"azure_managed_identity\"\nclient_id = \"c\"\n",
+            &[],
+        );
+        assert_eq!(
+            c.server.auth.effective_method(),
+            AuthMethod::AzureManagedIdentity
+        );
     }
 }

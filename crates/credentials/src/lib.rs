@@ -6,7 +6,10 @@
 //! so a rotated secret is picked up without a restart.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -57,9 +60,40 @@ pub trait CredentialSource: Send + Sync + fmt::Debug {
     fn generation(&self) -> u64 {
         0
     }
+
+    /// Like [`current`](Self::current), but when no valid secret exists yet
+    /// (a token source still fetching its first token, or one whose token
+    /// expired) waits up to `wait` for the next fetch to finish. Never waits
+    /// while a valid secret exists.
+    fn secret(&self, wait: Duration) -> SecretFuture<'_> {
+        let _ = wait;
+        Box::pin(std::future::ready(self.current()))
+    }
+
+    /// Waits (up to `wait`) for a fetch under way, if any, to finish. A
+    /// login refused while a token was being rotated can then be retried
+    /// with the new one.
+    fn settled(&self, wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let _ = wait;
+        Box::pin(std::future::ready(()))
+    }
+
+    /// What the source is, for operators: names it and where it gets the
+    /// secret, never the secret.
+    fn describe(&self) -> String;
 }
 
+/// The future [`CredentialSource::secret`] returns.
+pub type SecretFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Secret>, CredentialError>> + Send + 'a>>;
+
+mod azure;
+mod cache;
+mod command;
 mod password_file;
+pub use azure::{AzureIdentity, AzureSource, AZURE_POSTGRES_SCOPE};
+pub use cache::{RefreshSettings, RefreshingCache, Token, TokenFetcher, TokenFuture};
+pub use command::{run_shell, CommandSource};
 pub use password_file::PasswordFile;
 
 /// A password fixed in the configuration (or its environment override).
@@ -70,6 +104,10 @@ impl CredentialSource for StaticPassword {
     fn current(&self) -> Result<Option<Secret>, CredentialError> {
         Ok(Some(self.0.clone()))
     }
+
+    fn describe(&self) -> String {
+        "password".into()
+    }
 }
 
 /// No password: the server trusts pgwake (local development, or `trust` in pg_hba.conf).
@@ -79,6 +117,10 @@ pub struct NoPassword;
 impl CredentialSource for NoPassword {
     fn current(&self) -> Result<Option<Secret>, CredentialError> {
         Ok(None)
+    }
+
+    fn describe(&self) -> String {
+        "trust (no password)".into()
     }
 }
 

@@ -32,7 +32,7 @@ impl PasswordFile {
 
     fn error(&self, reason: impl Into<String>) -> CredentialError {
         CredentialError {
-            source_name: format!("password_file {}", self.path.display()),
+            source_name: self.describe(),
             reason: reason.into(),
         }
     }
@@ -69,6 +69,10 @@ impl CredentialSource for PasswordFile {
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> String {
+        format!("password_file {}", self.path.display())
     }
 }
 

@@ -8,6 +8,7 @@
 //! Terminate.
 
 mod cancel;
+mod credentials;
 mod listener;
 pub mod params;
 pub mod pool;
@@ -20,8 +21,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use pgwake_config::{AuthMethod, Config, Route};
-use pgwake_credentials::{CredentialSource, NoPassword, PasswordFile, StaticPassword};
+use pgwake_config::{Config, Route};
+use pgwake_credentials::CredentialSource;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -108,6 +109,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Tls(String),
+    #[error("server.auth: {0}")]
+    Credentials(String),
     #[error("cannot create unix socket {path} (listen.unix_socket_dir): {source}")]
     Unix {
         path: PathBuf,
@@ -125,19 +128,11 @@ impl Proxy {
     /// Binds the listeners and starts warming the pools of the configured
     /// databases (and of `server.dbname`). Must run inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
-        let credentials: Arc<dyn CredentialSource> = match (
-            config.server.auth.effective_method(),
-            &config.server.auth.password,
-        ) {
-            (AuthMethod::Password, Some(p)) => Arc::new(StaticPassword(p.clone())),
-            (AuthMethod::PasswordFile, _) => Arc::new(PasswordFile::new(
-                config.server.auth.path.clone().unwrap_or_default(),
-            )),
-            _ => Arc::new(NoPassword),
-        };
+        let creds = credentials::from_config(&config.server.auth)
+            .map_err(|e| StartError::Credentials(e.to_string()))?;
         let shared = Arc::new(Shared {
             target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),
-            credentials,
+            credentials: creds.source,
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: CancellationToken::new(),
@@ -146,6 +141,16 @@ impl Proxy {
             config,
         });
         let listeners = listener::Listeners::bind(&shared).await?;
+        if let Some(cache) = creds.refresher {
+            // Fetches the first token now, then refreshes ahead of expiry.
+            let stop = shared.hard_stop.clone();
+            shared.tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = cache.run() => {}
+                }
+            });
+        }
         // Warm the pools a client is known to need, so the first query is fast.
         let c = &shared.config;
         let mut warm: Vec<String> = c.databases.keys().cloned().collect();

@@ -331,12 +331,17 @@ impl Pool {
         let inner = &self.inner;
         let give_up = deadline.min(tokio::time::Instant::now() + inner.target.connect_timeout);
         let mut backoff = Duration::from_millis(25);
+        let mut retried_rotation = false;
         loop {
+            // Waits only when no valid secret exists (a token source still
+            // fetching its first token, or one whose token expired).
+            let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
+            let generation = inner.credentials.generation();
             let password = inner
                 .credentials
-                .current()
+                .secret(wait)
+                .await
                 .map_err(|e| ConnectError::Credential(e.to_string()))?;
-            let generation = inner.credentials.generation();
             match ServerConn::connect(&inner.target, &inner.key.dbname, &inner.key.user, password)
                 .await
             {
@@ -350,23 +355,42 @@ impl Pool {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => {
-                    if e.is_auth() {
-                        let mut st = inner.lock();
-                        let window = st
-                            .auth_failure
-                            .as_ref()
-                            .map_or(Duration::from_secs(1), |(_, _, w)| {
-                                (*w * 2).min(AUTH_BACKOFF_MAX)
-                            });
-                        tracing::warn!(pool = %inner.key, error = %e, "server refused login; pausing logins for {window:?}");
-                        st.auth_failure = Some((e.clone(), Instant::now(), window));
-                    } else {
-                        tracing::warn!(pool = %inner.key, error = %e, "server connection failed");
+                // The secret may have been rotated while this login was under
+                // way (the server already has the new one): once the fetch
+                // in progress lands, log in again with the new secret.
+                Err(e) if e.is_auth() && !retried_rotation => {
+                    retried_rotation = true;
+                    let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
+                    inner.credentials.settled(wait).await;
+                    if inner.credentials.generation() == generation {
+                        self.note_failure(&e);
+                        return Err(e);
                     }
+                    tracing::debug!(pool = %inner.key, "login refused while the secret rotated; retrying with the new one");
+                }
+                Err(e) => {
+                    self.note_failure(&e);
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// Logs a failed login; a refused one pauses this pool's logins.
+    fn note_failure(&self, e: &ConnectError) {
+        let inner = &self.inner;
+        if e.is_auth() {
+            let mut st = inner.lock();
+            let window = st
+                .auth_failure
+                .as_ref()
+                .map_or(Duration::from_secs(1), |(_, _, w)| {
+                    (*w * 2).min(AUTH_BACKOFF_MAX)
+                });
+            tracing::warn!(pool = %inner.key, error = %e, "server refused login; pausing logins for {window:?}");
+            st.auth_failure = Some((e.clone(), Instant::now(), window));
+        } else {
+            tracing::warn!(pool = %inner.key, error = %e, "server connection failed");
         }
     }
 

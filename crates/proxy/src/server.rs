@@ -102,8 +102,14 @@ impl ConnectError {
                 e.message = format!("server login failed: {}", e.message);
                 e
             }
-            ConnectError::NoPassword | ConnectError::Credential(_) => {
+            ConnectError::NoPassword => {
                 ErrorMessage::error(sqlstate::INVALID_PASSWORD, self.to_string())
+            }
+            // The source may recover (an identity endpoint back up): a
+            // connection failure, which clients and drivers retry.
+            ConnectError::Credential(_) => {
+                ErrorMessage::error(sqlstate::CONNECTION_FAILURE, format!("pgwake cannot log in to the server: {self}"))
+                    .with_hint("pgwake keeps retrying the credential source; check its error above")
             }
             ConnectError::Protocol(_) => {
                 ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, self.to_string())
@@ -130,7 +136,9 @@ impl ConnectError {
             ConnectError::Server(e) => {
                 e.code == sqlstate::INVALID_PASSWORD || e.code == sqlstate::INVALID_AUTHORIZATION
             }
-            ConnectError::NoPassword | ConnectError::Credential(_) => true,
+            // Not `Credential`: the source paces its own retries, and the
+            // server never saw a login.
+            ConnectError::NoPassword => true,
             _ => false,
         }
     }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
 
+pub mod azure_identity;
+
 const HOST: &str = "127.0.0.1";
 const SUPERUSER: &str = "postgres";
 /// `pg_ctl -t`: how long pg_ctl itself waits for start/stop.

@@ -1,0 +1,89 @@
+//! Builds the server credential source that `[server.auth]` describes.
+
+use std::sync::Arc;
+
+use pgwake_config::{AuthMethod, ServerAuth};
+use pgwake_credentials::{
+    AzureIdentity, AzureSource, CommandSource, CredentialError, CredentialSource, NoPassword,
+    PasswordFile, RefreshSettings, RefreshingCache, Secret, StaticPassword, TokenFetcher,
+};
+
+/// The source, and the cache to keep refreshing when it is a token source.
+pub(crate) struct Credentials {
+    pub source: Arc<dyn CredentialSource>,
+    pub refresher: Option<Arc<RefreshingCache>>,
+}
+
+pub(crate) fn from_config(auth: &ServerAuth) -> Result<Credentials, CredentialError> {
+    let fixed = |source: Arc<dyn CredentialSource>| Credentials {
+        source,
+        refresher: None,
+    };
+    let fetcher: Box<dyn TokenFetcher> = match auth.effective_method() {
+        AuthMethod::Password => {
+            return Ok(match &auth.password {
+                Some(p) => fixed(Arc::new(StaticPassword(p.clone()))),
+                None => fixed(Arc::new(NoPassword)),
+            })
+        }
+        AuthMethod::PasswordFile => {
+            return Ok(fixed(Arc::new(PasswordFile::new(
+                auth.path.clone().unwrap_or_default(),
+            ))))
+        }
+        AuthMethod::Trust => return Ok(fixed(Arc::new(NoPassword))),
+        AuthMethod::Command => {
+            Box::new(CommandSource::new(auth.command.clone().unwrap_or_default()))
+        }
+        AuthMethod::AzureManagedIdentity => azure(
+            AzureIdentity::ManagedIdentity {
+                client_id: auth.client_id.clone(),
+            },
+            auth,
+        )?,
+        AuthMethod::AzureWorkloadIdentity => azure(
+            AzureIdentity::WorkloadIdentity {
+                client_id: auth.client_id.clone(),
+                tenant_id: auth.tenant_id.clone(),
+                token_file: auth.token_file.clone(),
+            },
+            auth,
+        )?,
+        AuthMethod::AzureCli => azure(
+            AzureIdentity::AzureCli {
+                tenant_id: auth.tenant_id.clone(),
+            },
+            auth,
+        )?,
+        AuthMethod::AzureClientSecret => azure(
+            AzureIdentity::ClientSecret {
+                tenant_id: auth.tenant_id.clone().unwrap_or_default(),
+                client_id: auth.client_id.clone().unwrap_or_default(),
+                secret: auth
+                    .client_secret
+                    .clone()
+                    .unwrap_or_else(|| Secret::new("")),
+            },
+            auth,
+        )?,
+    };
+    let cache = RefreshingCache::new(
+        fetcher,
+        RefreshSettings {
+            refresh_margin: auth.refresh_margin,
+            fetch_timeout: auth.fetch_timeout,
+            refresh_interval: auth.refresh_interval,
+        },
+    );
+    Ok(Credentials {
+        source: cache.clone(),
+        refresher: Some(cache),
+    })
+}
+
+fn azure(
+    identity: AzureIdentity,
+    auth: &ServerAuth,
+) -> Result<Box<dyn TokenFetcher>, CredentialError> {
+    Ok(Box::new(AzureSource::new(identity, auth.scope.clone())?))
+}
