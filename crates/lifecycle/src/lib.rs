@@ -182,13 +182,13 @@ impl Lifecycle {
 
     /// Client activity: a transaction or session used the server.
     pub fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
+        let ms = millis(self.epoch.elapsed());
         self.last_activity.store(ms, Ordering::Relaxed);
     }
 
     /// How long since the last client activity.
     pub fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let now = millis(self.epoch.elapsed());
         Duration::from_millis(now.saturating_sub(self.last_activity.load(Ordering::Relaxed)))
     }
 
@@ -317,7 +317,7 @@ impl Lifecycle {
             let outcome = match tokio::time::timeout(WAKE_GIVE_UP, me.run_wake()).await {
                 Ok(Ok(())) => {
                     let took = at.elapsed();
-                    tracing::info!(trigger = %trigger, took_ms = took.as_millis() as u64, "database server is awake after {:.1}s", took.as_secs_f64());
+                    tracing::info!(trigger = %trigger, took_ms = millis(took), "database server is awake after {:.1}s", took.as_secs_f64());
                     Ok(took)
                 }
                 Ok(Err(e)) => {
@@ -408,6 +408,10 @@ impl Lifecycle {
         self.remember(ServerState::Stopping);
         Ok(())
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -25,3 +25,6 @@ pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const QUERY_CANCELED: &str = "57014";
 /// `54000` program_limit_exceeded.
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+
+/// `00000`: successful completion (the code notices carry).
+pub const SUCCESSFUL_COMPLETION: &str = "00000";

@@ -73,6 +73,7 @@ fn checkout_checkin(c: &mut Criterion) {
             settings,
             Arc::new(target),
             Arc::new(NoPassword),
+            None,
             CancellationToken::new(),
         );
         let p = pool.checkout().await.unwrap();

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod server;
 mod session;
 pub mod tls;
+mod wake;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub config: Config,
     target: Arc<Target>,
     credentials: Arc<dyn CredentialSource>,
+    /// Starts and stops the server (`[lifecycle]`), if configured.
+    lifecycle: Option<Arc<pgwake_lifecycle::Lifecycle>>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
     cancels: Arc<CancelRegistry>,
     /// Stop accepting; idle clients leave.
@@ -69,6 +72,7 @@ impl Shared {
             settings,
             self.target.clone(),
             self.credentials.clone(),
+            self.lifecycle.clone(),
             self.hard_stop.child_token(),
         );
         self.tasks.spawn(pool.clone().maintain());
@@ -86,6 +90,17 @@ impl Shared {
                 pools.remove(key);
             }
         }
+    }
+
+    /// Runs `task` until the proxy stops.
+    fn spawn_until_stopped(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.hard_stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = task => {}
+            }
+        });
     }
 
     /// Every pool, for status and shutdown.
@@ -111,6 +126,8 @@ pub enum StartError {
     Tls(String),
     #[error("server.auth: {0}")]
     Credentials(String),
+    #[error("{0}")]
+    Lifecycle(String),
     #[error("cannot create unix socket {path} (listen.unix_socket_dir): {source}")]
     Unix {
         path: PathBuf,
@@ -130,9 +147,11 @@ impl Proxy {
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
         let creds = credentials::from_config(&config.server.auth)
             .map_err(|e| StartError::Credentials(e.to_string()))?;
+        let (lifecycle, arm_tokens) = wake::from_config(&config).map_err(StartError::Lifecycle)?;
         let shared = Arc::new(Shared {
             target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),
             credentials: creds.source,
+            lifecycle,
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: CancellationToken::new(),
@@ -141,15 +160,26 @@ impl Proxy {
             config,
         });
         let listeners = listener::Listeners::bind(&shared).await?;
-        if let Some(cache) = creds.refresher {
-            // Fetches the first token now, then refreshes ahead of expiry.
-            let stop = shared.hard_stop.clone();
-            shared.tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = cache.run() => {}
-                }
+        // Token caches fetch their first token now, then refresh ahead of expiry.
+        for cache in [creds.refresher, arm_tokens].into_iter().flatten() {
+            shared.spawn_until_stopped(cache.run());
+        }
+        if let Some(l) = shared.lifecycle.clone() {
+            tracing::info!(provider = %l.describe(), "server lifecycle: wake on connect{}", match shared.config.lifecycle.idle_stop_after {
+                Some(d) => format!(", stop after {}s idle", d.as_secs()),
+                None => String::new(),
             });
+            if shared.config.lifecycle.wake_on_startup {
+                let l2 = l.clone();
+                shared.spawn_until_stopped(async move {
+                    if let Err(e) = l2.wake_now().await {
+                        tracing::warn!(error = %e, "wake on startup failed");
+                    }
+                });
+            }
+            if let Some(after) = shared.config.lifecycle.idle_stop_after {
+                shared.spawn_until_stopped(wake::idle_stop(shared.clone(), l, after));
+            }
         }
         // Warm the pools a client is known to need, so the first query is fast.
         let c = &shared.config;
@@ -207,6 +237,16 @@ impl Proxy {
         shared.hard_stop.cancel();
         for pool in shared.pools() {
             pool.close();
+        }
+        if let Some(l) = &shared.lifecycle {
+            if shared.config.lifecycle.stop_on_shutdown {
+                if let Err(e) = l
+                    .stop_server("pgwake is shutting down (stop_on_shutdown)")
+                    .await
+                {
+                    tracing::warn!(error = %e, "stop on shutdown failed");
+                }
+            }
         }
         // Give Terminate messages and upkeep tasks a moment to finish.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.tasks.wait()).await;

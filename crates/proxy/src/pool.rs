@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use pgwake_config::PoolMode;
 use pgwake_credentials::CredentialSource;
+use pgwake_lifecycle::{Lifecycle, ServerState};
 use pgwake_protocol::backend::ErrorMessage;
 use pgwake_protocol::sqlstate;
 use tokio::sync::oneshot;
@@ -145,6 +146,8 @@ struct Inner {
     settings: PoolSettings,
     target: Arc<Target>,
     credentials: Arc<dyn CredentialSource>,
+    /// Starts a stopped server when a login finds it down.
+    lifecycle: Option<Arc<Lifecycle>>,
     state: Mutex<State>,
     defaults: RwLock<Option<Arc<Defaults>>>,
     /// Ends the upkeep task.
@@ -168,6 +171,7 @@ impl Pool {
         settings: PoolSettings,
         target: Arc<Target>,
         credentials: Arc<dyn CredentialSource>,
+        lifecycle: Option<Arc<Lifecycle>>,
         stop: CancellationToken,
     ) -> Pool {
         Pool {
@@ -176,6 +180,7 @@ impl Pool {
                 settings,
                 target,
                 credentials,
+                lifecycle,
                 state: Mutex::new(State::default()),
                 defaults: RwLock::new(None),
                 stop,
@@ -221,18 +226,39 @@ impl Pool {
     /// has room, else the next one freed (first come, first served) within
     /// `pool_wait_timeout`.
     pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
-        self.checkout_inner(false).await
+        self.checkout_inner(false, true).await
+    }
+
+    /// Like [`Pool::checkout`] for pgwake's own queries: never wakes a
+    /// stopped server.
+    pub async fn checkout_quiet(&self) -> Result<Pooled, CheckoutError> {
+        self.checkout_inner(false, false).await
+    }
+
+    /// Backend process IDs of the idle connections.
+    pub fn idle_backend_pids(&self) -> Vec<u32> {
+        let st = self.inner.lock();
+        st.idle.iter().map(|p| p.conn.cancel_key().1).collect()
+    }
+
+    /// Closes the idle connections (before the server is stopped); the pool
+    /// stays open and reconnects when next needed.
+    pub fn drain_idle(&self) {
+        let idle = std::mem::take(&mut self.inner.lock().idle);
+        for p in idle {
+            retire(p);
+        }
     }
 
     /// Like [`Pool::checkout`], but opens a new connection when the pool has
     /// room: used after a pooled connection proved dead on first use, when
     /// its idle siblings (same NAT, same restart) are suspect too.
     pub async fn checkout_fresh(&self) -> Result<Pooled, CheckoutError> {
-        self.checkout_inner(true).await
+        self.checkout_inner(true, true).await
     }
 
-    async fn checkout_inner(&self, fresh: bool) -> Result<Pooled, CheckoutError> {
-        let deadline = tokio::time::Instant::now() + self.inner.settings.wait_timeout;
+    async fn checkout_inner(&self, fresh: bool, may_wake: bool) -> Result<Pooled, CheckoutError> {
+        let mut deadline = tokio::time::Instant::now() + self.inner.settings.wait_timeout;
         loop {
             let next = {
                 let mut st = self.inner.lock();
@@ -260,15 +286,27 @@ impl Pool {
             };
             let grant = match next {
                 Ok(g) => g,
-                Err(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(g)) => g,
-                    Ok(Err(_)) => return Err(CheckoutError::Closed),
-                    Err(_) => {
-                        return Err(CheckoutError::WaitTimeout {
-                            key: self.inner.key.to_string(),
-                            size: self.inner.settings.size,
-                            waited: self.inner.settings.wait_timeout,
-                        })
+                Err(mut rx) => loop {
+                    match tokio::time::timeout_at(deadline, &mut rx).await {
+                        Ok(Ok(g)) => break g,
+                        Ok(Err(_)) => return Err(CheckoutError::Closed),
+                        Err(_) => {
+                            // Waiting behind a wake: wait as long as it may take.
+                            let wake_until = self
+                                .inner
+                                .lifecycle
+                                .as_ref()
+                                .and_then(|l| l.wake_deadline());
+                            if let Some(until) = wake_until.filter(|u| *u > deadline) {
+                                deadline = until;
+                                continue;
+                            }
+                            return Err(CheckoutError::WaitTimeout {
+                                key: self.inner.key.to_string(),
+                                size: self.inner.settings.size,
+                                waited: self.inner.settings.wait_timeout,
+                            });
+                        }
                     }
                 },
             };
@@ -284,7 +322,7 @@ impl Pool {
                 Grant::Slot(slot) => {
                     // Boxed: a login is rare and its future is large; every
                     // session's task would otherwise carry its size.
-                    let conn = Box::pin(self.connect_with_retry(deadline)).await?;
+                    let conn = Box::pin(self.connect_with_retry(deadline, may_wake)).await?;
                     return Ok(self.inner.wrap(conn, slot));
                 }
             }
@@ -327,9 +365,11 @@ impl Pool {
     async fn connect_with_retry(
         &self,
         deadline: tokio::time::Instant,
+        may_wake: bool,
     ) -> Result<ServerConn, ConnectError> {
         let inner = &self.inner;
-        let give_up = deadline.min(tokio::time::Instant::now() + inner.target.connect_timeout);
+        let mut give_up = deadline.min(tokio::time::Instant::now() + inner.target.connect_timeout);
+        let mut wakes = 0;
         let mut backoff = Duration::from_millis(25);
         let mut retried_rotation = false;
         loop {
@@ -345,6 +385,37 @@ impl Pool {
             match ServerConn::connect(&inner.target, &inner.key.dbname, &inner.key.user, password)
                 .await
             {
+                // The server may be stopped: wake it (once for everyone) and
+                // wait, rather than fail.
+                Err(e) if e.may_be_asleep() && inner.lifecycle.is_some() && wakes < 3 => {
+                    let l = inner.lifecycle.as_ref().expect("checked");
+                    let woke = if may_wake {
+                        l.server_unavailable().await
+                    } else {
+                        // Learn the state (cached), never start.
+                        let _ = l.state().await;
+                        Ok(false)
+                    };
+                    match woke {
+                        Ok(true) => {
+                            wakes += 1;
+                            backoff = Duration::from_millis(25);
+                            give_up = tokio::time::Instant::now() + inner.target.connect_timeout;
+                        }
+                        Ok(false)
+                            if e.is_transient()
+                                && tokio::time::Instant::now() + backoff < give_up =>
+                        {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                        }
+                        Ok(false) => {
+                            self.note_failure(&e);
+                            return Err(e);
+                        }
+                        Err(w) => return Err(ConnectError::Asleep(w.to_string())),
+                    }
+                }
                 Ok(mut conn) => {
                     conn.credential_generation = generation;
                     inner.lock().auth_failure = None;
@@ -411,8 +482,15 @@ impl Pool {
             // connections made with the old one retire below.
             let _ = self.inner.credentials.current();
             self.prune();
+            // A server stopped on purpose stays stopped until a client comes.
+            let asleep = self.inner.lifecycle.as_ref().is_some_and(|l| {
+                matches!(
+                    l.last_state(),
+                    Some(ServerState::Stopped | ServerState::Stopping)
+                )
+            });
             // Warm up to min_idle, one connection at a time.
-            while tokio::time::Instant::now() >= next_attempt {
+            while !asleep && tokio::time::Instant::now() >= next_attempt {
                 let slot = {
                     let mut st = self.inner.lock();
                     let s = &self.inner.settings;
@@ -431,7 +509,7 @@ impl Pool {
                 let deadline = tokio::time::Instant::now() + self.inner.target.connect_timeout;
                 let conn = tokio::select! {
                     _ = stop.cancelled() => return,
-                    c = self.connect_with_retry(deadline) => c,
+                    c = self.connect_with_retry(deadline, false) => c,
                 };
                 match conn {
                     Ok(conn) => {

@@ -90,6 +90,9 @@ pub enum ConnectError {
     Protocol(String),
     #[error("{0}")]
     Credential(String),
+    /// The server is stopped and did not come up within `wake_timeout`.
+    #[error("{0}")]
+    Asleep(String),
 }
 
 impl ConnectError {
@@ -111,6 +114,11 @@ impl ConnectError {
                 ErrorMessage::error(sqlstate::CONNECTION_FAILURE, format!("pgwake cannot log in to the server: {self}"))
                     .with_hint("pgwake keeps retrying the credential source; check its error above")
             }
+            ConnectError::Asleep(_) => ErrorMessage::error(
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!("pgwake: {self}"),
+            )
+            .with_hint("pgwake is starting the database server; retry in a few seconds"),
             ConnectError::Protocol(_) => {
                 ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, self.to_string())
             }
@@ -123,6 +131,18 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::Unreachable { refused, .. } => *refused,
+            ConnectError::Server(e) => {
+                e.code == sqlstate::CANNOT_CONNECT_NOW || e.code == sqlstate::ADMIN_SHUTDOWN
+            }
+            _ => false,
+        }
+    }
+
+    /// The server may be stopped: nothing listens, or it is starting up
+    /// or shutting down.
+    pub fn may_be_asleep(&self) -> bool {
+        match self {
+            ConnectError::Unreachable { .. } => true,
             ConnectError::Server(e) => {
                 e.code == sqlstate::CANNOT_CONNECT_NOW || e.code == sqlstate::ADMIN_SHUTDOWN
             }

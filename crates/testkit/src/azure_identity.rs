@@ -24,6 +24,9 @@ use crate::{connect, quote_ident, quote_literal, random_u64, Cluster, HOST, SUPE
 
 /// The resource Azure Database for PostgreSQL tokens are issued for.
 pub const POSTGRES_RESOURCE: &str = "https://ossrdbms-aad.database.windows.net";
+/// The resource Azure Resource Manager tokens are issued for (not tied to
+/// the role's password).
+pub const ARM_RESOURCE: &str = "https://management.azure.com";
 
 /// How the endpoint misbehaves, on demand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +166,9 @@ async fn token(
     let Some(resource) = q.get("resource") else {
         return error(StatusCode::BAD_REQUEST, "resource is required");
     };
-    if resource.trim_end_matches('/') != POSTGRES_RESOURCE {
+    let resource = resource.trim_end_matches('/');
+    let for_postgres = resource == POSTGRES_RESOURCE;
+    if !for_postgres && resource != ARM_RESOURCE {
         return error(StatusCode::BAD_REQUEST, "unknown resource");
     }
     let lifetime = *inner.lifetime.lock().unwrap();
@@ -185,6 +190,15 @@ async fn token(
         quote_literal(&token),
         quote_literal(&valid_until.to_string())
     );
+    if !for_postgres {
+        return Json(json!({
+            "access_token": token,
+            "expires_on": expires_secs.to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+        }))
+        .into_response();
+    }
     let result = async {
         let c = connect(HOST, inner.db_port, SUPERUSER, None, "postgres").await?;
         c.batch_execute(&sql).await?;

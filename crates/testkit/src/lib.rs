@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
 
+pub mod azure_arm;
 pub mod azure_identity;
 
 const HOST: &str = "127.0.0.1";
@@ -552,6 +553,37 @@ impl Cluster {
             bail!("pg_ctl stop -m {mode} failed: {}", describe_failure(&out));
         }
         Ok(())
+    }
+
+    /// Shell commands that start, stop and report this cluster (for a
+    /// `command` lifecycle provider): `action` is `start`, `stop` or
+    /// `status` (prints `ready` or `stopped`).
+    pub fn ctl_command(&self, action: &str) -> String {
+        let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let as_server = match self.run_as {
+            Some(u) => format!(
+                "setpriv --reuid={} --regid={} --clear-groups ",
+                u.uid, u.gid
+            ),
+            None => String::new(),
+        };
+        let pg_ctl = format!(
+            "cd {} && {as_server}{}",
+            q(self.tmp.path()),
+            q(&self.bin.path("pg_ctl"))
+        );
+        let data = q(&self.data);
+        match action {
+            "start" => format!(
+                "{pg_ctl} start -w -t {PG_CTL_WAIT_SECS} -l {} -D {data} >/dev/null",
+                q(&self.log)
+            ),
+            "stop" => format!("{pg_ctl} stop -w -t {PG_CTL_WAIT_SECS} -m fast -D {data} >/dev/null"),
+            "status" => format!(
+                "if {pg_ctl} status -D {data} >/dev/null 2>&1; then echo ready; else echo stopped; fi"
+            ),
+            other => panic!("unknown action {other}"),
+        }
     }
 
     /// A command for a server-side tool, run as the server's user.

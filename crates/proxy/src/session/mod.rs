@@ -23,7 +23,8 @@ use crate::cancel::CancelHandle;
 use crate::params::{self, Params};
 use crate::pool::{Defaults, Pool, PoolKey, Pooled};
 use crate::server::send_cancel;
-use crate::Shared;
+use crate::{wake, Shared};
+use pgwake_lifecycle::Lifecycle;
 
 mod relay;
 
@@ -121,6 +122,42 @@ pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>
             }
         }
         StartupRequest::Ssl | StartupRequest::GssEnc => {}
+    }
+}
+
+/// Awaits `fut`; while a wake of the server is under way, sends the client
+/// a notice every few seconds so that people know what they wait for.
+async fn with_wake_notices<C: ClientStream, F: std::future::Future>(
+    client: &mut C,
+    lifecycle: Option<&Lifecycle>,
+    fut: F,
+) -> F::Output {
+    let Some(l) = lifecycle else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    // Most checkouts are ready at once: no timer for those.
+    tokio::select! {
+        biased;
+        r = &mut fut => return r,
+        _ = std::future::ready(()) => {}
+    }
+    let began = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(began + wake::NOTICE_EVERY, wake::NOTICE_EVERY);
+    let mut out = BytesMut::new();
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tick.tick() => {
+                out.clear();
+                wake::waking_notice(l, began.elapsed(), &mut out);
+                if !out.is_empty() && client.write_all(&out).await.is_err() {
+                    // The client left; the checkout still completes, and the
+                    // session then notices the closed socket.
+                    return fut.await;
+                }
+            }
+        }
     }
 }
 
@@ -224,6 +261,8 @@ struct Session<C> {
     want_fp: u64,
     cancel: CancelHandle,
     server: Option<Pooled>,
+    /// Starts a stopped server; clients waiting for it get notices.
+    lifecycle: Option<Arc<Lifecycle>>,
     /// The proxy's shutdown signal, as a token of this session's own: waiting
     /// on the shared token would take a lock all sessions contend for. (When
     /// the grace period ends, sessions still relaying are dropped with the
@@ -296,7 +335,33 @@ impl<C: ClientStream> Session<C> {
             user: route.user.clone().unwrap_or_else(|| user.to_owned()),
         };
         let pool = shared.pool(key.clone(), &route, false);
-        let defaults = match pool.learn_defaults().await {
+        let lifecycle = shared.lifecycle.clone();
+        if let Some(l) = &lifecycle {
+            l.note_client(format!(
+                "client {peer} database {database} user {user} application_name {:?}",
+                get("application_name").unwrap_or("")
+            ));
+        }
+        let mut out = BytesMut::with_capacity(512);
+        if minor > startup::SUPPORTED_MINOR || !protocol_options.is_empty() {
+            backend::negotiate_protocol_version(
+                &mut out,
+                startup::SUPPORTED_MINOR,
+                &protocol_options,
+            );
+        }
+        backend::auth_ok(&mut out);
+        if pool.defaults().is_none() && lifecycle.is_some() {
+            // The first login may wait for a wake: authenticate the client
+            // now so that it can be sent notices while it waits.
+            if client.write_all(&out).await.is_err() {
+                return Err((client, closed()));
+            }
+            out.clear();
+        }
+        let learned =
+            with_wake_notices(&mut client, lifecycle.as_deref(), pool.learn_defaults()).await;
+        let defaults = match learned {
             Ok(d) => d,
             Err(e) => {
                 shared.forget_failed_pool(&key);
@@ -310,15 +375,6 @@ impl<C: ClientStream> Session<C> {
         let want_fp = params::fingerprint(&want);
         let cancel = shared.cancels.register();
 
-        let mut out = BytesMut::with_capacity(512);
-        if minor > startup::SUPPORTED_MINOR || !protocol_options.is_empty() {
-            backend::negotiate_protocol_version(
-                &mut out,
-                startup::SUPPORTED_MINOR,
-                &protocol_options,
-            );
-        }
-        backend::auth_ok(&mut out);
         for (name, value) in &defaults.reported {
             let v = want.get(&name.to_ascii_lowercase()).unwrap_or(value);
             backend::parameter_status(&mut out, name, v);
@@ -342,6 +398,7 @@ impl<C: ClientStream> Session<C> {
             want_fp,
             cancel,
             server: None,
+            lifecycle,
             shutdown,
             statements: HashSet::new(),
             replay: 0,
@@ -453,7 +510,15 @@ impl<C: ClientStream> Session<C> {
     /// the client's. `Ok(false)`: none could be had; the client was told and
     /// its request skipped.
     async fn attach(&mut self) -> Result<bool, Stop> {
-        let mut p = match self.pool.checkout().await {
+        if let Some(l) = &self.lifecycle {
+            l.touch();
+        }
+        let checkout = with_wake_notices(
+            &mut self.client,
+            self.lifecycle.as_deref(),
+            self.pool.checkout(),
+        );
+        let mut p = match checkout.await {
             Ok(p) => p,
             Err(e) => {
                 Box::pin(self.skip_request(e.to_client())).await?;

@@ -1,0 +1,197 @@
+//! Wiring the server lifecycle into the proxy: the provider `[lifecycle]`
+//! describes, the readiness probe, the idle stop, and notices to clients
+//! waiting for a wake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgwake_config::{AuthMethod, Config, ProviderKind};
+use pgwake_credentials::{
+    AzureIdentity, AzureSource, CredentialSource, RefreshSettings, RefreshingCache, Secret,
+};
+use pgwake_lifecycle::{
+    AzureProvider, CommandProvider, Lifecycle, Probe, Provider, ServerState, Settings,
+};
+use pgwake_protocol::backend::{ErrorMessage, Severity};
+use pgwake_protocol::sqlstate;
+
+use crate::Shared;
+
+/// ARM's token audience.
+const ARM_SCOPE: &str = "https://management.azure.com/.default";
+
+/// The lifecycle `[lifecycle]` describes (`None` for `provider = "none"`),
+/// and the ARM token cache to keep refreshing, if any.
+type Built = (Option<Arc<Lifecycle>>, Option<Arc<RefreshingCache>>);
+
+pub(crate) fn from_config(config: &Config) -> Result<Built, String> {
+    let l = &config.lifecycle;
+    let mut refresher = None;
+    let provider: Arc<dyn Provider> = match l.provider {
+        ProviderKind::None => return Ok((None, None)),
+        ProviderKind::Command => Arc::new(CommandProvider {
+            status: l.command.status.clone().unwrap_or_default(),
+            start: l.command.start.clone().unwrap_or_default(),
+            stop: l.command.stop.clone(),
+        }),
+        ProviderKind::Azure => {
+            let a = &config.server.auth;
+            let method = l.identity.unwrap_or(if a.effective_method().is_azure() {
+                a.effective_method()
+            } else {
+                AuthMethod::AzureManagedIdentity
+            });
+            let identity = match method {
+                AuthMethod::AzureWorkloadIdentity => AzureIdentity::WorkloadIdentity {
+                    client_id: a.client_id.clone(),
+                    tenant_id: a.tenant_id.clone(),
+                    token_file: a.token_file.clone(),
+                },
+                AuthMethod::AzureCli => AzureIdentity::AzureCli {
+                    tenant_id: a.tenant_id.clone(),
+                },
+                AuthMethod::AzureClientSecret => AzureIdentity::ClientSecret {
+                    tenant_id: a.tenant_id.clone().unwrap_or_default(),
+                    client_id: a.client_id.clone().unwrap_or_default(),
+                    secret: a.client_secret.clone().unwrap_or_else(|| Secret::new("")),
+                },
+                _ => AzureIdentity::ManagedIdentity {
+                    client_id: a.client_id.clone(),
+                },
+            };
+            let source = AzureSource::new(identity, Some(ARM_SCOPE.to_string()))
+                .map_err(|e| format!("lifecycle: {e}"))?;
+            let cache = RefreshingCache::new(
+                Box::new(source),
+                RefreshSettings {
+                    refresh_margin: a.refresh_margin,
+                    fetch_timeout: a.fetch_timeout,
+                    refresh_interval: a.refresh_interval,
+                },
+            );
+            refresher = Some(cache.clone());
+            let token: Arc<dyn CredentialSource> = cache;
+            Arc::new(
+                AzureProvider::new(
+                    &l.arm_endpoint,
+                    l.resource_id.as_deref().unwrap_or_default(),
+                    &l.api_version,
+                    token,
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        }
+    };
+    let host = config.server.host.clone();
+    let port = config.server.port;
+    // The server is up when it accepts TCP connections; a login that then
+    // meets "the database system is starting up" is retried by the pool.
+    let probe: Probe = Arc::new(move || {
+        let host = host.clone();
+        Box::pin(async move {
+            matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect((host.as_str(), port))
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        })
+    });
+    let lifecycle = Lifecycle::new(
+        provider,
+        Settings {
+            wake_timeout: l.wake_timeout,
+            state_cache_ttl: l.state_cache_ttl,
+        },
+        probe,
+    );
+    Ok((Some(lifecycle), refresher))
+}
+
+/// The notice a client waiting for a wake receives every few seconds.
+pub(crate) const NOTICE_EVERY: Duration = Duration::from_secs(2);
+
+/// Appends "waking the database server, waited N s" when a wake is under way.
+pub(crate) fn waking_notice(lifecycle: &Lifecycle, waited: Duration, out: &mut BytesMut) {
+    if lifecycle.waking_since().is_some() {
+        ErrorMessage::new(
+            Severity::Notice,
+            sqlstate::SUCCESSFUL_COMPLETION,
+            format!("waking the database server, waited {} s", waited.as_secs()),
+        )
+        .write(out);
+    }
+}
+
+/// Stops the server after `after` without client activity, when the server
+/// itself shows no other client sessions active within that period.
+pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, after: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if lifecycle.idle_for() < after || lifecycle.waking_since().is_some() {
+            continue;
+        }
+        let pools = shared.pools();
+        if pools.iter().any(|p| {
+            let (total, idle, waiting) = p.counts();
+            total > idle || waiting > 0
+        }) {
+            continue;
+        }
+        match lifecycle.state().await {
+            Ok(ServerState::Ready) => {}
+            _ => continue,
+        }
+        // Ask the server whether anyone else used it within the period.
+        let Some(pool) = pools.iter().find(|p| p.defaults().is_some()) else {
+            continue;
+        };
+        let mine: Vec<String> = pools
+            .iter()
+            .flat_map(|p| p.idle_backend_pids())
+            .map(|pid| pid.to_string())
+            .collect();
+        let Ok(mut conn) = pool.checkout_quiet().await else {
+            continue;
+        };
+        let sql = format!(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+             AND NOT (pid = ANY ('{{{}}}'::int[])) \
+             AND (state IS DISTINCT FROM 'idle' OR state_change > now() - interval '{} seconds')) \
+             THEN RAISE EXCEPTION 'busy'; END IF; END $$",
+            mine.join(","),
+            after.as_secs().max(1)
+        );
+        let busy = conn.conn.run_internal(&sql, Duration::from_secs(10)).await;
+        pool.checkin(conn);
+        match busy {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::debug!("idle stop: the server has other client sessions; not stopping");
+                lifecycle.touch();
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "idle stop: cannot check the server's activity");
+                continue;
+            }
+        }
+        if lifecycle.idle_for() < after {
+            continue;
+        }
+        for p in &pools {
+            p.drain_idle();
+        }
+        let why = format!("no client activity for {}s", after.as_secs());
+        if let Err(e) = lifecycle.stop_server(&why).await {
+            tracing::warn!(error = %e, "idle stop failed");
+        }
+        lifecycle.touch();
+    }
+}

@@ -1,0 +1,325 @@
+//! Waking a stopped server when clients arrive, and stopping it when idle,
+//! through a fake Azure Resource Manager endpoint (driving a real cluster)
+//! and through shell commands.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{cluster, code, Pgwake};
+use pgwake_testkit::azure_arm::{FakeArm, RESOURCE_ID};
+use pgwake_testkit::azure_identity::FakeIdentity;
+use pgwake_testkit::Cluster;
+
+/// pgwake in front of `cluster`, with `[lifecycle]` lines `lifecycle`.
+fn config(cluster: &Cluster, port: u16, lifecycle: &str) -> String {
+    format!(
+        "{}[lifecycle]\n{lifecycle}\n",
+        common::config_for(cluster, port, "size = 5\nmin_idle = 1")
+    )
+}
+
+fn azure_lifecycle(arm: &FakeArm, extra: &str) -> String {
+    format!(
+        "provider = \"azure\"\nresource_id = \"{RESOURCE_ID}\"\narm_endpoint = \"{}\"\n{extra}",
+        arm.endpoint()
+    )
+}
+
+/// Starts pgwake with the fake identity endpoint's environment (ARM tokens).
+fn start(identity: &FakeIdentity, toml: &str, port: u16) -> Pgwake {
+    let env = identity.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Pgwake::start_config(toml, port, &env)
+}
+
+/// Runs `select 1` on a new client: the SQLSTATE and message on failure.
+async fn query(pg: &Pgwake) -> Result<(), (String, String)> {
+    let fail = |e: tokio_postgres::Error| {
+        let text = e
+            .as_db_error()
+            .map(|d| format!("{} HINT: {}", d.message(), d.hint().unwrap_or("")))
+            .unwrap_or_else(|| e.to_string());
+        (code(&e), text)
+    };
+    let (c, conn) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
+        .await
+        .map_err(fail)?;
+    tokio::spawn(conn);
+    c.simple_query("select 1").await.map(|_| ()).map_err(fail)
+}
+
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let began = Instant::now();
+    while !cond() {
+        assert!(began.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_clients_wake_a_stopped_server_with_one_start() {
+    let cluster = Arc::new(cluster());
+    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    cluster.stop().unwrap();
+    let arm = FakeArm::start(cluster.clone()).await.unwrap();
+    assert_eq!(arm.state(), "Stopped");
+    arm.set_start_delay(Duration::from_secs(3));
+    let port = pgwake_testkit::free_port();
+    let toml = config(
+        &cluster,
+        port,
+        &azure_lifecycle(&arm, "wake_timeout = \"60s\""),
+    );
+    let pg = start(&identity, &toml, port);
+
+    let mut clients = Vec::new();
+    for _ in 0..19 {
+        let url = pg.url("app");
+        clients.push(tokio::spawn(async move {
+            let c = pgwake_testkit::connect_url(&url).await?;
+            c.simple_query("select 1").await?;
+            anyhow::Ok(())
+        }));
+    }
+    // The twentieth is psql, which shows the notices people see.
+    let psql = {
+        let bin = cluster.bin().path("psql");
+        let url = pg.url("app");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args(["-X", "-A", "-t", "-c", "select 42", &url])
+                .output()
+                .unwrap()
+        })
+    };
+    for c in clients {
+        c.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", pg.logs()));
+    }
+    let out = psql.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("NOTICE:  waking the database server, waited"),
+        "{stderr}"
+    );
+    assert_eq!(arm.starts(), 1, "exactly one start request");
+    assert_eq!(arm.state(), "Ready");
+    let logs = pg.logs();
+    assert!(logs.contains("waking the database server"), "{logs}");
+    assert!(logs.contains("database server is awake after"), "{logs}");
+    assert!(
+        logs.contains("database app user app"),
+        "the trigger is named: {logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_wake_gives_57p03_after_wake_timeout_then_serves() {
+    let cluster = Arc::new(cluster());
+    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    cluster.stop().unwrap();
+    let arm = FakeArm::start(cluster.clone()).await.unwrap();
+    arm.set_start_delay(Duration::from_secs(8));
+    let port = pgwake_testkit::free_port();
+    let toml = config(
+        &cluster,
+        port,
+        &azure_lifecycle(&arm, "wake_timeout = \"3s\""),
+    );
+    let pg = start(&identity, &toml, port);
+
+    let began = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let pg_url = pg.url("app");
+        clients.push(tokio::spawn(async move {
+            let began = Instant::now();
+            let r = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await;
+            (began.elapsed(), r.err())
+        }));
+    }
+    for c in clients {
+        let (took, err) = c.await.unwrap();
+        let e = err.expect("no server within wake_timeout");
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(db.code().code(), "57P03", "{db:?}");
+        assert!(db.hint().unwrap_or("").contains("retry"), "{db:?}");
+        assert!(
+            took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+            "answered after {took:?}"
+        );
+    }
+    assert!(began.elapsed() < Duration::from_secs(8));
+    assert_eq!(arm.starts(), 1);
+    // The wake went on; once the server is up, clients are served.
+    wait_for("the server to be Ready", Duration::from_secs(60), || {
+        arm.state() == "Ready"
+    })
+    .await;
+    query(&pg).await.unwrap();
+    assert_eq!(arm.starts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
+    let cluster = Arc::new(cluster());
+    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let arm = FakeArm::start(cluster.clone()).await.unwrap();
+    assert_eq!(arm.state(), "Ready");
+    let port = pgwake_testkit::free_port();
+    let toml = config(
+        &cluster,
+        port,
+        &azure_lifecycle(&arm, "idle_stop_after = \"5s\"\nstate_cache_ttl = \"1s\""),
+    );
+    let pg = start(&identity, &toml, port);
+    query(&pg).await.unwrap();
+
+    // A session from outside pgwake, idle in a transaction.
+    let direct = pgwake_testkit::connect(
+        "127.0.0.1",
+        cluster.port(),
+        "app",
+        Some("app-secret"),
+        "app",
+    )
+    .await
+    .unwrap();
+    direct.batch_execute("begin; select 1").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(
+        arm.stops(),
+        0,
+        "stopped under an open transaction:\n{}",
+        pg.logs()
+    );
+    assert!(cluster.is_running());
+
+    // It ends: the server is stopped once nobody used it for 5 s.
+    direct.batch_execute("commit").await.unwrap();
+    drop(direct);
+    wait_for("an idle stop", Duration::from_secs(30), || {
+        arm.state() == "Stopped"
+    })
+    .await;
+    assert_eq!(arm.stops(), 1);
+    assert!(!cluster.is_running());
+    assert!(pg.logs().contains("stopping the database server"));
+
+    // A client arrives: a new wake, and it is served.
+    query(&pg)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.logs()));
+    assert_eq!(arm.starts(), 1);
+    assert!(cluster.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
+    let cluster = Arc::new(cluster());
+    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    cluster.stop().unwrap();
+    let arm = FakeArm::start(cluster.clone()).await.unwrap();
+    arm.inject(429, Some(1));
+    arm.inject(500, None);
+    arm.inject(500, None);
+    let port = pgwake_testkit::free_port();
+    let toml = config(
+        &cluster,
+        port,
+        &azure_lifecycle(&arm, "wake_timeout = \"60s\"\nstate_cache_ttl = \"2s\""),
+    );
+    let pg = start(&identity, &toml, port);
+    query(&pg)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.logs()));
+    assert_eq!(arm.starts(), 1);
+    assert!(pg.logs().contains("HTTP 429"), "{}", pg.logs());
+
+    // The server goes down behind ARM's back (ARM still says Ready): clients
+    // get connection errors, no start is attempted, and ARM is asked about
+    // the state at most once per state_cache_ttl.
+    cluster.stop().unwrap();
+    let gets = arm.state_gets();
+    let began = Instant::now();
+    let mut errors = 0;
+    while began.elapsed() < Duration::from_secs(4) {
+        if let Err((state, _)) = query(&pg).await {
+            assert!(state.starts_with("08"), "{state}");
+            errors += 1;
+        }
+    }
+    let asked = arm.state_gets() - gets;
+    assert!(errors > 0);
+    assert!(asked <= 3, "{asked} state requests in 4 s with a 2 s cache");
+    assert_eq!(arm.starts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_provider_wakes_a_cluster_with_pg_ctl() {
+    let cluster = cluster();
+    cluster.stop().unwrap();
+    let port = pgwake_testkit::free_port();
+    let lifecycle = format!(
+        "provider = \"command\"\nwake_timeout = \"60s\"\n[lifecycle.command]\nstatus = {:?}\nstart = {:?}\nstop = {:?}\n",
+        cluster.ctl_command("status"),
+        cluster.ctl_command("start"),
+        cluster.ctl_command("stop"),
+    );
+    let pg = Pgwake::start_config(&config(&cluster, port, &lifecycle), port, &[]);
+    query(&pg)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.logs()));
+    assert!(cluster.is_running());
+    assert!(pg.logs().contains("database server is awake after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_that_refuses_a_login_is_never_started() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    // A provider that always claims the server is stopped: only the kind of
+    // connection error may keep pgwake from starting it.
+    let lifecycle = format!(
+        "provider = \"command\"\n[lifecycle.command]\nstatus = \"echo stopped\"\nstart = \"touch {}\"\n",
+        marker.display()
+    );
+    let port = pgwake_testkit::free_port();
+    let toml = config(&cluster, port, &lifecycle).replace("app-secret", "wrong-password");
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let (state, _) = query(&pg).await.expect_err("wrong password");
+    assert_eq!(state, "28P01");
+    drop(pg);
+
+    let port = pgwake_testkit::free_port();
+    let toml =
+        config(&cluster, port, &lifecycle).replace("dbname = \"app\"", "dbname = \"missing\"");
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let fail = tokio_postgres::connect(
+        &format!("postgres://app@127.0.0.1:{port}/missing"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("missing database");
+    assert_eq!(code(&fail), "3D000", "{fail}");
+    drop(pg);
+    assert!(!marker.exists(), "a start was issued");
+}
