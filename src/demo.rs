@@ -50,9 +50,14 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
          [server]\nhost = \"127.0.0.1\"\nport = {port}\ndbname = \"app\"\nsslmode = \"disable\"\n\
          [server.auth]\nuser = \"app\"\npassword = \"app-secret\"\n\
          [pool]\nsize = {size}\nmin_idle = 2\n\
-         [log]\nlevel = \"warn\"\n",
+         [lifecycle]\nprovider = \"command\"\nwake_timeout = \"60s\"\n\
+         [lifecycle.command]\nstatus = {status:?}\nstart = {start:?}\nstop = {stop:?}\n\
+         [log]\nlevel = \"warn,pgwake_lifecycle=info\"\n",
         port = cluster.port(),
         size = args.pool_size,
+        status = cluster.ctl_command("status"),
+        start = cluster.ctl_command("start"),
+        stop = cluster.ctl_command("stop"),
     );
     let config = pgwake_config::load(Some(("demo", &toml)), None, [])
         .map_err(|e| anyhow::anyhow!("demo configuration:\n{e}"))?;
@@ -163,7 +168,32 @@ async fn demo(
         d as f64 / secs.max(0.001),
         args.clients
     );
-    let code = if f == 0 {
+
+    // Wake on connect: the server is stopped (as teams do at night to save
+    // money); the next client starts it through pgwake and simply waits.
+    println!("\nWake on connect: stopping PostgreSQL, as a team does to save money at night…");
+    tokio::task::block_in_place(|| cluster.stop())?;
+    let asleep = Instant::now();
+    let woke = async {
+        let c = pgwake_testkit::connect_url(&url).await?;
+        let row = c.query_one("SELECT count(*) FROM demo_orders", &[]).await?;
+        anyhow::Ok(row.get::<_, i64>(0))
+    }
+    .await;
+    let woke_ok = match woke {
+        Ok(rows) => {
+            println!(
+                "  a new client's query returned {rows} rows after {:.1}s: pgwake started the stopped server for it",
+                asleep.elapsed().as_secs_f64()
+            );
+            true
+        }
+        Err(e) => {
+            println!("  the client failed: {e:#}");
+            false
+        }
+    };
+    let code = if f == 0 && woke_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

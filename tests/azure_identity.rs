@@ -124,21 +124,8 @@ async fn short_lived_rotating_tokens_cause_no_login_failures() {
     );
 }
 
-/// Runs `select 1` on a new client; the error's SQLSTATE and text on failure
-/// (at login or at the query).
 async fn try_query(pg: &Pgwake) -> Result<(), (String, String)> {
-    let fail = |e: tokio_postgres::Error| {
-        let text = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
-        (code(&e), text)
-    };
-    let (c, conn) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
-        .await
-        .map_err(fail)?;
-    tokio::spawn(conn);
-    c.simple_query("select 1").await.map(|_| ()).map_err(fail)
+    common::try_query(&pg.url("app")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,6 +232,8 @@ fn demo_runs_its_workload_and_cleans_up() {
         out.contains("400 transactions") && out.contains(", 0 failed;"),
         "{out}"
     );
+    assert!(out.contains("pgwake started the stopped server"), "{out}");
+    assert!(err.contains("database server is awake after"), "{err}");
     assert!(out.contains("removing its files"), "{out}");
 }
 

@@ -34,20 +34,23 @@ fn start(identity: &FakeIdentity, toml: &str, port: u16) -> Pgwake {
     Pgwake::start_config(toml, port, &env)
 }
 
-/// Runs `select 1` on a new client: the SQLSTATE and message on failure.
 async fn query(pg: &Pgwake) -> Result<(), (String, String)> {
-    let fail = |e: tokio_postgres::Error| {
-        let text = e
-            .as_db_error()
-            .map(|d| format!("{} HINT: {}", d.message(), d.hint().unwrap_or("")))
-            .unwrap_or_else(|| e.to_string());
-        (code(&e), text)
-    };
-    let (c, conn) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
+    common::try_query(&pg.url("app")).await
+}
+
+/// A cluster (stopped if `stopped`), an identity endpoint for ARM tokens,
+/// and a fake ARM endpoint in front of the cluster.
+async fn azure_setup(stopped: bool) -> (Arc<Cluster>, FakeIdentity, FakeArm) {
+    let cluster = Arc::new(cluster());
+    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
         .await
-        .map_err(fail)?;
-    tokio::spawn(conn);
-    c.simple_query("select 1").await.map(|_| ()).map_err(fail)
+        .unwrap();
+    if stopped {
+        cluster.stop().unwrap();
+    }
+    let arm = FakeArm::start(cluster.clone()).await.unwrap();
+    assert_eq!(arm.state(), if stopped { "Stopped" } else { "Ready" });
+    (cluster, identity, arm)
 }
 
 async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -60,13 +63,7 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_wake_a_stopped_server_with_one_start() {
-    let cluster = Arc::new(cluster());
-    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
-        .await
-        .unwrap();
-    cluster.stop().unwrap();
-    let arm = FakeArm::start(cluster.clone()).await.unwrap();
-    assert_eq!(arm.state(), "Stopped");
+    let (cluster, identity, arm) = azure_setup(true).await;
     arm.set_start_delay(Duration::from_secs(3));
     let port = pgwake_testkit::free_port();
     let toml = config(
@@ -125,12 +122,7 @@ async fn twenty_clients_wake_a_stopped_server_with_one_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_wake_gives_57p03_after_wake_timeout_then_serves() {
-    let cluster = Arc::new(cluster());
-    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
-        .await
-        .unwrap();
-    cluster.stop().unwrap();
-    let arm = FakeArm::start(cluster.clone()).await.unwrap();
+    let (cluster, identity, arm) = azure_setup(true).await;
     arm.set_start_delay(Duration::from_secs(8));
     let port = pgwake_testkit::free_port();
     let toml = config(
@@ -174,12 +166,7 @@ async fn a_slow_wake_gives_57p03_after_wake_timeout_then_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
-    let cluster = Arc::new(cluster());
-    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let arm = FakeArm::start(cluster.clone()).await.unwrap();
-    assert_eq!(arm.state(), "Ready");
+    let (cluster, identity, arm) = azure_setup(false).await;
     let port = pgwake_testkit::free_port();
     let toml = config(
         &cluster,
@@ -230,12 +217,7 @@ async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
-    let cluster = Arc::new(cluster());
-    let identity = FakeIdentity::start(&cluster, "app", Duration::from_secs(3600))
-        .await
-        .unwrap();
-    cluster.stop().unwrap();
-    let arm = FakeArm::start(cluster.clone()).await.unwrap();
+    let (cluster, identity, arm) = azure_setup(true).await;
     arm.inject(429, Some(1));
     arm.inject(500, None);
     arm.inject(500, None);

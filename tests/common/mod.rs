@@ -176,3 +176,20 @@ pub fn app_backends(cluster: &Cluster) -> i64 {
 pub fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_owned()).unwrap_or_default()
 }
+
+/// Runs `select 1` as a new client of `url`: on failure, the SQLSTATE ("" if
+/// none) and the message (with its hint).
+pub async fn try_query(url: &str) -> Result<(), (String, String)> {
+    let fail = |e: tokio_postgres::Error| {
+        let text = e
+            .as_db_error()
+            .map(|d| format!("{} HINT: {}", d.message(), d.hint().unwrap_or("")))
+            .unwrap_or_else(|| e.to_string());
+        (code(&e), text)
+    };
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(fail)?;
+    tokio::spawn(conn);
+    c.simple_query("select 1").await.map(|_| ()).map_err(fail)
+}

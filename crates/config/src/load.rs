@@ -445,12 +445,28 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
             pool_checks(&format!("databases.{name}."), r.size, r.min_idle, errors);
         }
     }
-    if !matches!(
-        c.log.level.as_str(),
-        "error" | "warn" | "info" | "debug" | "trace"
-    ) {
+    // A level, or comma-separated `target=level` directives after one
+    // (`warn,pgwake_lifecycle=info`).
+    let is_level = |l: &str| matches!(l, "error" | "warn" | "info" | "debug" | "trace");
+    let valid = c
+        .log
+        .level
+        .split(',')
+        .enumerate()
+        .all(|(i, d)| match d.split_once('=') {
+            Some((target, level)) => {
+                i > 0
+                    && is_level(level)
+                    && !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+            }
+            None => is_level(d),
+        });
+    if !valid {
         errors.push(format!(
-            "log.level = {:?}: use error, warn, info, debug or trace",
+            "log.level = {:?}: use error, warn, info, debug or trace (optionally followed by target=level directives, e.g. \"warn,pgwake_lifecycle=info\")",
             c.log.level
         ));
     }

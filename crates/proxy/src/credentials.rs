@@ -35,37 +35,10 @@ pub(crate) fn from_config(auth: &ServerAuth) -> Result<Credentials, CredentialEr
         AuthMethod::Command => {
             Box::new(CommandSource::new(auth.command.clone().unwrap_or_default()))
         }
-        AuthMethod::AzureManagedIdentity => azure(
-            AzureIdentity::ManagedIdentity {
-                client_id: auth.client_id.clone(),
-            },
-            auth,
-        )?,
-        AuthMethod::AzureWorkloadIdentity => azure(
-            AzureIdentity::WorkloadIdentity {
-                client_id: auth.client_id.clone(),
-                tenant_id: auth.tenant_id.clone(),
-                token_file: auth.token_file.clone(),
-            },
-            auth,
-        )?,
-        AuthMethod::AzureCli => azure(
-            AzureIdentity::AzureCli {
-                tenant_id: auth.tenant_id.clone(),
-            },
-            auth,
-        )?,
-        AuthMethod::AzureClientSecret => azure(
-            AzureIdentity::ClientSecret {
-                tenant_id: auth.tenant_id.clone().unwrap_or_default(),
-                client_id: auth.client_id.clone().unwrap_or_default(),
-                secret: auth
-                    .client_secret
-                    .clone()
-                    .unwrap_or_else(|| Secret::new("")),
-            },
-            auth,
-        )?,
+        m => Box::new(AzureSource::new(
+            azure_identity(m, auth),
+            auth.scope.clone(),
+        )?),
     };
     let cache = RefreshingCache::new(
         fetcher,
@@ -81,9 +54,28 @@ pub(crate) fn from_config(auth: &ServerAuth) -> Result<Credentials, CredentialEr
     })
 }
 
-fn azure(
-    identity: AzureIdentity,
-    auth: &ServerAuth,
-) -> Result<Box<dyn TokenFetcher>, CredentialError> {
-    Ok(Box::new(AzureSource::new(identity, auth.scope.clone())?))
+/// The Entra identity an `azure_*` method names, with its keys from
+/// `[server.auth]`; anything else means the managed identity.
+pub(crate) fn azure_identity(method: AuthMethod, auth: &ServerAuth) -> AzureIdentity {
+    match method {
+        AuthMethod::AzureWorkloadIdentity => AzureIdentity::WorkloadIdentity {
+            client_id: auth.client_id.clone(),
+            tenant_id: auth.tenant_id.clone(),
+            token_file: auth.token_file.clone(),
+        },
+        AuthMethod::AzureCli => AzureIdentity::AzureCli {
+            tenant_id: auth.tenant_id.clone(),
+        },
+        AuthMethod::AzureClientSecret => AzureIdentity::ClientSecret {
+            tenant_id: auth.tenant_id.clone().unwrap_or_default(),
+            client_id: auth.client_id.clone().unwrap_or_default(),
+            secret: auth
+                .client_secret
+                .clone()
+                .unwrap_or_else(|| Secret::new("")),
+        },
+        _ => AzureIdentity::ManagedIdentity {
+            client_id: auth.client_id.clone(),
+        },
+    }
 }

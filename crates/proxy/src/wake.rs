@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pgwake_config::{AuthMethod, Config, ProviderKind};
-use pgwake_credentials::{
-    AzureIdentity, AzureSource, CredentialSource, RefreshSettings, RefreshingCache, Secret,
-};
+use pgwake_credentials::{AzureSource, CredentialSource, RefreshSettings, RefreshingCache};
 use pgwake_lifecycle::{
     AzureProvider, CommandProvider, Lifecycle, Probe, Provider, ServerState, Settings,
 };
@@ -42,24 +40,7 @@ pub(crate) fn from_config(config: &Config) -> Result<Built, String> {
             } else {
                 AuthMethod::AzureManagedIdentity
             });
-            let identity = match method {
-                AuthMethod::AzureWorkloadIdentity => AzureIdentity::WorkloadIdentity {
-                    client_id: a.client_id.clone(),
-                    tenant_id: a.tenant_id.clone(),
-                    token_file: a.token_file.clone(),
-                },
-                AuthMethod::AzureCli => AzureIdentity::AzureCli {
-                    tenant_id: a.tenant_id.clone(),
-                },
-                AuthMethod::AzureClientSecret => AzureIdentity::ClientSecret {
-                    tenant_id: a.tenant_id.clone().unwrap_or_default(),
-                    client_id: a.client_id.clone().unwrap_or_default(),
-                    secret: a.client_secret.clone().unwrap_or_else(|| Secret::new("")),
-                },
-                _ => AzureIdentity::ManagedIdentity {
-                    client_id: a.client_id.clone(),
-                },
-            };
+            let identity = crate::credentials::azure_identity(method, a);
             let source = AzureSource::new(identity, Some(ARM_SCOPE.to_string()))
                 .map_err(|e| format!("lifecycle: {e}"))?;
             let cache = RefreshingCache::new(

@@ -130,18 +130,26 @@ pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>
 async fn with_wake_notices<C: ClientStream, F: std::future::Future>(
     client: &mut C,
     lifecycle: Option<&Lifecycle>,
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
 ) -> F::Output {
     let Some(l) = lifecycle else {
         return fut.await;
     };
-    tokio::pin!(fut);
     // Most checkouts are ready at once: no timer for those.
     tokio::select! {
         biased;
         r = &mut fut => return r,
         _ = std::future::ready(()) => {}
     }
+    // Boxed: rare, and it would otherwise enlarge every session's task.
+    Box::pin(notify_while_waiting(client, l, fut)).await
+}
+
+async fn notify_while_waiting<C: ClientStream, F: std::future::Future>(
+    client: &mut C,
+    l: &Lifecycle,
+    mut fut: std::pin::Pin<&mut F>,
+) -> F::Output {
     let began = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(began + wake::NOTICE_EVERY, wake::NOTICE_EVERY);
     let mut out = BytesMut::new();
@@ -359,8 +367,10 @@ impl<C: ClientStream> Session<C> {
             }
             out.clear();
         }
-        let learned =
-            with_wake_notices(&mut client, lifecycle.as_deref(), pool.learn_defaults()).await;
+        let learned = {
+            let learning = std::pin::pin!(pool.learn_defaults());
+            with_wake_notices(&mut client, lifecycle.as_deref(), learning).await
+        };
         let defaults = match learned {
             Ok(d) => d,
             Err(e) => {
@@ -513,12 +523,11 @@ impl<C: ClientStream> Session<C> {
         if let Some(l) = &self.lifecycle {
             l.touch();
         }
-        let checkout = with_wake_notices(
-            &mut self.client,
-            self.lifecycle.as_deref(),
-            self.pool.checkout(),
-        );
-        let mut p = match checkout.await {
+        let checked_out = {
+            let checkout = std::pin::pin!(self.pool.checkout());
+            with_wake_notices(&mut self.client, self.lifecycle.as_deref(), checkout).await
+        };
+        let mut p = match checked_out {
             Ok(p) => p,
             Err(e) => {
                 Box::pin(self.skip_request(e.to_client())).await?;
