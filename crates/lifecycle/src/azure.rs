@@ -78,13 +78,15 @@ impl AzureProvider {
                 .await
                 .map_err(|e| self.fail(what, e))?
                 .ok_or_else(|| self.fail(what, "no ARM token"))?;
-            let sent = self
+            let mut request = self
                 .http
                 .request(method.clone(), &url)
-                .bearer_auth(token.expose())
-                .header("content-length", "0")
-                .send()
-                .await;
+                .bearer_auth(token.expose());
+            if method == Method::POST {
+                // ARM refuses a POST without a length (411).
+                request = request.header("content-length", "0");
+            }
+            let sent = request.send().await;
             let wait = match sent {
                 Ok(rsp) => {
                     let status = rsp.status();

@@ -40,18 +40,20 @@ pub(crate) fn from_config(auth: &ServerAuth) -> Result<Credentials, CredentialEr
             auth.scope.clone(),
         )?),
     };
-    let cache = RefreshingCache::new(
-        fetcher,
-        RefreshSettings {
-            refresh_margin: auth.refresh_margin,
-            fetch_timeout: auth.fetch_timeout,
-            refresh_interval: auth.refresh_interval,
-        },
-    );
+    let cache = RefreshingCache::new(fetcher, refresh_settings(auth));
     Ok(Credentials {
         source: cache.clone(),
         refresher: Some(cache),
     })
+}
+
+/// How token caches refresh, from `[server.auth]`.
+pub(crate) fn refresh_settings(auth: &ServerAuth) -> RefreshSettings {
+    RefreshSettings {
+        refresh_margin: auth.refresh_margin,
+        fetch_timeout: auth.fetch_timeout,
+        refresh_interval: auth.refresh_interval,
+    }
 }
 
 /// The Entra identity an `azure_*` method names, with its keys from

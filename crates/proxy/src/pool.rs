@@ -382,68 +382,61 @@ impl Pool {
                 .secret(wait)
                 .await
                 .map_err(|e| ConnectError::Credential(e.to_string()))?;
-            match ServerConn::connect(&inner.target, &inner.key.dbname, &inner.key.user, password)
-                .await
+            let e = match ServerConn::connect(
+                &inner.target,
+                &inner.key.dbname,
+                &inner.key.user,
+                password,
+            )
+            .await
             {
-                // The server may be stopped: wake it (once for everyone) and
-                // wait, rather than fail.
-                Err(e) if e.may_be_asleep() && inner.lifecycle.is_some() && wakes < 3 => {
-                    let l = inner.lifecycle.as_ref().expect("checked");
-                    let woke = if may_wake {
-                        l.server_unavailable().await
-                    } else {
-                        // Learn the state (cached), never start.
-                        let _ = l.state().await;
-                        Ok(false)
-                    };
-                    match woke {
-                        Ok(true) => {
-                            wakes += 1;
-                            backoff = Duration::from_millis(25);
-                            give_up = tokio::time::Instant::now() + inner.target.connect_timeout;
-                        }
-                        Ok(false)
-                            if e.is_transient()
-                                && tokio::time::Instant::now() + backoff < give_up =>
-                        {
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_millis(500));
-                        }
-                        Ok(false) => {
-                            self.note_failure(&e);
-                            return Err(e);
-                        }
-                        Err(w) => return Err(ConnectError::Asleep(w.to_string())),
-                    }
-                }
                 Ok(mut conn) => {
                     conn.credential_generation = generation;
                     inner.lock().auth_failure = None;
                     inner.learn(&conn);
                     return Ok(conn);
                 }
-                Err(e) if e.is_transient() && tokio::time::Instant::now() + backoff < give_up => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                // The secret may have been rotated while this login was under
-                // way (the server already has the new one): once the fetch
-                // in progress lands, log in again with the new secret.
-                Err(e) if e.is_auth() && !retried_rotation => {
-                    retried_rotation = true;
-                    let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
-                    inner.credentials.settled(wait).await;
-                    if inner.credentials.generation() == generation {
-                        self.note_failure(&e);
-                        return Err(e);
-                    }
-                    tracing::debug!(pool = %inner.key, "login refused while the secret rotated; retrying with the new one");
-                }
-                Err(e) => {
-                    self.note_failure(&e);
-                    return Err(e);
+                Err(e) => e,
+            };
+            // The server may be stopped: wake it (once for everyone) and
+            // wait, rather than fail. Upkeep only learns the state.
+            if let Some(l) = inner
+                .lifecycle
+                .as_ref()
+                .filter(|_| e.may_be_asleep() && wakes < 3)
+            {
+                let woke = if may_wake {
+                    l.server_unavailable().await.map_err(ConnectError::Asleep)?
+                } else {
+                    let _ = l.state().await;
+                    false
+                };
+                if woke {
+                    wakes += 1;
+                    backoff = Duration::from_millis(25);
+                    give_up = tokio::time::Instant::now() + inner.target.connect_timeout;
+                    continue;
                 }
             }
+            if e.is_transient() && tokio::time::Instant::now() + backoff < give_up {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            // The secret may have been rotated while this login was under
+            // way (the server already has the new one): once the fetch in
+            // progress lands, log in again with the new secret.
+            if e.is_auth() && !retried_rotation {
+                retried_rotation = true;
+                let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
+                inner.credentials.settled(wait).await;
+                if inner.credentials.generation() != generation {
+                    tracing::debug!(pool = %inner.key, "login refused while the secret rotated; retrying with the new one");
+                    continue;
+                }
+            }
+            self.note_failure(&e);
+            return Err(e);
         }
     }
 

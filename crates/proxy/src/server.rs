@@ -90,9 +90,10 @@ pub enum ConnectError {
     Protocol(String),
     #[error("{0}")]
     Credential(String),
-    /// The server is stopped and did not come up within `wake_timeout`.
+    /// The server is stopped and did not come up within `wake_timeout`, or
+    /// could not be started.
     #[error("{0}")]
-    Asleep(String),
+    Asleep(pgwake_lifecycle::WakeError),
 }
 
 impl ConnectError {
@@ -114,11 +115,18 @@ impl ConnectError {
                 ErrorMessage::error(sqlstate::CONNECTION_FAILURE, format!("pgwake cannot log in to the server: {self}"))
                     .with_hint("pgwake keeps retrying the credential source; check its error above")
             }
-            ConnectError::Asleep(_) => ErrorMessage::error(
+            ConnectError::Asleep(w) => ErrorMessage::error(
                 sqlstate::CANNOT_CONNECT_NOW,
                 format!("pgwake: {self}"),
             )
-            .with_hint("pgwake is starting the database server; retry in a few seconds"),
+            .with_hint(match w {
+                pgwake_lifecycle::WakeError::Timeout { .. } => {
+                    "pgwake is starting the database server; retry in a few seconds"
+                }
+                pgwake_lifecycle::WakeError::Failed(_) => {
+                    "pgwake could not start the database server; see its log for the [lifecycle] provider's error"
+                }
+            }),
             ConnectError::Protocol(_) => {
                 ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, self.to_string())
             }

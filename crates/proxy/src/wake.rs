@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pgwake_config::{AuthMethod, Config, ProviderKind};
-use pgwake_credentials::{AzureSource, CredentialSource, RefreshSettings, RefreshingCache};
+use pgwake_credentials::{AzureSource, CredentialSource, RefreshingCache};
 use pgwake_lifecycle::{
     AzureProvider, CommandProvider, Lifecycle, Probe, Provider, ServerState, Settings,
 };
@@ -43,14 +43,8 @@ pub(crate) fn from_config(config: &Config) -> Result<Built, String> {
             let identity = crate::credentials::azure_identity(method, a);
             let source = AzureSource::new(identity, Some(ARM_SCOPE.to_string()))
                 .map_err(|e| format!("lifecycle: {e}"))?;
-            let cache = RefreshingCache::new(
-                Box::new(source),
-                RefreshSettings {
-                    refresh_margin: a.refresh_margin,
-                    fetch_timeout: a.fetch_timeout,
-                    refresh_interval: a.refresh_interval,
-                },
-            );
+            let cache =
+                RefreshingCache::new(Box::new(source), crate::credentials::refresh_settings(a));
             refresher = Some(cache.clone());
             let token: Arc<dyn CredentialSource> = cache;
             Arc::new(
