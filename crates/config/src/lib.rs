@@ -29,7 +29,70 @@ pub struct Config {
     /// database name maps to the server database of the same name.
     pub databases: BTreeMap<String, Database>,
     pub lifecycle: Lifecycle,
+    pub admin: Admin,
+    pub timeouts: Timeouts,
     pub log: Log,
+}
+
+/// The admin HTTP server (metrics, health) and who may use the admin console.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    /// Empty: no HTTP server.
+    pub addr: String,
+    /// Users who may connect to the admin console (database `pgwake` or
+    /// `pgbouncer`). Empty: any user who can connect (the listener is
+    /// loopback-only).
+    pub admin_users: Vec<String>,
+}
+
+impl Admin {
+    /// The HTTP address (`localhost` means 127.0.0.1); `None` when invalid.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.addr
+            .replacen("localhost:", "127.0.0.1:", 1)
+            .parse()
+            .ok()
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            addr: "127.0.0.1:9930".into(),
+            admin_users: Vec::new(),
+        }
+    }
+}
+
+/// Limits on how long clients may keep things waiting. Unset: no limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A query running longer is cancelled (SQLSTATE 57014).
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub query_timeout: Option<Duration>,
+    /// A client idle this long inside a transaction has it rolled back and
+    /// is disconnected (SQLSTATE 25P03); its server connection is kept.
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub idle_transaction_timeout: Option<Duration>,
+    /// A client idle this long outside a transaction is disconnected
+    /// (SQLSTATE 57P05).
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub client_idle_timeout: Option<Duration>,
 }
 
 /// Where clients connect.
@@ -430,8 +493,14 @@ pub struct LifecycleCommand {
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub format: LogFormat,
-    /// `error`, `warn`, `info`, `debug` or `trace`.
+    /// `error`, `warn`, `info`, `debug` or `trace`, optionally followed by
+    /// per-module directives (`warn,pgwake_lifecycle=info`).
     pub level: String,
+    /// Log queries that take longer than this (at `warn`), with their
+    /// database, user, application_name, client address and the first 200
+    /// bytes of their text, never their parameters. `0s`: off.
+    #[serde(with = "humantime_serde")]
+    pub slow_query: Duration,
 }
 
 impl Default for Log {
@@ -439,6 +508,7 @@ impl Default for Log {
         Log {
             format: LogFormat::Text,
             level: "info".into(),
+            slow_query: Duration::from_secs(1),
         }
     }
 }
@@ -476,6 +546,32 @@ impl Config {
             size: get(|d| d.size, self.pool.size),
             min_idle: get(|d| d.min_idle, self.pool.min_idle),
         })
+    }
+
+    /// Every key with its value as `section.key = value` pairs, in file
+    /// order, secrets shown as `<redacted>`.
+    pub fn flatten(&self) -> Vec<(String, String)> {
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, v, out);
+                    }
+                }
+                toml::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+                other => out.push((prefix.to_owned(), other.to_string())),
+            }
+        }
+        let mut out = Vec::new();
+        if let Ok(v) = toml::Value::try_from(self) {
+            walk("", &v, &mut out);
+        }
+        out
     }
 
     /// The effective configuration as TOML, secrets shown as `<redacted>`.

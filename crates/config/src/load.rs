@@ -40,6 +40,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("listen_", &["listen"]),
     ("pool_", &["pool"]),
     ("log_", &["log"]),
+    ("admin_", &["admin"]),
+    ("timeouts_", &["timeouts"]),
 ];
 
 /// Builds the configuration. `file` is `(name for messages, TOML text)`;
@@ -82,7 +84,7 @@ pub fn load<'a>(
             .find_map(|(p, path)| lower.strip_prefix(p).map(|k| (*path, k)))
         else {
             errors.push(format!(
-                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, log)"
+                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log)"
             ));
             continue;
         };
@@ -104,6 +106,14 @@ pub fn load<'a>(
                     continue;
                 }
             },
+            Some(Value::Array(_)) => Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Value::String(v.to_owned()))
+                    .collect(),
+            ),
             _ => Value::String(value.to_owned()),
         };
         insert(&mut root, &full, typed);
@@ -426,6 +436,24 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
         errors.push("server.connect_timeout must be above zero".into());
     }
     check_auth(&c.server.auth, errors);
+    if !c.admin.addr.is_empty() && c.admin.socket_addr().is_none() {
+        errors.push(format!(
+            "admin.addr = {:?} is not an address like 127.0.0.1:9930 (empty: no admin HTTP server)",
+            c.admin.addr
+        ));
+    }
+    let t = &c.timeouts;
+    for (key, v) in [
+        ("query_timeout", t.query_timeout),
+        ("idle_transaction_timeout", t.idle_transaction_timeout),
+        ("client_idle_timeout", t.client_idle_timeout),
+    ] {
+        if v.is_some_and(|d| d.is_zero()) {
+            errors.push(format!(
+                "timeouts.{key} must be above zero (leave it unset for no limit)"
+            ));
+        }
+    }
     let pool_checks = |prefix: &str, size: usize, min_idle: usize, errors: &mut Vec<String>| {
         if size == 0 {
             errors.push(format!("{prefix}size must be at least 1"));

@@ -144,6 +144,24 @@ pub struct Lifecycle {
     /// Who arrived last: named in the log when a wake starts.
     last_client: Mutex<String>,
     state_requests: AtomicU64,
+    wakes: AtomicU64,
+    wake_failures: AtomicU64,
+    stops: AtomicU64,
+    /// Told how long each finished wake took, and whether it worked.
+    on_wake: std::sync::OnceLock<WakeObserver>,
+}
+
+/// Called when a wake ends: (time taken, success).
+pub type WakeObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
+
+/// Counts for metrics and the admin console.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LifecycleStats {
+    /// Wakes started (each is one start request at most).
+    pub wakes: u64,
+    pub wake_failures: u64,
+    /// Stop requests sent (idle stop, SLEEP, stop on shutdown).
+    pub stops: u64,
 }
 
 impl fmt::Debug for Lifecycle {
@@ -166,7 +184,25 @@ impl Lifecycle {
             last_activity: AtomicU64::new(0),
             last_client: Mutex::new(String::new()),
             state_requests: AtomicU64::new(0),
+            wakes: AtomicU64::new(0),
+            wake_failures: AtomicU64::new(0),
+            stops: AtomicU64::new(0),
+            on_wake: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Wakes, failed wakes and stops so far.
+    pub fn stats(&self) -> LifecycleStats {
+        LifecycleStats {
+            wakes: self.wakes.load(Ordering::Relaxed),
+            wake_failures: self.wake_failures.load(Ordering::Relaxed),
+            stops: self.stops.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets the function told about each finished wake (once).
+    pub fn observe_wakes(&self, f: WakeObserver) {
+        let _ = self.on_wake.set(f);
     }
 
     pub fn describe(&self) -> String {
@@ -312,6 +348,7 @@ impl Lifecycle {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let me = self.clone();
+        self.wakes.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             tracing::info!(provider = %me.provider.describe(), trigger = %trigger, "waking the database server");
             let outcome = match tokio::time::timeout(WAKE_GIVE_UP, me.run_wake()).await {
@@ -326,6 +363,12 @@ impl Lifecycle {
                 }
                 Err(_) => Err("gave up after 30 minutes".to_string()),
             };
+            if outcome.is_err() {
+                me.wake_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(observe) = me.on_wake.get() {
+                observe(at.elapsed(), outcome.is_ok());
+            }
             let _ = tx.send(Some(outcome));
         });
         (at, rx)
@@ -404,6 +447,7 @@ impl Lifecycle {
     /// Stops the server through the provider (idle stop, shutdown).
     pub async fn stop_server(&self, why: &str) -> Result<(), ProviderError> {
         tracing::info!(provider = %self.provider.describe(), reason = why, "stopping the database server");
+        self.stops.fetch_add(1, Ordering::Relaxed);
         self.provider.stop().await?;
         self.remember(ServerState::Stopping);
         Ok(())

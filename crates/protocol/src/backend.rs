@@ -159,6 +159,51 @@ pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     frame(buf, b'C', |b| cstr(b, tag));
 }
 
+/// Type OIDs of result columns.
+pub mod oid {
+    pub const TEXT: u32 = 25;
+    pub const INT4: u32 = 23;
+    pub const INT8: u32 = 20;
+}
+
+/// RowDescription: column names and type OIDs, all in text format.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    frame(buf, b'T', |b| {
+        b.put_u16(u16::try_from(columns.len()).unwrap_or(u16::MAX));
+        for (name, type_oid) in columns {
+            cstr(b, name);
+            b.put_u32(0); // table
+            b.put_u16(0); // column
+            b.put_u32(*type_oid);
+            let size: i16 = match *type_oid {
+                oid::INT4 => 4,
+                oid::INT8 => 8,
+                _ => -1,
+            };
+            b.put_i16(size);
+            b.put_i32(-1); // type modifier
+            b.put_u16(0); // text format
+        }
+    });
+}
+
+/// DataRow with text values; `None` is NULL.
+pub fn data_row<S: AsRef<str>>(buf: &mut BytesMut, values: &[Option<S>]) {
+    frame(buf, b'D', |b| {
+        b.put_u16(u16::try_from(values.len()).unwrap_or(u16::MAX));
+        for v in values {
+            match v {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    let v = v.as_ref().as_bytes();
+                    b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                    b.put_slice(v);
+                }
+            }
+        }
+    });
+}
+
 /// EmptyQueryResponse.
 pub fn empty_query(buf: &mut BytesMut) {
     frame(buf, b'I', |_| {});

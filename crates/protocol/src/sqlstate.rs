@@ -28,3 +28,8 @@ pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 
 /// `00000`: successful completion (the code notices carry).
 pub const SUCCESSFUL_COMPLETION: &str = "00000";
+pub const CONFIG_FILE_ERROR: &str = "F0000";
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+pub const SYNTAX_ERROR: &str = "42601";
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";

@@ -7,76 +7,165 @@
 //! get `listen.shutdown_grace` to finish, and server connections end with
 //! Terminate.
 
+mod admin;
 mod cancel;
+mod clients;
 mod credentials;
 mod listener;
 pub mod params;
 pub mod pool;
+mod reload;
 pub mod server;
 mod session;
+pub mod stats;
 pub mod tls;
 mod wake;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use pgwake_config::{Config, Route};
-use pgwake_credentials::CredentialSource;
+use pgwake_credentials::RefreshingCache;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::CancelRegistry;
-use crate::pool::{Pool, PoolKey, PoolSettings};
+use crate::clients::Clients;
+use crate::pool::{Pool, PoolKey, PoolSettings, ServerSide};
 use crate::server::Target;
+use crate::stats::Metrics;
+
+pub use reload::Hooks;
 
 /// State shared by every session.
 pub struct Shared {
-    pub config: Config,
-    target: Arc<Target>,
-    credentials: Arc<dyn CredentialSource>,
+    /// The configuration in force; replaced on reload.
+    config: RwLock<Arc<Config>>,
+    /// Where new pools connect and how they log in; replaced on reload.
+    server: Mutex<ServerSide>,
+    /// The token cache of the credential source, if it has one, and the
+    /// token that stops its refresh task.
+    refresher: Mutex<Option<(Arc<RefreshingCache>, CancellationToken)>>,
     /// Starts and stops the server (`[lifecycle]`), if configured.
     lifecycle: Option<Arc<pgwake_lifecycle::Lifecycle>>,
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Pools, with the client database name whose route made them.
+    pools: Mutex<HashMap<PoolKey, (Pool, String)>>,
     cancels: Arc<CancelRegistry>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clients: Arc<Clients>,
+    pub(crate) timeouts: LiveTimeouts,
+    /// PAUSE from the admin console: no new transactions start.
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
+    hooks: Hooks,
     /// Stop accepting; idle clients leave.
     shutdown: CancellationToken,
     /// The grace period is over: everything closes.
     hard_stop: CancellationToken,
+    /// SHUTDOWN from the admin console.
+    stop_request: CancellationToken,
     tasks: TaskTracker,
+    started: std::time::Instant,
+}
+
+/// Timeouts that change on reload without touching sessions: milliseconds,
+/// 0 for none.
+#[derive(Default)]
+pub(crate) struct LiveTimeouts {
+    query: AtomicU64,
+    idle_transaction: AtomicU64,
+    client_idle: AtomicU64,
+    slow_query: AtomicU64,
+}
+
+impl LiveTimeouts {
+    fn set(&self, c: &Config) {
+        let ms = |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.query.store(ms(c.timeouts.query_timeout), Ordering::Relaxed);
+        self.idle_transaction
+            .store(ms(c.timeouts.idle_transaction_timeout), Ordering::Relaxed);
+        self.client_idle
+            .store(ms(c.timeouts.client_idle_timeout), Ordering::Relaxed);
+        let slow = (!c.log.slow_query.is_zero()).then_some(c.log.slow_query);
+        self.slow_query.store(ms(slow), Ordering::Relaxed);
+    }
+
+    fn get(v: &AtomicU64) -> Option<Duration> {
+        match v.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn query(&self) -> Option<Duration> {
+        Self::get(&self.query)
+    }
+
+    pub fn idle_transaction(&self) -> Option<Duration> {
+        Self::get(&self.idle_transaction)
+    }
+
+    pub fn client_idle(&self) -> Option<Duration> {
+        Self::get(&self.client_idle)
+    }
+
+    pub fn slow_query(&self) -> Option<Duration> {
+        Self::get(&self.slow_query)
+    }
+}
+
+/// Pool settings for a route under `config`.
+fn pool_settings(config: &Config, route: &Route, prewarm: bool) -> PoolSettings {
+    let p = &config.pool;
+    PoolSettings {
+        mode: route.mode,
+        size: route.size,
+        min_idle: route.min_idle,
+        max_lifetime: p.max_lifetime,
+        idle_timeout: p.idle_timeout,
+        wait_timeout: p.pool_wait_timeout,
+        prewarm,
+    }
 }
 
 impl Shared {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The pool for `key`, created (and its upkeep started) on first use.
     /// `prewarm`: open `min_idle` connections before any client asks (pools
     /// named in the config); other pools warm up after their first login.
-    pub fn pool(&self, key: PoolKey, route: &Route, prewarm: bool) -> Pool {
+    pub fn pool(&self, key: PoolKey, route_name: &str, route: &Route, prewarm: bool) -> Pool {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = pools.get(&key) {
+        if let Some((p, _)) = pools.get(&key) {
             return p.clone();
         }
-        let p = &self.config.pool;
-        let settings = PoolSettings {
-            mode: route.mode,
-            size: route.size,
-            min_idle: route.min_idle,
-            max_lifetime: p.max_lifetime,
-            idle_timeout: p.idle_timeout,
-            wait_timeout: p.pool_wait_timeout,
-            prewarm,
-        };
+        let settings = pool_settings(&self.config(), route, prewarm);
         tracing::info!(pool = %key, size = settings.size, min_idle = settings.min_idle, mode = ?settings.mode, "new pool");
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let pool = Pool::new(
             key.clone(),
             settings,
-            self.target.clone(),
-            self.credentials.clone(),
+            server,
             self.lifecycle.clone(),
+            self.metrics.clone(),
             self.hard_stop.child_token(),
         );
         self.tasks.spawn(pool.clone().maintain());
-        pools.insert(key, pool.clone());
+        pools.insert(key, (pool.clone(), route_name.to_owned()));
         pool
     }
 
@@ -84,12 +173,109 @@ impl Shared {
     /// database that does not exist, say), so stray names do not pile up.
     pub fn forget_failed_pool(&self, key: &PoolKey) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = pools.get(key) {
-            if p.defaults().is_none() && p.counts() == (0, 0, 0) && !p.settings().prewarm {
+        if let Some((p, _)) = pools.get(key) {
+            if p.defaults().is_none()
+                && p.counts() == (0, 0, 0)
+                && !p.settings().prewarm
+                && p.stats().clients.load(Ordering::Relaxed) == 0
+            {
                 p.close();
                 pools.remove(key);
             }
         }
+    }
+
+    /// PAUSE is in force.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Waits until RESUME (or shutdown).
+    pub(crate) async fn wait_resumed(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            if !self.is_paused() || self.shutdown.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = resumed => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// `host:port` of the server.
+    pub(crate) fn server_addr(&self) -> String {
+        let c = self.config();
+        format!("{}:{}", c.server.host, c.server.port)
+    }
+
+    /// The token cache's counts, when the credential source has one.
+    pub(crate) fn refresher_stats(&self) -> Option<pgwake_credentials::CacheStats> {
+        self.refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(c, _)| c.stats())
+    }
+
+    /// Asks the proxy to shut down as on SIGTERM.
+    pub fn request_shutdown(&self) {
+        self.stop_request.cancel();
+    }
+
+    /// The server's lifecycle, when `[lifecycle]` has a provider.
+    pub(crate) fn lifecycle(&self) -> Option<&Arc<pgwake_lifecycle::Lifecycle>> {
+        self.lifecycle.as_ref()
+    }
+
+    /// Creates (and so starts warming) the pools a client is known to need,
+    /// so that the first query is fast.
+    fn warm_configured_pools(&self, c: &Config) {
+        let mut warm: Vec<String> = c.databases.keys().cloned().collect();
+        if let Some(db) = &c.server.dbname {
+            if c.databases.is_empty() {
+                warm.push(db.clone());
+            }
+        }
+        for db in warm {
+            if let Some(route) = c.route(&db) {
+                if let Some(user) = route.user.clone() {
+                    let key = PoolKey {
+                        dbname: route.dbname.clone(),
+                        user,
+                    };
+                    self.pool(key, &db, &route, true);
+                }
+            }
+        }
+    }
+
+    /// Keeps a token cache refreshing until the proxy stops or a reload
+    /// replaces it.
+    fn run_refresher(&self, cache: Arc<RefreshingCache>) {
+        let stop = self.hard_stop.child_token();
+        let old = self
+            .refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace((cache.clone(), stop.clone()));
+        if let Some((_, old_stop)) = old {
+            old_stop.cancel();
+        }
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = cache.run() => {}
+            }
+        });
     }
 
     /// Runs `task` until the proxy stops.
@@ -103,14 +289,19 @@ impl Shared {
         });
     }
 
-    /// Every pool, for status and shutdown.
+    /// Every pool, for status and shutdown, in a stable order.
     pub fn pools(&self) -> Vec<Pool> {
-        self.pools
+        let mut v: Vec<Pool> = self
+            .pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
-            .collect()
+            .map(|(p, _)| p.clone())
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.key().dbname, &a.key().user).cmp(&(&b.key().dbname, &b.key().user))
+        });
+        v
     }
 }
 
@@ -128,6 +319,11 @@ pub enum StartError {
     Credentials(String),
     #[error("{0}")]
     Lifecycle(String),
+    #[error("cannot listen on {addr} (admin.addr): {source}")]
+    Admin {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot create unix socket {path} (listen.unix_socket_dir): {source}")]
     Unix {
         path: PathBuf,
@@ -145,31 +341,60 @@ impl Proxy {
     /// Binds the listeners and starts warming the pools of the configured
     /// databases (and of `server.dbname`). Must run inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
+        Self::bind_with(config, Hooks::default()).await
+    }
+
+    /// Like [`Proxy::bind`], with the means to reload the configuration
+    /// and change the log level (from the command line).
+    pub async fn bind_with(config: Config, hooks: Hooks) -> Result<Proxy, StartError> {
         let creds = credentials::from_config(&config.server.auth)
             .map_err(|e| StartError::Credentials(e.to_string()))?;
         let (lifecycle, arm_tokens) = wake::from_config(&config).map_err(StartError::Lifecycle)?;
+        let metrics = Arc::new(Metrics::new());
+        if let Some(l) = &lifecycle {
+            let h = metrics.wake_seconds.clone();
+            l.observe_wakes(Box::new(move |took, _| h.record(took.as_secs_f64())));
+        }
+        let timeouts = LiveTimeouts::default();
+        timeouts.set(&config);
         let shared = Arc::new(Shared {
-            target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),
-            credentials: creds.source,
+            server: Mutex::new(ServerSide {
+                target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),
+                credentials: creds.source,
+            }),
+            refresher: Mutex::new(None),
             lifecycle,
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),
+            metrics,
+            clients: Arc::new(Clients::default()),
+            timeouts,
+            paused: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+            hooks,
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
+            stop_request: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            config,
+            started: std::time::Instant::now(),
+            config: RwLock::new(Arc::new(config)),
         });
         let listeners = listener::Listeners::bind(&shared).await?;
+        let config = shared.config();
+        admin::http::start(&shared, &config.admin.addr).await?;
         // Token caches fetch their first token now, then refresh ahead of expiry.
-        for cache in [creds.refresher, arm_tokens].into_iter().flatten() {
+        if let Some(cache) = creds.refresher {
+            shared.run_refresher(cache);
+        }
+        if let Some(cache) = arm_tokens {
             shared.spawn_until_stopped(cache.run());
         }
         if let Some(l) = shared.lifecycle.clone() {
-            tracing::info!(provider = %l.describe(), "server lifecycle: wake on connect{}", match shared.config.lifecycle.idle_stop_after {
+            tracing::info!(provider = %l.describe(), "server lifecycle: wake on connect{}", match config.lifecycle.idle_stop_after {
                 Some(d) => format!(", stop after {}s idle", d.as_secs()),
                 None => String::new(),
             });
-            if shared.config.lifecycle.wake_on_startup {
+            if config.lifecycle.wake_on_startup {
                 let l2 = l.clone();
                 shared.spawn_until_stopped(async move {
                     if let Err(e) = l2.wake_now().await {
@@ -177,32 +402,11 @@ impl Proxy {
                     }
                 });
             }
-            if let Some(after) = shared.config.lifecycle.idle_stop_after {
+            if let Some(after) = config.lifecycle.idle_stop_after {
                 shared.spawn_until_stopped(wake::idle_stop(shared.clone(), l, after));
             }
         }
-        // Warm the pools a client is known to need, so the first query is fast.
-        let c = &shared.config;
-        let mut warm: Vec<String> = c.databases.keys().cloned().collect();
-        if let Some(db) = &c.server.dbname {
-            if c.databases.is_empty() {
-                warm.push(db.clone());
-            }
-        }
-        for db in warm {
-            if let Some(route) = c.route(&db) {
-                if let Some(user) = route.user.clone() {
-                    shared.pool(
-                        PoolKey {
-                            dbname: route.dbname.clone(),
-                            user,
-                        },
-                        &route,
-                        true,
-                    );
-                }
-            }
-        }
+        shared.warm_configured_pools(&config);
         Ok(Proxy { shared, listeners })
     }
 
@@ -224,11 +428,14 @@ impl Proxy {
         tokio::select! {
             _ = &mut accept => {}
             _ = shutdown => {}
+            _ = shared.stop_request.cancelled() => tracing::info!("SHUTDOWN from the admin console"),
         }
-        tracing::info!(grace = ?shared.config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
+        let config = shared.config();
+        tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
         shared.shutdown.cancel();
+        shared.set_paused(false);
         shared.tasks.close();
-        let grace = shared.config.listen.shutdown_grace;
+        let grace = config.listen.shutdown_grace;
         // Sessions hold connections back to the pools until they end.
         let sessions_done = tokio::time::timeout(grace, accept).await.is_ok();
         if !sessions_done {
@@ -239,7 +446,7 @@ impl Proxy {
             pool.close();
         }
         if let Some(l) = &shared.lifecycle {
-            if shared.config.lifecycle.stop_on_shutdown {
+            if config.lifecycle.stop_on_shutdown {
                 if let Err(e) = l
                     .stop_server("pgwake is shutting down (stop_on_shutdown)")
                     .await

@@ -19,7 +19,8 @@ pub(crate) struct Listeners {
 
 impl Listeners {
     pub(crate) async fn bind(shared: &Shared) -> Result<Listeners, StartError> {
-        let listen = &shared.config.listen;
+        let config = shared.config();
+        let listen = &config.listen;
         let addr = listen.socket_addr().map_err(|e| StartError::Listen {
             addr: listen.addr.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
@@ -60,7 +61,7 @@ impl Listeners {
 
     /// Accepts until shutdown, then waits for every session to end.
     pub(crate) async fn serve(self, shared: Arc<Shared>) {
-        let limit = Arc::new(Semaphore::new(shared.config.listen.max_client_conn));
+        let limit = Arc::new(Semaphore::new(shared.config().listen.max_client_conn));
         let sessions = TaskTracker::new();
         loop {
             let accepted = tokio::select! {

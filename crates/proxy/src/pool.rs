@@ -7,6 +7,7 @@
 //! uncontended mutex and allocate nothing in steady state.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::params::Params;
 use crate::server::{ConnectError, ServerConn, Target};
+use crate::stats::{self, Metrics, PoolCounts, PoolHistograms, TimeoutKind};
 
 /// Which pool: the server database and the server user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,6 +95,8 @@ impl CheckoutError {
 pub struct Pooled {
     pub conn: ServerConn,
     retire_at: Instant,
+    /// The pool's server settings epoch when the connection was made.
+    epoch: u64,
     slot: Slot,
 }
 
@@ -124,12 +128,21 @@ enum Grant {
     Slot(Slot),
 }
 
-#[derive(Default)]
+/// Where connections go and how they log in; replaced on reload.
+#[derive(Clone)]
+pub struct ServerSide {
+    pub target: Arc<Target>,
+    pub credentials: Arc<dyn CredentialSource>,
+}
+
 struct State {
+    settings: PoolSettings,
+    server: ServerSide,
     idle: VecDeque<Pooled>,
     /// Connections open or being opened, idle ones included.
     total: usize,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Clients waiting, and since when.
+    waiters: VecDeque<(oneshot::Sender<Grant>, Instant)>,
     /// The last login refused by the server, and until when to answer with it.
     auth_failure: Option<(ConnectError, Instant, Duration)>,
     closed: bool,
@@ -143,9 +156,13 @@ pub struct Pool {
 
 struct Inner {
     key: PoolKey,
-    settings: PoolSettings,
-    target: Arc<Target>,
-    credentials: Arc<dyn CredentialSource>,
+    /// Bumped when the server settings change: older connections retire.
+    epoch: AtomicU64,
+    /// Connections being opened.
+    logins: AtomicUsize,
+    counts: Arc<PoolCounts>,
+    hist: Arc<PoolHistograms>,
+    metrics: Arc<Metrics>,
     /// Starts a stopped server when a login finds it down.
     lifecycle: Option<Arc<Lifecycle>>,
     state: Mutex<State>,
@@ -169,19 +186,30 @@ impl Pool {
     pub fn new(
         key: PoolKey,
         settings: PoolSettings,
-        target: Arc<Target>,
-        credentials: Arc<dyn CredentialSource>,
+        server: ServerSide,
         lifecycle: Option<Arc<Lifecycle>>,
+        metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Pool {
+        let hist = Arc::new(metrics.pool_histograms(&key.dbname, &key.user));
         Pool {
             inner: Arc::new(Inner {
                 key,
-                settings,
-                target,
-                credentials,
+                epoch: AtomicU64::new(0),
+                logins: AtomicUsize::new(0),
+                counts: Arc::new(PoolCounts::default()),
+                hist,
+                metrics,
                 lifecycle,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    settings,
+                    server,
+                    idle: VecDeque::new(),
+                    total: 0,
+                    waiters: VecDeque::new(),
+                    auth_failure: None,
+                    closed: false,
+                }),
                 defaults: RwLock::new(None),
                 stop,
             }),
@@ -192,14 +220,77 @@ impl Pool {
         &self.inner.key
     }
 
-    pub fn settings(&self) -> &PoolSettings {
-        &self.inner.settings
+    pub fn settings(&self) -> PoolSettings {
+        self.inner.lock().settings.clone()
     }
 
     /// Connection counts: (open in total, idle, clients waiting).
     pub fn counts(&self) -> (usize, usize, usize) {
         let st = self.inner.lock();
         (st.total, st.idle.len(), st.waiters.len())
+    }
+
+    /// Transaction, query and byte counts, shared with the pool's sessions.
+    pub fn stats(&self) -> &Arc<PoolCounts> {
+        &self.inner.counts
+    }
+
+    pub fn histograms(&self) -> &Arc<PoolHistograms> {
+        &self.inner.hist
+    }
+
+    /// A consistent view for the admin console and metrics.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let st = self.inner.lock();
+        let now = Instant::now();
+        PoolSnapshot {
+            settings: st.settings.clone(),
+            total: st.total,
+            idle: st.idle.len(),
+            login: self.inner.logins.load(Ordering::Relaxed),
+            waiting: st.waiters.len(),
+            max_wait: st
+                .waiters
+                .front()
+                .map_or(Duration::ZERO, |(_, since)| now.duration_since(*since)),
+            idle_conns: st
+                .idle
+                .iter()
+                .map(|p| IdleConn {
+                    pid: p.conn.cancel_key().1,
+                    addr: p.conn.cancel_key().0,
+                    age: now.duration_since(p.conn.created),
+                    idle_for: now.duration_since(p.conn.last_used),
+                    tls: p.conn.is_tls(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies reloaded settings. A changed server side (address, TLS,
+    /// credentials) retires the connections made under the old one as they
+    /// come back.
+    pub fn reconfigure(&self, settings: PoolSettings, server: Option<ServerSide>) {
+        let mut st = self.inner.lock();
+        st.settings = settings;
+        if let Some(server) = server {
+            st.server = server;
+            self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        // A larger pool: waiters may now open connections of their own.
+        while st.total < st.settings.size {
+            let Some((w, _)) = st.waiters.pop_front() else {
+                break;
+            };
+            st.total += 1;
+            let slot = Slot {
+                pool: Some(self.inner.clone()),
+            };
+            if let Err(Grant::Slot(mut s)) = w.send(Grant::Slot(slot)) {
+                s.pool = None;
+                st.total -= 1;
+            }
+        }
     }
 
     /// The server's defaults, once any connection has logged in.
@@ -258,10 +349,12 @@ impl Pool {
     }
 
     async fn checkout_inner(&self, fresh: bool, may_wake: bool) -> Result<Pooled, CheckoutError> {
-        let mut deadline = tokio::time::Instant::now() + self.inner.settings.wait_timeout;
+        let mut deadline = None;
         loop {
             let next = {
                 let mut st = self.inner.lock();
+                let deadline =
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + st.settings.wait_timeout);
                 if st.closed {
                     return Err(CheckoutError::Closed);
                 }
@@ -270,7 +363,7 @@ impl Pool {
                         return Err(e.clone().into());
                     }
                 }
-                let room = st.total < self.inner.settings.size;
+                let room = st.total < st.settings.size;
                 if let Some(p) = (!(fresh && room)).then(|| st.idle.pop_back()).flatten() {
                     Ok(Grant::Conn(p))
                 } else if room {
@@ -280,14 +373,14 @@ impl Pool {
                     }))
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(tx);
-                    Err(rx)
+                    st.waiters.push_back((tx, Instant::now()));
+                    Err((rx, deadline, st.settings.size, st.settings.wait_timeout))
                 }
             };
             let grant = match next {
                 Ok(g) => g,
-                Err(mut rx) => loop {
-                    match tokio::time::timeout_at(deadline, &mut rx).await {
+                Err((mut rx, mut until, size, waited)) => loop {
+                    match tokio::time::timeout_at(until, &mut rx).await {
                         Ok(Ok(g)) => break g,
                         Ok(Err(_)) => return Err(CheckoutError::Closed),
                         Err(_) => {
@@ -297,14 +390,16 @@ impl Pool {
                                 .lifecycle
                                 .as_ref()
                                 .and_then(|l| l.wake_deadline());
-                            if let Some(until) = wake_until.filter(|u| *u > deadline) {
-                                deadline = until;
+                            if let Some(later) = wake_until.filter(|u| *u > until) {
+                                until = later;
+                                deadline = Some(later);
                                 continue;
                             }
+                            self.inner.metrics.timeout(TimeoutKind::PoolWait);
                             return Err(CheckoutError::WaitTimeout {
                                 key: self.inner.key.to_string(),
-                                size: self.inner.settings.size,
-                                waited: self.inner.settings.wait_timeout,
+                                size,
+                                waited,
                             });
                         }
                     }
@@ -322,7 +417,8 @@ impl Pool {
                 Grant::Slot(slot) => {
                     // Boxed: a login is rare and its future is large; every
                     // session's task would otherwise carry its size.
-                    let conn = Box::pin(self.connect_with_retry(deadline, may_wake)).await?;
+                    let until = deadline.unwrap_or_else(tokio::time::Instant::now);
+                    let conn = Box::pin(self.connect_with_retry(until, may_wake)).await?;
                     return Ok(self.inner.wrap(conn, slot));
                 }
             }
@@ -338,19 +434,19 @@ impl Pool {
             || !p.conn.buf.is_empty()
             || !p.conn.scan.at_boundary()
             || now >= p.retire_at
-            || p.conn.credential_generation != self.inner.credentials.generation()
+            || p.epoch != self.inner.epoch.load(Ordering::Relaxed)
         {
             retire(p);
             return;
         }
         p.conn.last_used = now;
         let mut st = self.inner.lock();
-        if st.closed {
+        if st.closed || p.conn.credential_generation != st.server.credentials.generation() {
             drop(st);
             retire(p);
             return;
         }
-        while let Some(w) = st.waiters.pop_front() {
+        while let Some((w, _)) = st.waiters.pop_front() {
             match w.send(Grant::Conn(p)) {
                 Ok(()) => return,
                 Err(Grant::Conn(back)) => p = back,
@@ -368,7 +464,9 @@ impl Pool {
         may_wake: bool,
     ) -> Result<ServerConn, ConnectError> {
         let inner = &self.inner;
-        let mut give_up = deadline.min(tokio::time::Instant::now() + inner.target.connect_timeout);
+        let server = inner.lock().server.clone();
+        let _login = LoginGuard::new(&inner.logins);
+        let mut give_up = deadline.min(tokio::time::Instant::now() + server.target.connect_timeout);
         let mut wakes = 0;
         let mut backoff = Duration::from_millis(25);
         let mut retried_rotation = false;
@@ -376,14 +474,17 @@ impl Pool {
             // Waits only when no valid secret exists (a token source still
             // fetching its first token, or one whose token expired).
             let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
-            let generation = inner.credentials.generation();
-            let password = inner
-                .credentials
-                .secret(wait)
-                .await
-                .map_err(|e| ConnectError::Credential(e.to_string()))?;
+            let generation = server.credentials.generation();
+            let password = match server.credentials.secret(wait).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = ConnectError::Credential(e.to_string());
+                    self.note_failure(&e);
+                    return Err(e);
+                }
+            };
             let e = match ServerConn::connect(
-                &inner.target,
+                &server.target,
                 &inner.key.dbname,
                 &inner.key.user,
                 password,
@@ -392,6 +493,7 @@ impl Pool {
             {
                 Ok(mut conn) => {
                     conn.credential_generation = generation;
+                    inner.metrics.connect_phases(None, None, None, None);
                     inner.lock().auth_failure = None;
                     inner.learn(&conn);
                     return Ok(conn);
@@ -406,7 +508,14 @@ impl Pool {
                 .filter(|_| e.may_be_asleep() && wakes < 3)
             {
                 let woke = if may_wake {
-                    l.server_unavailable().await.map_err(ConnectError::Asleep)?
+                    match l.server_unavailable().await {
+                        Ok(woke) => woke,
+                        Err(w) => {
+                            let e = ConnectError::Asleep(w);
+                            self.note_failure(&e);
+                            return Err(e);
+                        }
+                    }
                 } else {
                     let _ = l.state().await;
                     false
@@ -414,7 +523,7 @@ impl Pool {
                 if woke {
                     wakes += 1;
                     backoff = Duration::from_millis(25);
-                    give_up = tokio::time::Instant::now() + inner.target.connect_timeout;
+                    give_up = tokio::time::Instant::now() + server.target.connect_timeout;
                     continue;
                 }
             }
@@ -429,8 +538,8 @@ impl Pool {
             if e.is_auth() && !retried_rotation {
                 retried_rotation = true;
                 let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
-                inner.credentials.settled(wait).await;
-                if inner.credentials.generation() != generation {
+                server.credentials.settled(wait).await;
+                if server.credentials.generation() != generation {
                     tracing::debug!(pool = %inner.key, "login refused while the secret rotated; retrying with the new one");
                     continue;
                 }
@@ -443,7 +552,13 @@ impl Pool {
     /// Logs a failed login; a refused one pauses this pool's logins.
     fn note_failure(&self, e: &ConnectError) {
         let inner = &self.inner;
-        if e.is_auth() {
+        inner.metrics.connect_error(stats::error_kind(e));
+        if matches!(e, ConnectError::Timeout { .. }) {
+            inner.metrics.timeout(TimeoutKind::ServerConnect);
+        }
+        if matches!(e, ConnectError::Credential(_) | ConnectError::Asleep(_)) {
+            tracing::warn!(pool = %inner.key, error = %e, "server connection failed");
+        } else if e.is_auth() {
             let mut st = inner.lock();
             let window = st
                 .auth_failure
@@ -473,7 +588,8 @@ impl Pool {
             }
             // Notices a changed secret (one stat for a password file), so
             // connections made with the old one retire below.
-            let _ = self.inner.credentials.current();
+            let credentials = self.inner.lock().server.credentials.clone();
+            let _ = credentials.current();
             self.prune();
             // A server stopped on purpose stays stopped until a client comes.
             let asleep = self.inner.lifecycle.as_ref().is_some_and(|l| {
@@ -484,9 +600,9 @@ impl Pool {
             });
             // Warm up to min_idle, one connection at a time.
             while !asleep && tokio::time::Instant::now() >= next_attempt {
-                let slot = {
+                let (slot, connect_timeout) = {
                     let mut st = self.inner.lock();
-                    let s = &self.inner.settings;
+                    let s = &st.settings;
                     if st.closed
                         || st.idle.len() >= s.min_idle
                         || st.total >= s.size
@@ -495,11 +611,12 @@ impl Pool {
                         break;
                     }
                     st.total += 1;
-                    Slot {
+                    let slot = Slot {
                         pool: Some(self.inner.clone()),
-                    }
+                    };
+                    (slot, st.server.target.connect_timeout)
                 };
-                let deadline = tokio::time::Instant::now() + self.inner.target.connect_timeout;
+                let deadline = tokio::time::Instant::now() + connect_timeout;
                 let conn = tokio::select! {
                     _ = stop.cancelled() => return,
                     c = self.connect_with_retry(deadline, false) => c,
@@ -524,19 +641,21 @@ impl Pool {
 
     fn prune(&self) {
         let now = Instant::now();
-        let s = &self.inner.settings;
-        let generation = self.inner.credentials.generation();
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
         let mut gone = Vec::new();
         {
             let mut st = self.inner.lock();
+            let generation = st.server.credentials.generation();
+            let (min_idle, idle_timeout) = (st.settings.min_idle, st.settings.idle_timeout);
             let mut keep = VecDeque::with_capacity(st.idle.len());
             let mut idle = std::mem::take(&mut st.idle);
             // Oldest-used first, so idle_timeout closes the coldest ones.
             while let Some(mut p) = idle.pop_front() {
-                let surplus = keep.len() + idle.len() >= s.min_idle;
-                let stale = surplus && now.duration_since(p.conn.last_used) >= s.idle_timeout;
+                let surplus = keep.len() + idle.len() >= min_idle;
+                let stale = surplus && now.duration_since(p.conn.last_used) >= idle_timeout;
                 if stale
                     || now >= p.retire_at
+                    || p.epoch != epoch
                     || p.conn.credential_generation != generation
                     || !p.conn.is_alive()
                 {
@@ -568,6 +687,55 @@ impl Pool {
     }
 }
 
+/// What [`Pool::snapshot`] returns.
+#[derive(Debug, Clone)]
+pub struct PoolSnapshot {
+    pub settings: PoolSettings,
+    /// Connections open or being opened.
+    pub total: usize,
+    pub idle: usize,
+    /// Being opened.
+    pub login: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// How long the longest-waiting client has waited.
+    pub max_wait: Duration,
+    pub idle_conns: Vec<IdleConn>,
+}
+
+impl PoolSnapshot {
+    /// Connections serving clients.
+    pub fn active(&self) -> usize {
+        self.total.saturating_sub(self.idle + self.login)
+    }
+}
+
+/// An idle server connection, for SHOW SERVERS.
+#[derive(Debug, Clone)]
+pub struct IdleConn {
+    pub pid: u32,
+    pub addr: std::net::SocketAddr,
+    pub age: Duration,
+    pub idle_for: Duration,
+    pub tls: bool,
+}
+
+/// Counts a login under way for as long as it lives.
+struct LoginGuard<'a>(&'a AtomicUsize);
+
+impl<'a> LoginGuard<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        LoginGuard(n)
+    }
+}
+
+impl Drop for LoginGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Closes a connection with Terminate in the background; its slot frees at once.
 fn retire(p: Pooled) {
     let Pooled { conn, slot, .. } = p;
@@ -586,10 +754,11 @@ impl Inner {
 
     fn wrap(&self, conn: ServerConn, slot: Slot) -> Pooled {
         // Up to 10 % jitter, so connections made together do not all expire together.
-        let lifetime = self.settings.max_lifetime;
+        let lifetime = self.lock().settings.max_lifetime;
         let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
         Pooled {
             retire_at: conn.created + (lifetime - jitter),
+            epoch: self.epoch.load(Ordering::Relaxed),
             conn,
             slot,
         }
@@ -607,7 +776,7 @@ impl Inner {
 
     fn release_slot(self: &Arc<Self>) {
         let mut st = self.lock();
-        while let Some(w) = st.waiters.pop_front() {
+        while let Some((w, _)) = st.waiters.pop_front() {
             let grant = Grant::Slot(Slot {
                 pool: Some(self.clone()),
             });

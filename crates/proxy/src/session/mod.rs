@@ -8,8 +8,9 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use pgwake_config::PoolMode;
@@ -20,10 +21,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelHandle;
+use crate::clients::{ClientState, Registered};
 use crate::params::{self, Params};
 use crate::pool::{Defaults, Pool, PoolKey, Pooled};
 use crate::server::send_cancel;
-use crate::{wake, Shared};
+use crate::stats::{micros, PoolCounts, PoolHistograms, TimeoutKind};
+use crate::{admin, wake, Shared};
 use pgwake_lifecycle::Lifecycle;
 
 mod relay;
@@ -90,6 +93,7 @@ pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>
     match request {
         StartupRequest::Cancel { pid, key } => {
             if let Some((addr, spid, skey)) = shared.cancels.lookup(pid, key) {
+                shared.metrics.cancels.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = Box::pin(send_cancel(addr, spid, skey)).await {
                     tracing::warn!(%peer, error = %e, "could not forward cancel request");
                 }
@@ -105,11 +109,19 @@ pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>
                     sqlstate::TOO_MANY_CONNECTIONS,
                     format!(
                         "sorry, too many clients already (listen.max_client_conn = {})",
-                        shared.config.listen.max_client_conn
+                        shared.config().listen.max_client_conn
                     ),
                 );
                 let _ = send_fatal(&mut client, &e).await;
                 return;
+            }
+            let get = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+            if let Some(user) = get("user").filter(|u| !u.is_empty()) {
+                let db = get("database").filter(|d| !d.is_empty());
+                if admin::console::is_console(db.as_deref().unwrap_or(&user)) {
+                    Box::pin(admin::console::serve(client, buf, &peer, shared, &user)).await;
+                    return;
+                }
             }
             // Boxed (as are the other rare paths below): the task of every
             // idle client would otherwise be as large as its largest future.
@@ -286,6 +298,24 @@ struct Session<C> {
     replay: usize,
     /// The next client bytes are the first sent on this attachment.
     fresh: bool,
+    shared: Arc<Shared>,
+    /// This client in the registry (SHOW CLIENTS), counted in its pool.
+    registered: Registered,
+    counts: Arc<PoolCounts>,
+    hist: Arc<PoolHistograms>,
+    /// Counted as holding a server connection.
+    counted_active: bool,
+    /// When the query and the transaction in flight began.
+    query_start: Option<Instant>,
+    xact_start: Option<Instant>,
+    /// Since when the client has owed the server its next message.
+    idle_since: Instant,
+    /// A timeout fired: the cancel request went out at this time.
+    timed_out: Option<(TimeoutKind, Instant)>,
+    /// The server answered that cancel (the query failed with 57014).
+    cancel_consumed: bool,
+    /// The start of the query in flight, for the slow-query log.
+    query_text: Vec<u8>,
 }
 
 impl<C: ClientStream> Session<C> {
@@ -325,7 +355,7 @@ impl<C: ClientStream> Session<C> {
             ));
         }
         let database = get("database").filter(|d| !d.is_empty()).unwrap_or(user);
-        let Some(route) = shared.config.route(database) else {
+        let Some(route) = shared.config().route(database) else {
             return Err((
                 client,
                 ErrorMessage::fatal(
@@ -342,7 +372,7 @@ impl<C: ClientStream> Session<C> {
             dbname: route.dbname.clone(),
             user: route.user.clone().unwrap_or_else(|| user.to_owned()),
         };
-        let pool = shared.pool(key.clone(), &route, false);
+        let pool = shared.pool(key.clone(), database, &route, false);
         let lifecycle = shared.lifecycle.clone();
         if let Some(l) = &lifecycle {
             l.note_client(format!(
@@ -384,6 +414,14 @@ impl<C: ClientStream> Session<C> {
         want.retain(|k, v| defaults.params.get(k) != Some(v));
         let want_fp = params::fingerprint(&want);
         let cancel = shared.cancels.register();
+        let registered = shared.clients.register(
+            user,
+            database,
+            get("application_name").unwrap_or(""),
+            &peer,
+            key.clone(),
+            pool.stats().clone(),
+        );
 
         for (name, value) in &defaults.reported {
             let v = want.get(&name.to_ascii_lowercase()).unwrap_or(value);
@@ -394,9 +432,19 @@ impl<C: ClientStream> Session<C> {
         if client.write_all(&out).await.is_err() {
             return Err((client, closed()));
         }
-        let max = usize::try_from(shared.config.listen.max_message_size).unwrap_or(usize::MAX);
+        let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
         Ok(Session {
+            counts: pool.stats().clone(),
+            hist: pool.histograms().clone(),
+            registered,
+            counted_active: false,
+            query_start: None,
+            xact_start: None,
+            idle_since: Instant::now(),
+            timed_out: None,
+            cancel_consumed: false,
+            query_text: Vec::new(),
             client,
             cbuf,
             cscan: Scanner::new(max),
@@ -413,6 +461,7 @@ impl<C: ClientStream> Session<C> {
             statements: HashSet::new(),
             replay: 0,
             fresh: false,
+            shared,
         })
     }
 
@@ -422,9 +471,28 @@ impl<C: ClientStream> Session<C> {
             let _ = send_fatal(&mut self.client, e).await;
         }
         if let Some(p) = self.server.take() {
+            self.detached();
             self.cancel.set(None);
             Box::pin(self.give_back_after_client_left(p)).await;
         }
+    }
+
+    /// Notes that the client now holds the server connection `pid`.
+    fn attached(&mut self, pid: u32) {
+        if !self.counted_active {
+            self.counted_active = true;
+            self.counts.active.fetch_add(1, Ordering::Relaxed);
+        }
+        self.registered.info.set_state(ClientState::Active, pid);
+    }
+
+    /// Notes that the client holds no server connection.
+    fn detached(&mut self) {
+        if self.counted_active {
+            self.counted_active = false;
+            self.counts.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.registered.info.set_state(ClientState::Idle, 0);
     }
 
     async fn serve_loop(&mut self) -> Stop {
@@ -445,6 +513,7 @@ impl<C: ClientStream> Session<C> {
             match self.relay().await {
                 Stop::Released => {
                     if let Some(p) = self.server.take() {
+                        self.detached();
                         self.cancel.set(None);
                         self.pool.checkin(p);
                     }
@@ -481,11 +550,15 @@ impl<C: ClientStream> Session<C> {
                 // last read emptied the socket without seeing WouldBlock), so
                 // probe with a small stack buffer before taking a real one.
                 self.cbuf = BytesMut::new();
+                let idle_limit = self.shared.timeouts.client_idle();
                 loop {
                     tokio::select! {
                         biased;
                         _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
                         r = self.client.readable() => if r.is_err() { return Ok(None) },
+                        _ = sleep_for(idle_limit) => {
+                            return Err(Stop::Fatal(self.client_idle_timeout(idle_limit)));
+                        }
                     }
                     let mut probe = [0u8; 512];
                     match self.client.try_read(&mut probe) {
@@ -523,20 +596,33 @@ impl<C: ClientStream> Session<C> {
         if let Some(l) = &self.lifecycle {
             l.touch();
         }
+        let info = &self.registered.info;
+        info.requested();
+        info.set_state(ClientState::Waiting, 0);
+        if self.shared.is_paused() {
+            Box::pin(self.shared.wait_resumed()).await;
+        }
+        let began = Instant::now();
         let checked_out = {
             let checkout = std::pin::pin!(self.pool.checkout());
             with_wake_notices(&mut self.client, self.lifecycle.as_deref(), checkout).await
         };
+        let waited = began.elapsed();
+        PoolCounts::add(&self.counts.wait_us, micros(waited));
+        self.hist.wait.record(waited.as_secs_f64());
         let mut p = match checked_out {
             Ok(p) => p,
             Err(e) => {
+                self.registered.info.set_state(ClientState::Idle, 0);
                 Box::pin(self.skip_request(e.to_client())).await?;
                 return Ok(false);
             }
         };
+        PoolCounts::add(&self.counts.assignments, 1);
         if p.conn.settings_fp != self.want_fp {
             Box::pin(self.sync_settings(&mut p)).await?;
         }
+        self.attached(p.conn.cancel_key().1);
         self.cancel.set(Some(p.conn.cancel_key()));
         self.server = Some(p);
         self.fresh = true;
@@ -626,6 +712,27 @@ impl<C: ClientStream> Session<C> {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Sleeps for `d`, or forever when there is no limit.
+async fn sleep_for(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<C: ClientStream> Session<C> {
+    /// The error a client idle past `timeouts.client_idle_timeout` gets.
+    fn client_idle_timeout(&self, limit: Option<Duration>) -> ErrorMessage {
+        self.shared.metrics.timeout(TimeoutKind::ClientIdle);
+        let limit = limit.unwrap_or_default();
+        tracing::info!(peer = %self.peer, "closing a client idle for {limit:?} (timeouts.client_idle_timeout)");
+        ErrorMessage::fatal(
+            sqlstate::IDLE_SESSION_TIMEOUT,
+            format!("terminating connection due to idle-session timeout (pgwake timeouts.client_idle_timeout = {limit:?})"),
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 //! when either side goes away.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use pgwake_config::PoolMode;
@@ -16,9 +17,33 @@ use super::{too_large, ClientStream, Session, Stop, CLEANUP_TIMEOUT, INTERNAL_TI
 use crate::params;
 use crate::pool::Pooled;
 use crate::server::{inspected_server_frame, send_cancel};
+use crate::stats::{micros, PoolCounts, TimeoutKind};
 
 /// Largest first request kept for a replay on a fresh connection.
 const MAX_REPLAY: usize = 64 * 1024;
+/// How long the server has to answer a cancel sent for `query_timeout`
+/// before its connection is given up.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// Bytes of query text kept for the slow-query log.
+const QUERY_TEXT_MAX: usize = 200;
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<(Instant, TimeoutKind)>) -> TimeoutKind {
+    match at {
+        Some((at, kind)) => {
+            tokio::time::sleep_until(at.into()).await;
+            kind
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps the start of a query's text (up to its terminating NUL).
+fn keep_text(out: &mut Vec<u8>, text: &[u8]) {
+    let text = &text[..text.len().min(QUERY_TEXT_MAX)];
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    out.extend_from_slice(&text[..end]);
+}
 
 impl<C: ClientStream> Session<C> {
     /// Moves bytes both ways until the transaction ends (transaction mode)
@@ -29,6 +54,7 @@ impl<C: ClientStream> Session<C> {
         }
         loop {
             self.reserve_client_buffer();
+            let deadline = self.timeout_deadline();
             let server = &mut self.server.as_mut().expect("attached").conn;
             if self.mode == PoolMode::Transaction
                 && server.tx.is_idle()
@@ -58,7 +84,76 @@ impl<C: ClientStream> Session<C> {
                     }
                     Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
                 },
+                kind = sleep_until(deadline) => {
+                    if let Err(stop) = Box::pin(self.on_timeout(kind)).await { return stop }
+                },
             }
+        }
+    }
+
+    /// When the next timeout fires, if any applies now.
+    fn timeout_deadline(&self) -> Option<(Instant, TimeoutKind)> {
+        if let Some((kind, sent)) = self.timed_out {
+            return Some((sent + CANCEL_GRACE, kind));
+        }
+        let server = &self.server.as_ref()?.conn;
+        let t = &self.shared.timeouts;
+        if server.tx.owed > 0 {
+            return Some((self.query_start? + t.query()?, TimeoutKind::Query));
+        }
+        if !self.cbuf.is_empty() || !self.cscan.at_boundary() {
+            return None;
+        }
+        if server.tx.status != b'I' || server.tx.open_extended {
+            return Some((
+                self.idle_since + t.idle_transaction()?,
+                TimeoutKind::IdleTransaction,
+            ));
+        }
+        if self.mode == PoolMode::Session {
+            return Some((self.idle_since + t.client_idle()?, TimeoutKind::ClientIdle));
+        }
+        None
+    }
+
+    /// A timeout fired while the client held a server connection.
+    async fn on_timeout(&mut self, kind: TimeoutKind) -> Result<(), Stop> {
+        let limit = |d: Option<Duration>| d.unwrap_or_default();
+        if self.timed_out.is_some() {
+            // The server did not answer the cancel: give the connection up.
+            drop(self.server.take());
+            self.detached();
+            self.cancel.set(None);
+            tracing::warn!(peer = %self.peer, pool = %self.pool.key(), "the server did not answer a cancel request within {CANCEL_GRACE:?}; closed its connection");
+            return Err(Stop::Fatal(ErrorMessage::fatal(
+                sqlstate::QUERY_CANCELED,
+                format!("canceling statement due to pgwake timeouts.query_timeout ({:?}); the server did not answer the cancel, so the connection was closed", limit(self.shared.timeouts.query())),
+            )));
+        }
+        self.shared.metrics.timeout(kind);
+        match kind {
+            TimeoutKind::Query => {
+                let (addr, pid, key) = self.server.as_ref().expect("attached").conn.cancel_key();
+                tracing::info!(peer = %self.peer, pool = %self.pool.key(), backend_pid = pid, "query ran past timeouts.query_timeout; cancelling it");
+                self.timed_out = Some((TimeoutKind::Query, Instant::now()));
+                self.shared.metrics.cancels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = send_cancel(addr, pid, key).await {
+                    tracing::warn!(peer = %self.peer, error = %e, "could not send the cancel request");
+                }
+                Ok(())
+            }
+            TimeoutKind::IdleTransaction => {
+                let limit = limit(self.shared.timeouts.idle_transaction());
+                tracing::info!(peer = %self.peer, pool = %self.pool.key(), "client idle in transaction for {limit:?} (timeouts.idle_transaction_timeout); rolling back and disconnecting it");
+                // `run` rolls the transaction back and returns the connection.
+                Err(Stop::Fatal(ErrorMessage::fatal(
+                    sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                    format!("terminating connection due to idle-in-transaction timeout (pgwake timeouts.idle_transaction_timeout = {limit:?}); the transaction was rolled back"),
+                )))
+            }
+            _ => Err(Stop::Fatal(
+                self.client_idle_timeout(self.shared.timeouts.client_idle()),
+            )),
         }
     }
 
@@ -87,6 +182,8 @@ impl<C: ClientStream> Session<C> {
         let p = self.server.take().expect("attached");
         let tx = p.conn.tx;
         drop(p);
+        self.detached();
+        self.timed_out = None;
         self.cancel.set(None);
         let lost = ErrorMessage::error(
             sqlstate::CONNECTION_FAILURE,
@@ -136,6 +233,8 @@ impl<C: ClientStream> Session<C> {
         // connection, may go to another connection if this one proves dead.
         let replayable =
             std::mem::take(&mut self.fresh) && server.tx.is_idle() && self.statements.is_empty();
+        let mut capture =
+            self.query_text.is_empty() && self.shared.timeouts.slow_query().is_some();
         let mut pos = 0;
         let mut terminate = false;
         loop {
@@ -148,8 +247,19 @@ impl<C: ClientStream> Session<C> {
                     terminate = true;
                     break;
                 }
-                Scanned::Start { tag } => server.tx.sent(tag),
+                Scanned::Start { tag } => {
+                    if capture && tag == b'Q' {
+                        capture = false;
+                        keep_text(&mut self.query_text, &self.cbuf[pos + 5..next]);
+                    }
+                    server.tx.sent(tag)
+                }
                 Scanned::Frame { tag, body } => {
+                    if capture && tag == b'P' {
+                        capture = false;
+                        let name_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+                        keep_text(&mut self.query_text, body.get(name_end + 1..).unwrap_or(&[]));
+                    }
                     server.tx.sent(tag);
                     track_statement(&mut self.statements, tag, body);
                 }
@@ -158,6 +268,12 @@ impl<C: ClientStream> Session<C> {
             pos = next;
         }
         if pos > 0 {
+            PoolCounts::add(&self.counts.received, pos as u64);
+            if self.query_start.is_none() {
+                let now = Instant::now();
+                self.query_start = Some(now);
+                self.xact_start.get_or_insert(now);
+            }
             let written = server.stream.write_all(&self.cbuf[..pos]).await;
             let keep = replayable && !terminate && self.cscan.at_boundary() && pos <= MAX_REPLAY;
             if keep {
@@ -193,13 +309,17 @@ impl<C: ClientStream> Session<C> {
             Ok(p) => p,
             Err(e) => {
                 // The request is still buffered; answer it with the error.
+                self.detached();
                 self.statements.clear();
                 Box::pin(self.skip_request(e.to_client())).await?;
                 return Ok(false);
             }
         };
         if p.conn.settings_fp != self.want_fp {
-            Box::pin(self.sync_settings(&mut p)).await?;
+            if let Err(stop) = Box::pin(self.sync_settings(&mut p)).await {
+                self.detached();
+                return Err(stop);
+            }
         }
         let mut scan = pgwake_protocol::Scanner::new(usize::MAX);
         let mut pos = 0;
@@ -212,11 +332,13 @@ impl<C: ClientStream> Session<C> {
         let written = p.conn.stream.write_all(&self.cbuf[..replay]).await;
         self.cbuf.advance(replay);
         if let Err(e) = written {
+            self.detached();
             return Err(Stop::Fatal(ErrorMessage::fatal(
                 sqlstate::CONNECTION_FAILURE,
                 format!("server connection lost: {e}"),
             )));
         }
+        self.attached(p.conn.cancel_key().1);
         self.cancel.set(Some(p.conn.cancel_key()));
         self.server = Some(p);
         Ok(true)
@@ -227,8 +349,12 @@ impl<C: ClientStream> Session<C> {
     async fn forward_server(&mut self) -> Result<(), Stop> {
         let server = &mut self.server.as_mut().expect("attached").conn;
         let mut pos = 0;
+        // Bytes before this were written to the client already (a replaced error).
+        let mut flushed = 0;
         let mut fatal = None;
+        let mut now = None;
         loop {
+            let frame_at = pos;
             let step = server.scan.next(&server.buf, pos, inspected_server_frame);
             let Some((item, next)) = step.map_err(|e| {
                 Stop::Fatal(ErrorMessage::fatal(
@@ -241,7 +367,66 @@ impl<C: ClientStream> Session<C> {
             };
             match item {
                 Scanned::Frame { tag: b'Z', body } => {
-                    server.tx.ready(body.first().copied().unwrap_or(b'E'));
+                    let status = body.first().copied().unwrap_or(b'E');
+                    server.tx.ready(status);
+                    let now = *now.get_or_insert_with(Instant::now);
+                    self.idle_since = now;
+                    PoolCounts::add(&self.counts.queries, 1);
+                    if let Some(start) = self.query_start.take() {
+                        let took = now.duration_since(start);
+                        PoolCounts::add(&self.counts.query_us, micros(took));
+                        self.hist.query.record(took.as_secs_f64());
+                        if self.shared.timeouts.slow_query().is_some_and(|slow| took >= slow) {
+                            let info = &self.registered.info;
+                            tracing::warn!(
+                                duration_ms = micros(took) / 1000,
+                                database = %info.database,
+                                user = %info.user,
+                                application_name = %info.application_name,
+                                client = %self.peer,
+                                query = %String::from_utf8_lossy(&self.query_text),
+                                "slow query"
+                            );
+                        }
+                    }
+                    self.query_text.clear();
+                    if server.tx.owed > 0 {
+                        // The next pipelined query starts now.
+                        self.query_start = Some(now);
+                    }
+                    if status == b'I' {
+                        PoolCounts::add(&self.counts.xacts, 1);
+                        if let Some(start) = self.xact_start.take() {
+                            let took = now.duration_since(start);
+                            PoolCounts::add(&self.counts.xact_us, micros(took));
+                            self.hist.xact.record(took.as_secs_f64());
+                        }
+                    }
+                    if self.timed_out.take().is_some() && !std::mem::take(&mut self.cancel_consumed) {
+                        // Answered before the cancel was seen: it may still
+                        // land later, on whatever runs next on this connection.
+                        server.broken = true;
+                    }
+                }
+                Scanned::Frame { tag: b'E', body }
+                    if self.timed_out.is_some()
+                        && crate::server::parse_error(body).code == sqlstate::QUERY_CANCELED =>
+                {
+                    // The cancel sent for query_timeout: say why.
+                    self.cancel_consumed = true;
+                    let limit = self.shared.timeouts.query().unwrap_or_default();
+                    let mut out = BytesMut::new();
+                    ErrorMessage::error(
+                        sqlstate::QUERY_CANCELED,
+                        format!("canceling statement due to pgwake timeouts.query_timeout ({limit:?})"),
+                    )
+                    .write(&mut out);
+                    if self.client.write_all(&server.buf[flushed..frame_at]).await.is_err()
+                        || self.client.write_all(&out).await.is_err()
+                    {
+                        return Err(Stop::ClientGone);
+                    }
+                    flushed = next;
                 }
                 Scanned::Frame { tag: b'S', body } => {
                     // ParameterStatus: a SET by the client; it now expects this value.
@@ -277,7 +462,8 @@ impl<C: ClientStream> Session<C> {
                 // The server answered: the request went through.
                 self.cbuf.advance(std::mem::take(&mut self.replay));
             }
-            if self.client.write_all(&server.buf[..pos]).await.is_err() {
+            PoolCounts::add(&self.counts.sent, (pos - flushed) as u64);
+            if self.client.write_all(&server.buf[flushed..pos]).await.is_err() {
                 return Err(Stop::ClientGone);
             }
             server.buf.advance(pos);

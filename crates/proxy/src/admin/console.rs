@@ -1,0 +1,257 @@
+//! The admin console: database `pgwake` (or `pgbouncer`) on the normal
+//! listener, speaking the simple query protocol, with PgBouncer's commands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgwake_protocol::backend::{self, ErrorMessage, Severity};
+use pgwake_protocol::sqlstate;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::report;
+use crate::session::ClientStream;
+use crate::Shared;
+
+/// Client database names that reach the console.
+pub(crate) fn is_console(database: &str) -> bool {
+    database == "pgwake" || database == "pgbouncer"
+}
+
+/// Largest message the console accepts.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+const HELP: &str = "SHOW POOLS|STATS|STATS_TOTALS|CLIENTS|SERVERS|DATABASES|LISTS|CONFIG|VERSION|STATE; PAUSE; RESUME; RELOAD; WAKE; SLEEP; SHUTDOWN";
+
+/// Serves one console session after its startup packet.
+pub(crate) async fn serve<C: ClientStream>(
+    mut client: C,
+    mut buf: BytesMut,
+    peer: &str,
+    shared: Arc<Shared>,
+    user: &str,
+) {
+    let config = shared.config();
+    let allowed = &config.admin.admin_users;
+    if !allowed.is_empty() && !allowed.iter().any(|u| u == user) {
+        let e = ErrorMessage::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("user \"{user}\" may not use the admin console (admin.admin_users)"),
+        );
+        let mut out = BytesMut::new();
+        e.write(&mut out);
+        let _ = client.write_all(&out).await;
+        return;
+    }
+    tracing::info!(%peer, user, "admin console login");
+    let mut out = BytesMut::with_capacity(1024);
+    backend::auth_ok(&mut out);
+    let version = shared
+        .pools()
+        .iter()
+        .find_map(|p| p.defaults())
+        .and_then(|d| d.params.get("server_version").cloned())
+        .unwrap_or_else(|| "16.0".into());
+    for (k, v) in [
+        ("server_version", version.as_str()),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+        ("application_name", "pgwake"),
+    ] {
+        backend::parameter_status(&mut out, k, v);
+    }
+    backend::backend_key_data(&mut out, 0, 0);
+    backend::ready_for_query(&mut out, b'I');
+    if client.write_all(&out).await.is_err() {
+        return;
+    }
+    // After an extended-protocol message: skip to Sync.
+    let mut failed_extended = false;
+    loop {
+        // One whole message.
+        let (tag, len) = loop {
+            if buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if !(4..=MAX_MESSAGE).contains(&len) {
+                    let e = ErrorMessage::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("invalid message length {len} (the admin console accepts up to {MAX_MESSAGE} bytes)"),
+                    );
+                    out.clear();
+                    e.write(&mut out);
+                    let _ = client.write_all(&out).await;
+                    return;
+                }
+                if buf.len() > len {
+                    break (buf[0], len);
+                }
+            }
+            buf.reserve(4096);
+            let read = tokio::select! {
+                r = client.read_buf(&mut buf) => r,
+                _ = shared.hard_stop.cancelled() => return,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let msg = buf.split_to(len + 1);
+        let body = &msg[5..];
+        out.clear();
+        match tag {
+            b'X' => return,
+            b'Q' => {
+                let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+                let sql = String::from_utf8_lossy(&body[..end]).into_owned();
+                let stop = run(&shared, &sql, &mut out).await;
+                backend::ready_for_query(&mut out, b'I');
+                if client.write_all(&out).await.is_err() || stop {
+                    return;
+                }
+            }
+            b'S' => {
+                failed_extended = false;
+                backend::ready_for_query(&mut out, b'I');
+                if client.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            b'H' => {}
+            _ => {
+                if !failed_extended {
+                    failed_extended = true;
+                    ErrorMessage::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "the admin console speaks the simple query protocol only",
+                    )
+                    .with_hint(HELP)
+                    .write(&mut out);
+                    if client.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one console command, writing its replies. `true`: close the session.
+async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) -> bool {
+    let text = sql.trim().trim_end_matches(';').trim();
+    if text.is_empty() {
+        backend::empty_query(out);
+        return false;
+    }
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let error = |out: &mut BytesMut, code: &str, m: String| {
+        ErrorMessage::error(code, m).write(out);
+    };
+    match words.as_slice() {
+        ["SHOW", what] => match report::show(shared, what) {
+            Some(t) => {
+                backend::row_description(out, &t.columns);
+                for r in &t.rows {
+                    backend::data_row(out, r);
+                }
+                backend::command_complete(out, "SHOW");
+            }
+            None => error(
+                out,
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("unknown SHOW command {what:?}; try: {HELP}"),
+            ),
+        },
+        ["PAUSE", ..] => {
+            shared.set_paused(true);
+            tracing::info!("PAUSE: no new transactions until RESUME");
+            // Wait for the transactions in flight to finish.
+            while shared.pools().iter().any(|p| p.snapshot().active() > 0) {
+                if shared.shutdown.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            backend::command_complete(out, "PAUSE");
+        }
+        ["RESUME", ..] => {
+            shared.set_paused(false);
+            tracing::info!("RESUME");
+            backend::command_complete(out, "RESUME");
+        }
+        ["RELOAD"] => match shared.reload() {
+            Ok(notes) => {
+                for n in notes {
+                    ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, n)
+                        .write(out);
+                }
+                backend::command_complete(out, "RELOAD");
+            }
+            Err(e) => error(
+                out,
+                sqlstate::CONFIG_FILE_ERROR,
+                format!("the new configuration was rejected; the previous one stays in force: {e}"),
+            ),
+        },
+        ["WAKE"] => match shared.lifecycle() {
+            None => error(
+                out,
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "no [lifecycle] provider is configured".into(),
+            ),
+            Some(l) => match l.wake_now().await {
+                Ok(()) => backend::command_complete(out, "WAKE"),
+                Err(e) => error(out, sqlstate::CANNOT_CONNECT_NOW, format!("wake: {e}")),
+            },
+        },
+        ["SLEEP"] => match shared.lifecycle() {
+            None => error(
+                out,
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "no [lifecycle] provider is configured".into(),
+            ),
+            Some(l) => {
+                let busy: usize = shared.pools().iter().map(|p| p.snapshot().active()).sum();
+                if busy > 0 {
+                    error(
+                        out,
+                        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!("{busy} server connections are in use; PAUSE first"),
+                    );
+                } else {
+                    for p in shared.pools() {
+                        p.drain_idle();
+                    }
+                    match l.stop_server("SLEEP from the admin console").await {
+                        Ok(()) => backend::command_complete(out, "SLEEP"),
+                        Err(e) => error(out, sqlstate::CONNECTION_FAILURE, format!("sleep: {e}")),
+                    }
+                }
+            }
+        },
+        ["SHUTDOWN"] => {
+            shared.request_shutdown();
+            backend::command_complete(out, "SHUTDOWN");
+            return true;
+        }
+        ["HELP"] | ["SHOW"] => {
+            ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, HELP)
+                .write(out);
+            backend::command_complete(out, "SHOW");
+        }
+        _ => error(
+            out,
+            sqlstate::SYNTAX_ERROR,
+            format!("unknown admin console command {text:?}; try: {HELP}"),
+        ),
+    }
+    false
+}

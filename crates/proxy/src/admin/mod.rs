@@ -1,0 +1,6 @@
+//! Operating pgwake: the admin HTTP server (metrics, health, readiness) and
+//! the PgBouncer-compatible admin console.
+
+pub(crate) mod console;
+pub(crate) mod http;
+mod report;

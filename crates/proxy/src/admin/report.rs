@@ -1,0 +1,541 @@
+//! The tables behind the admin console's SHOW commands, with PgBouncer's
+//! column names and types where PgBouncer has the command.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use pgwake_config::PoolMode;
+use pgwake_protocol::backend::oid::{INT4, INT8, TEXT};
+
+use crate::clients::{unix_micros, ClientState};
+use crate::pool::PoolSnapshot;
+use crate::stats::{micros, PoolCounts};
+use crate::Shared;
+
+/// A result set.
+pub(crate) struct Table {
+    pub columns: Vec<(&'static str, u32)>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, u32)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, values: Vec<Option<String>>) {
+        debug_assert_eq!(values.len(), self.columns.len());
+        self.rows.push(values);
+    }
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn mode_name(m: PoolMode) -> &'static str {
+    match m {
+        PoolMode::Transaction => "transaction",
+        PoolMode::Session => "session",
+    }
+}
+
+/// PgBouncer prints times as `YYYY-MM-DD HH:MM:SS UTC`.
+fn timestamp(unix_us: u64) -> String {
+    let secs = i64::try_from(unix_us / 1_000_000).unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn split_peer(peer: &str) -> (String, String) {
+    match peer.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            port.to_owned(),
+        ),
+        None => (peer.to_owned(), "0".to_owned()),
+    }
+}
+
+const SOCKET_COLUMNS: &[(&str, u32)] = &[
+    ("type", TEXT),
+    ("user", TEXT),
+    ("database", TEXT),
+    ("state", TEXT),
+    ("addr", TEXT),
+    ("port", INT4),
+    ("local_addr", TEXT),
+    ("local_port", INT4),
+    ("connect_time", TEXT),
+    ("request_time", TEXT),
+    ("wait", INT4),
+    ("wait_us", INT4),
+    ("close_needed", INT4),
+    ("ptr", TEXT),
+    ("link", TEXT),
+    ("remote_pid", INT4),
+    ("tls", TEXT),
+    ("application_name", TEXT),
+    ("prepared_statements", INT4),
+];
+
+/// The SHOW command named `what` (upper case), or `None` when unknown.
+pub(crate) fn show(shared: &Shared, what: &str) -> Option<Table> {
+    Some(match what {
+        "POOLS" => pools(shared),
+        "STATS" | "STATS_TOTALS" => stats(shared, what == "STATS"),
+        "CLIENTS" => clients(shared),
+        "SERVERS" => servers(shared),
+        "DATABASES" => databases(shared),
+        "LISTS" => lists(shared),
+        "CONFIG" => config(shared),
+        "VERSION" => {
+            let mut t = Table::new(&[("version", TEXT)]);
+            t.row(vec![s(format!("pgwake {}", env!("CARGO_PKG_VERSION")))]);
+            t
+        }
+        "STATE" => state(shared),
+        _ => return None,
+    })
+}
+
+fn pools(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("user", TEXT),
+        ("cl_active", INT4),
+        ("cl_waiting", INT4),
+        ("cl_active_cancel_req", INT4),
+        ("cl_waiting_cancel_req", INT4),
+        ("sv_active", INT4),
+        ("sv_active_cancel", INT4),
+        ("sv_being_canceled", INT4),
+        ("sv_idle", INT4),
+        ("sv_used", INT4),
+        ("sv_tested", INT4),
+        ("sv_login", INT4),
+        ("maxwait", INT4),
+        ("maxwait_us", INT4),
+        ("pool_mode", TEXT),
+        ("load_balance_hosts", TEXT),
+    ]);
+    for p in shared.pools() {
+        let snap = p.snapshot();
+        let clients = p.stats().clients.load(Ordering::Relaxed);
+        let wait = micros(snap.max_wait);
+        t.row(vec![
+            s(&p.key().dbname),
+            s(&p.key().user),
+            s(clients.saturating_sub(snap.waiting)),
+            s(snap.waiting),
+            s(0),
+            s(0),
+            s(snap.active()),
+            s(0),
+            s(0),
+            s(snap.idle),
+            s(0),
+            s(0),
+            s(snap.login),
+            s(wait / 1_000_000),
+            s(wait % 1_000_000),
+            s(mode_name(snap.settings.mode)),
+            None,
+        ]);
+    }
+    t
+}
+
+/// Per server database: PgBouncer's SHOW STATS (averages are per second,
+/// or per transaction/query for times, since pgwake started).
+fn stats(shared: &Shared, averages: bool) -> Table {
+    let mut columns = vec![
+        ("database", TEXT),
+        ("total_server_assignment_count", INT8),
+        ("total_xact_count", INT8),
+        ("total_query_count", INT8),
+        ("total_received", INT8),
+        ("total_sent", INT8),
+        ("total_xact_time", INT8),
+        ("total_query_time", INT8),
+        ("total_wait_time", INT8),
+        ("total_client_parse_count", INT8),
+        ("total_server_parse_count", INT8),
+        ("total_bind_count", INT8),
+    ];
+    if averages {
+        columns.extend([
+            ("avg_server_assignment_count", INT8),
+            ("avg_xact_count", INT8),
+            ("avg_query_count", INT8),
+            ("avg_recv", INT8),
+            ("avg_sent", INT8),
+            ("avg_xact_time", INT8),
+            ("avg_query_time", INT8),
+            ("avg_wait_time", INT8),
+            ("avg_client_parse_count", INT8),
+            ("avg_server_parse_count", INT8),
+            ("avg_bind_count", INT8),
+        ]);
+    }
+    // PgBouncer before 1.8 called the query count total_requests; some
+    // exporters still read it.
+    columns.push(("total_requests", INT8));
+    let mut t = Table {
+        columns,
+        rows: Vec::new(),
+    };
+    let mut by_db: BTreeMap<String, [u64; 8]> = BTreeMap::new();
+    for p in shared.pools() {
+        let c: &PoolCounts = p.stats();
+        let e = by_db.entry(p.key().dbname.clone()).or_default();
+        for (slot, v) in e.iter_mut().zip([
+            &c.assignments,
+            &c.xacts,
+            &c.queries,
+            &c.received,
+            &c.sent,
+            &c.xact_us,
+            &c.query_us,
+            &c.wait_us,
+        ]) {
+            *slot += PoolCounts::get(v);
+        }
+    }
+    let uptime = shared.started.elapsed().as_secs().max(1);
+    for (db, [assign, xacts, queries, recv, sent, xact_us, query_us, wait_us]) in by_db {
+        let mut row = vec![
+            s(db),
+            s(assign),
+            s(xacts),
+            s(queries),
+            s(recv),
+            s(sent),
+            s(xact_us),
+            s(query_us),
+            s(wait_us),
+            s(0),
+            s(0),
+            s(0),
+        ];
+        if averages {
+            row.extend([
+                s(assign / uptime),
+                s(xacts / uptime),
+                s(queries / uptime),
+                s(recv / uptime),
+                s(sent / uptime),
+                s(xact_us.checked_div(xacts).unwrap_or(0)),
+                s(query_us.checked_div(queries).unwrap_or(0)),
+                s(wait_us.checked_div(assign).unwrap_or(0)),
+                s(0),
+                s(0),
+                s(0),
+            ]);
+        }
+        row.push(s(queries));
+        t.row(row);
+    }
+    t
+}
+
+fn socket_row(
+    kind: &str,
+    user: &str,
+    database: &str,
+    state: &str,
+    peer: &str,
+    times: (u64, u64),
+    wait_us: u64,
+    ids: (u64, Option<u64>, u32),
+    tls: bool,
+    application_name: &str,
+) -> Vec<Option<String>> {
+    let (addr, port) = split_peer(peer);
+    let (ptr, link, remote_pid) = ids;
+    vec![
+        s(kind),
+        s(user),
+        s(database),
+        s(state),
+        s(addr),
+        s(port),
+        None,
+        s(0),
+        s(timestamp(times.0)),
+        s(timestamp(times.1)),
+        s(wait_us / 1_000_000),
+        s(wait_us % 1_000_000),
+        s(0),
+        s(format!("{ptr:#x}")),
+        s(link.map(|l| format!("{l:#x}")).unwrap_or_default()),
+        s(remote_pid),
+        s(if tls { "TLS" } else { "" }),
+        s(application_name),
+        s(0),
+    ]
+}
+
+fn clients(shared: &Shared) -> Table {
+    let mut t = Table::new(SOCKET_COLUMNS);
+    let now = unix_micros(SystemTime::now());
+    for c in shared.clients.all() {
+        let state = c.state();
+        let wait = if state == ClientState::Waiting {
+            now.saturating_sub(c.request_time())
+        } else {
+            0
+        };
+        let pid = c.server_pid();
+        t.row(socket_row(
+            "C",
+            &c.user,
+            &c.database,
+            state.name(),
+            &c.peer,
+            (unix_micros(c.connect_time), c.request_time()),
+            wait,
+            (c.id, (pid != 0).then_some(u64::from(pid) << 32), 0),
+            false,
+            &c.application_name,
+        ));
+    }
+    t
+}
+
+fn servers(shared: &Shared) -> Table {
+    let mut t = Table::new(SOCKET_COLUMNS);
+    let now = SystemTime::now();
+    let ago = |d: std::time::Duration| unix_micros(now.checked_sub(d).unwrap_or(now));
+    // Connections in use, from the clients holding them.
+    for c in shared.clients.all() {
+        let pid = c.server_pid();
+        if pid == 0 {
+            continue;
+        }
+        t.row(socket_row(
+            "S",
+            &c.pool.user,
+            &c.pool.dbname,
+            "active",
+            &shared.server_addr(),
+            (c.request_time(), c.request_time()),
+            0,
+            (u64::from(pid) << 32, Some(c.id), pid),
+            false,
+            "",
+        ));
+    }
+    for p in shared.pools() {
+        let snap: PoolSnapshot = p.snapshot();
+        for conn in snap.idle_conns {
+            t.row(socket_row(
+                "S",
+                &p.key().user,
+                &p.key().dbname,
+                "idle",
+                &conn.addr.to_string(),
+                (ago(conn.age), ago(conn.idle_for)),
+                0,
+                (u64::from(conn.pid) << 32, None, conn.pid),
+                conn.tls,
+                "",
+            ));
+        }
+    }
+    t
+}
+
+fn databases(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        ("name", TEXT),
+        ("host", TEXT),
+        ("port", INT4),
+        ("database", TEXT),
+        ("force_user", TEXT),
+        ("pool_size", INT4),
+        ("min_pool_size", INT4),
+        ("reserve_pool", INT4),
+        ("pool_mode", TEXT),
+        ("max_connections", INT4),
+        ("current_connections", INT4),
+        ("paused", INT4),
+        ("disabled", INT4),
+    ]);
+    let config = shared.config();
+    let paused = i32::from(shared.is_paused());
+    let mut names: Vec<String> = config.databases.keys().cloned().collect();
+    if names.is_empty() {
+        // Every name maps through: list the ones in use, and the configured one.
+        names.extend(shared.pools().iter().map(|p| p.key().dbname.clone()));
+        names.extend(config.server.dbname.clone());
+        names.sort();
+        names.dedup();
+    }
+    let pools = shared.pools();
+    for name in names {
+        let Some(route) = config.route(&name) else {
+            continue;
+        };
+        let current: usize = pools
+            .iter()
+            .filter(|p| p.key().dbname == route.dbname)
+            .map(|p| p.counts().0)
+            .sum();
+        t.row(vec![
+            s(&name),
+            s(&config.server.host),
+            s(config.server.port),
+            s(&route.dbname),
+            route.user.clone(),
+            s(route.size),
+            s(route.min_idle),
+            s(0),
+            s(mode_name(route.mode)),
+            s(0),
+            s(current),
+            s(paused),
+            s(0),
+        ]);
+    }
+    t
+}
+
+fn lists(shared: &Shared) -> Table {
+    let mut t = Table::new(&[("list", TEXT), ("items", INT4)]);
+    let pools = shared.pools();
+    let mut users: Vec<&str> = pools.iter().map(|p| p.key().user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut dbs: Vec<&str> = pools.iter().map(|p| p.key().dbname.as_str()).collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    let servers: usize = pools.iter().map(|p| p.counts().0).sum();
+    let clients = shared.clients.all().len();
+    for (name, n) in [
+        ("databases", dbs.len()),
+        ("users", users.len()),
+        ("peers", 0),
+        ("pools", pools.len()),
+        ("peer_pools", 0),
+        ("free_clients", 0),
+        ("used_clients", clients),
+        ("login_clients", 0),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.row(vec![s(name), s(n)]);
+    }
+    t
+}
+
+/// Sections whose keys only change at restart.
+fn changeable(key: &str) -> bool {
+    !(key.starts_with("listen.")
+        || key == "admin.addr"
+        || key.starts_with("lifecycle.")
+        || key == "log.format")
+}
+
+fn config(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        ("key", TEXT),
+        ("value", TEXT),
+        ("default", TEXT),
+        ("changeable", TEXT),
+    ]);
+    let config = shared.config();
+    let defaults: BTreeMap<String, String> =
+        pgwake_config::Config::default().flatten().into_iter().collect();
+    let mut rows = config.flatten();
+    // PgBouncer's names for the settings tools look for.
+    rows.extend([
+        ("max_client_conn".into(), config.listen.max_client_conn.to_string()),
+        ("default_pool_size".into(), config.pool.size.to_string()),
+        ("min_pool_size".into(), config.pool.min_idle.to_string()),
+        ("pool_mode".into(), mode_name(config.pool.mode).into()),
+    ]);
+    for (key, value) in rows {
+        let default = defaults.get(&key).cloned();
+        let yes = if changeable(&key) { "yes" } else { "no" };
+        t.row(vec![s(&key), s(value), default, s(yes)]);
+    }
+    t
+}
+
+fn state(shared: &Shared) -> Table {
+    let mut t = Table::new(&[("key", TEXT), ("value", TEXT)]);
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let mut row = |k: &str, v: String| t.row(vec![s(k), Some(v)]);
+    row("active", yes_no(!shared.shutdown.is_cancelled()));
+    row("paused", yes_no(shared.is_paused()));
+    row("suspended", "no".into());
+    row("uptime_seconds", shared.started.elapsed().as_secs().to_string());
+    let config = shared.config();
+    row(
+        "server",
+        format!("{}:{}", config.server.host, config.server.port),
+    );
+    row(
+        "credential_source",
+        config.server.auth.effective_method().name().to_owned(),
+    );
+    if let Some(cache) = shared.refresher_stats() {
+        row("credential_valid", yes_no(cache.valid));
+        if let Some(exp) = cache.expires_at {
+            let secs = match exp.duration_since(SystemTime::now()) {
+                Ok(d) => format!("{}", d.as_secs()),
+                Err(e) => format!("-{}", e.duration().as_secs()),
+            };
+            row("credential_expires_in_seconds", secs);
+        }
+        row("credential_fetches", cache.fetches.to_string());
+        row("credential_fetch_failures", cache.failures.to_string());
+    }
+    match shared.lifecycle() {
+        None => row("provider", "none".into()),
+        Some(l) => {
+            row("provider", l.describe());
+            row(
+                "server_state",
+                l.last_state()
+                    .map_or("unknown".into(), |s| s.name().to_owned()),
+            );
+            row(
+                "waking_for_seconds",
+                l.waking_since()
+                    .map_or(String::new(), |t| t.elapsed().as_secs().to_string()),
+            );
+            row("idle_for_seconds", l.idle_for().as_secs().to_string());
+            let st = l.stats();
+            row("wakes", st.wakes.to_string());
+            row("wake_failures", st.wake_failures.to_string());
+            row("stops", st.stops.to_string());
+        }
+    }
+    t
+}

@@ -1,0 +1,150 @@
+//! The clients logged in, for SHOW CLIENTS, SHOW SERVERS and the client
+//! gauges. A session registers at login and is removed when it ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::pool::PoolKey;
+use crate::stats::PoolCounts;
+
+/// What a client is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Between transactions, holding no server connection.
+    Idle = 0,
+    /// Holding a server connection.
+    Active = 1,
+    /// Waiting for a server connection.
+    Waiting = 2,
+}
+
+impl ClientState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Active => "active",
+            ClientState::Waiting => "waiting",
+        }
+    }
+}
+
+/// One logged-in client.
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    /// `host:port`, or `unix`.
+    pub peer: String,
+    pub pool: PoolKey,
+    pub connect_time: SystemTime,
+    state: AtomicU8,
+    /// Backend process ID of the server connection held, 0 when none.
+    server_pid: AtomicU32,
+    /// Unix time (µs) of the client's last request.
+    request_time: AtomicU64,
+}
+
+impl ClientInfo {
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Active,
+            2 => ClientState::Waiting,
+            _ => ClientState::Idle,
+        }
+    }
+
+    pub fn set_state(&self, s: ClientState, server_pid: u32) {
+        self.state.store(s as u8, Ordering::Relaxed);
+        self.server_pid.store(server_pid, Ordering::Relaxed);
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server_pid.load(Ordering::Relaxed)
+    }
+
+    /// Notes a new request (a server connection is being attached).
+    pub fn requested(&self) {
+        self.request_time.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    pub fn request_time(&self) -> u64 {
+        self.request_time.load(Ordering::Relaxed)
+    }
+}
+
+pub fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+pub struct Clients {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+}
+
+/// Removes the client from the registry when dropped.
+/// Counted among its pool's clients until then.
+pub struct Registered {
+    pub info: Arc<ClientInfo>,
+    clients: Arc<Clients>,
+    counts: Arc<PoolCounts>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.clients.lock().remove(&self.info.id);
+        self.counts.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Clients {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientInfo>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(
+        self: &Arc<Self>,
+        user: &str,
+        database: &str,
+        application_name: &str,
+        peer: &str,
+        pool: PoolKey,
+        counts: Arc<PoolCounts>,
+    ) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now();
+        let info = Arc::new(ClientInfo {
+            id,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            application_name: application_name.to_owned(),
+            peer: peer.to_owned(),
+            pool,
+            connect_time: now,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            server_pid: AtomicU32::new(0),
+            request_time: AtomicU64::new(unix_micros(now)),
+        });
+        self.lock().insert(id, info.clone());
+        counts.clients.fetch_add(1, Ordering::Relaxed);
+        Registered {
+            info,
+            clients: self.clone(),
+            counts,
+        }
+    }
+
+    /// Every client, oldest first.
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}

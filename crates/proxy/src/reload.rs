@@ -1,0 +1,158 @@
+//! Reloading the configuration (SIGHUP, the console's RELOAD): what can
+//! change live does; what cannot is reported; a bad file changes nothing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pgwake_config::{Config, Server};
+
+use crate::pool::ServerSide;
+use crate::server::Target;
+use crate::{credentials, pool_settings, Shared};
+
+/// Re-reads the configuration from wherever it came from.
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+/// Applies a new `log.level`.
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the command line gives the proxy so that it can reload.
+#[derive(Default)]
+pub struct Hooks {
+    pub reload: Option<ConfigSource>,
+    pub set_log_level: Option<LogLevelSetter>,
+}
+
+/// The server settings, secrets included, for spotting a change.
+fn server_fingerprint(s: &Server) -> String {
+    let secret = |x: &Option<pgwake_credentials::Secret>| x.as_ref().map(|s| s.expose().to_owned());
+    format!(
+        "{s:?}|{:?}|{:?}",
+        secret(&s.auth.password),
+        secret(&s.auth.client_secret)
+    )
+}
+
+impl Shared {
+    /// Reads the configuration again and applies it. `Ok`: what changed
+    /// and what needs a restart to change; `Err`: why the new configuration
+    /// was rejected (the old one stays in force).
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let result = self.try_reload();
+        match &result {
+            Ok(notes) => {
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(changes = %notes.join("; "), "configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("configuration reload rejected; the previous configuration stays in force: {e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<Vec<String>, String> {
+        let Some(source) = &self.hooks.reload else {
+            return Err("this pgwake was not started from a configuration it can read again".into());
+        };
+        let new = source()?;
+        let old = self.config();
+        let mut notes = Vec::new();
+        let mut restart = Vec::new();
+        let changed = |a: String, b: String| a != b;
+        if changed(format!("{:?}", old.listen), format!("{:?}", new.listen)) {
+            restart.push("listen");
+        }
+        if old.admin.addr != new.admin.addr {
+            restart.push("admin.addr");
+        }
+        if changed(format!("{:?}", old.lifecycle), format!("{:?}", new.lifecycle)) {
+            restart.push("lifecycle");
+        }
+        if old.log.format != new.log.format {
+            restart.push("log.format");
+        }
+        // Build everything that can fail before changing anything.
+        let server_changed = server_fingerprint(&old.server) != server_fingerprint(&new.server);
+        let server = if server_changed {
+            let target = Target::from_config(&new.server)?;
+            let creds = credentials::from_config(&new.server.auth)
+                .map_err(|e| format!("server.auth: {e}"))?;
+            Some((
+                ServerSide {
+                    target: Arc::new(target),
+                    credentials: creds.source,
+                },
+                creds.refresher,
+            ))
+        } else {
+            None
+        };
+        if old.log.level != new.log.level {
+            match &self.hooks.set_log_level {
+                Some(set) => {
+                    set(&new.log.level).map_err(|e| format!("log.level: {e}"))?;
+                    notes.push(format!("log.level = {:?}", new.log.level));
+                }
+                None => restart.push("log.level"),
+            }
+        }
+        // Apply.
+        let new = Arc::new(new);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        self.timeouts.set(&new);
+        let mut side = None;
+        if let Some((s, refresher)) = server {
+            *self.server.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
+            if let Some(cache) = refresher {
+                self.run_refresher(cache);
+            } else if let Some((_, stop)) =
+                self.refresher.lock().unwrap_or_else(|e| e.into_inner()).take()
+            {
+                stop.cancel();
+            }
+            side = Some(s);
+            notes.push("server settings changed: server connections made under the old ones close as they are returned".into());
+        }
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for (pool, route_name) in pools {
+            let old_settings = pool.settings();
+            let Some(route) = new.route(&route_name) else {
+                notes.push(format!(
+                    "database {route_name:?} is no longer configured: its pool keeps serving its clients"
+                ));
+                pool.reconfigure(old_settings, side.clone());
+                continue;
+            };
+            let settings = pool_settings(&new, &route, old_settings.prewarm);
+            if settings.size != old_settings.size || settings.min_idle != old_settings.min_idle {
+                notes.push(format!(
+                    "pool {}: size {} -> {}, min_idle {} -> {}",
+                    pool.key(),
+                    old_settings.size,
+                    settings.size,
+                    old_settings.min_idle,
+                    settings.min_idle
+                ));
+            }
+            pool.reconfigure(settings, side.clone());
+        }
+        self.warm_configured_pools(&new);
+        if !restart.is_empty() {
+            notes.push(format!(
+                "changed but only applied at restart: {}",
+                restart.join(", ")
+            ));
+        }
+        if notes.is_empty() {
+            notes.push("nothing changed".into());
+        }
+        Ok(notes)
+    }
+}

@@ -1,0 +1,310 @@
+//! What pgwake counts, for `/metrics` and the admin console's SHOW commands.
+//!
+//! Counters live in plain atomics next to what they count (one relaxed add on
+//! the relay path, no lookup); they are copied into the Prometheus registry
+//! when `/metrics` is scraped. Histograms are recorded as events happen.
+//! Each proxy has its own registry, so several can run in one process.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Histogram buckets (seconds): 100 µs to 2 min.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+static METADATA: Metadata<'static> = Metadata::new("pgwake", metrics::Level::INFO, None);
+
+/// Every metric: name, type, help. Types: c = counter, g = gauge, h = histogram.
+const DESCRIPTIONS: &[(&str, char, &str)] = &[
+    ("pgwake_client_connections", 'g', "Client connections by state: active (holding a server connection), waiting (for one), idle"),
+    ("pgwake_server_connections", 'g', "Server connections by state: active (serving a client), idle, login (being opened)"),
+    ("pgwake_pool_size", 'g', "Most server connections the pool may open"),
+    ("pgwake_pool_wait_seconds", 'h', "Time clients waited for a server connection"),
+    ("pgwake_transactions_total", 'c', "Transactions completed (a query outside a transaction block counts as one)"),
+    ("pgwake_queries_total", 'c', "Queries completed (each ReadyForQuery)"),
+    ("pgwake_transaction_duration_seconds", 'h', "Time from a transaction's first message to its end"),
+    ("pgwake_query_duration_seconds", 'h', "Time from a query's first message to ReadyForQuery"),
+    ("pgwake_received_bytes_total", 'c', "Bytes received from clients"),
+    ("pgwake_sent_bytes_total", 'c', "Bytes sent to clients"),
+    ("pgwake_server_connect_phase_seconds", 'h', "Time each phase of opening a server connection took (dns, tcp, tls, auth)"),
+    ("pgwake_server_connects_total", 'c', "Server connections opened"),
+    ("pgwake_server_connect_errors_total", 'c', "Failed attempts to open a server connection, by kind"),
+    ("pgwake_credential_fetches_total", 'c', "Tokens fetched from the credential source"),
+    ("pgwake_credential_fetch_failures_total", 'c', "Failed token fetches"),
+    ("pgwake_credential_expiry_seconds", 'g', "Seconds until the current token expires (negative: expired)"),
+    ("pgwake_credential_valid", 'g', "1 when a valid token or password is at hand"),
+    ("pgwake_server_state", 'g', "1 for the server's last known state as the provider reports it"),
+    ("pgwake_wakes_total", 'c', "Wakes of a stopped server started"),
+    ("pgwake_wake_failures_total", 'c', "Wakes that failed"),
+    ("pgwake_wake_duration_seconds", 'h', "Time from the start of a wake until the server answered"),
+    ("pgwake_idle_stops_total", 'c', "Stop requests sent to the provider (idle stop, SLEEP, stop on shutdown)"),
+    ("pgwake_cancels_total", 'c', "Cancel requests forwarded to the server"),
+    ("pgwake_timeouts_total", 'c', "Clients or queries ended by a timeout, by kind"),
+    ("pgwake_paused", 'g', "1 while the admin console's PAUSE is in force"),
+    ("pgwake_reloads_total", 'c', "Configuration reloads, by result"),
+];
+
+/// What ended a client's wait or query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    Query,
+    IdleTransaction,
+    ClientIdle,
+    PoolWait,
+    ServerConnect,
+}
+
+impl TimeoutKind {
+    const ALL: [TimeoutKind; 5] = [
+        TimeoutKind::Query,
+        TimeoutKind::IdleTransaction,
+        TimeoutKind::ClientIdle,
+        TimeoutKind::PoolWait,
+        TimeoutKind::ServerConnect,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutKind::Query => "query",
+            TimeoutKind::IdleTransaction => "idle_transaction",
+            TimeoutKind::ClientIdle => "client_idle",
+            TimeoutKind::PoolWait => "pool_wait",
+            TimeoutKind::ServerConnect => "server_connect",
+        }
+    }
+}
+
+/// Why a server connection could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectErrorKind {
+    Refused,
+    Timeout,
+    Auth,
+    Tls,
+    Credential,
+    Asleep,
+    Other,
+}
+
+impl ConnectErrorKind {
+    const ALL: [ConnectErrorKind; 7] = [
+        ConnectErrorKind::Refused,
+        ConnectErrorKind::Timeout,
+        ConnectErrorKind::Auth,
+        ConnectErrorKind::Tls,
+        ConnectErrorKind::Credential,
+        ConnectErrorKind::Asleep,
+        ConnectErrorKind::Other,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ConnectErrorKind::Refused => "refused",
+            ConnectErrorKind::Timeout => "timeout",
+            ConnectErrorKind::Auth => "auth",
+            ConnectErrorKind::Tls => "tls",
+            ConnectErrorKind::Credential => "credential",
+            ConnectErrorKind::Asleep => "asleep",
+            ConnectErrorKind::Other => "other",
+        }
+    }
+}
+
+/// Process-wide counts and the Prometheus registry.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    timeouts: [AtomicU64; 5],
+    connect_errors: [AtomicU64; 7],
+    pub connects: AtomicU64,
+    pub cancels: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    connect_phase: [Histogram; 4],
+    pub wake_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .expect("non-empty buckets")
+            .build_recorder();
+        for (name, kind, help) in DESCRIPTIONS {
+            let (name, help) = (metrics::KeyName::from(*name), metrics::SharedString::from(*help));
+            match kind {
+                'c' => recorder.describe_counter(name, None, help),
+                'g' => recorder.describe_gauge(name, None, help),
+                _ => recorder.describe_histogram(name, None, help),
+            }
+        }
+        let phase = |p: &'static str| {
+            recorder.register_histogram(
+                &Key::from_parts("pgwake_server_connect_phase_seconds", vec![Label::new("phase", p)]),
+                &METADATA,
+            )
+        };
+        Metrics {
+            handle: recorder.handle(),
+            connect_phase: [phase("dns"), phase("tcp"), phase("tls"), phase("auth")],
+            wake_seconds: recorder.register_histogram(
+                &Key::from_name("pgwake_wake_duration_seconds"),
+                &METADATA,
+            ),
+            recorder,
+            timeouts: Default::default(),
+            connect_errors: Default::default(),
+            connects: AtomicU64::new(0),
+            cancels: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn timeout(&self, kind: TimeoutKind) {
+        self.timeouts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn timeouts(&self, kind: TimeoutKind) -> u64 {
+        self.timeouts[kind as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn connect_error(&self, kind: ConnectErrorKind) {
+        self.connect_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long each phase of a successful server connect took.
+    pub fn connect_phases(&self, dns: Option<Duration>, tcp: Option<Duration>, tls: Option<Duration>, auth: Option<Duration>) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        for (h, d) in self.connect_phase.iter().zip([dns, tcp, tls, auth]) {
+            if let Some(d) = d {
+                h.record(d.as_secs_f64());
+            }
+        }
+    }
+
+    /// Histograms for one pool.
+    pub fn pool_histograms(&self, database: &str, user: &str) -> PoolHistograms {
+        let h = |name: &'static str| {
+            self.recorder
+                .register_histogram(&Key::from_parts(name, pool_labels(database, user)), &METADATA)
+        };
+        PoolHistograms {
+            wait: h("pgwake_pool_wait_seconds"),
+            xact: h("pgwake_transaction_duration_seconds"),
+            query: h("pgwake_query_duration_seconds"),
+        }
+    }
+
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// Copies the process-wide counts into the registry.
+    pub fn publish(&self) {
+        for k in TimeoutKind::ALL {
+            self.counter("pgwake_timeouts_total", vec![Label::new("kind", k.name())])
+                .absolute(self.timeouts(k));
+        }
+        for k in ConnectErrorKind::ALL {
+            self.counter(
+                "pgwake_server_connect_errors_total",
+                vec![Label::new("kind", k.name())],
+            )
+            .absolute(self.connect_errors[k as usize].load(Ordering::Relaxed));
+        }
+        self.counter("pgwake_server_connects_total", vec![])
+            .absolute(self.connects.load(Ordering::Relaxed));
+        self.counter("pgwake_cancels_total", vec![])
+            .absolute(self.cancels.load(Ordering::Relaxed));
+        for (result, n) in [("ok", &self.reloads_ok), ("failed", &self.reloads_failed)] {
+            self.counter("pgwake_reloads_total", vec![Label::new("result", result)])
+                .absolute(n.load(Ordering::Relaxed));
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+pub fn pool_labels(database: &str, user: &str) -> Vec<Label> {
+    vec![
+        Label::new("database", database.to_owned()),
+        Label::new("user", user.to_owned()),
+    ]
+}
+
+/// Histograms of one pool.
+pub struct PoolHistograms {
+    pub wait: Histogram,
+    pub xact: Histogram,
+    pub query: Histogram,
+}
+
+/// Counts of one pool, shared by its sessions. Times in microseconds, as
+/// PgBouncer's SHOW STATS reports them.
+#[derive(Default)]
+pub struct PoolCounts {
+    pub xacts: AtomicU64,
+    pub queries: AtomicU64,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub xact_us: AtomicU64,
+    pub query_us: AtomicU64,
+    pub wait_us: AtomicU64,
+    /// Server connections handed to clients.
+    pub assignments: AtomicU64,
+    /// Clients logged in to this pool.
+    pub clients: AtomicUsize,
+    /// Clients holding a server connection.
+    pub active: AtomicUsize,
+}
+
+impl PoolCounts {
+    pub fn add(n: &AtomicU64, v: u64) {
+        n.fetch_add(v, Ordering::Relaxed);
+    }
+
+    pub fn get(n: &AtomicU64) -> u64 {
+        n.load(Ordering::Relaxed)
+    }
+}
+
+/// Microseconds in `d`, saturating.
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The kind of a failed server connect, for `pgwake_server_connect_errors_total`.
+pub fn error_kind(e: &crate::server::ConnectError) -> ConnectErrorKind {
+    use crate::server::ConnectError as E;
+    match e {
+        E::Unreachable { .. } => ConnectErrorKind::Refused,
+        E::Timeout { .. } => ConnectErrorKind::Timeout,
+        E::Tls { .. } | E::TlsRequired { .. } => ConnectErrorKind::Tls,
+        E::Credential(_) => ConnectErrorKind::Credential,
+        E::Asleep(_) => ConnectErrorKind::Asleep,
+        e if e.is_auth() => ConnectErrorKind::Auth,
+        _ => ConnectErrorKind::Other,
+    }
+}
