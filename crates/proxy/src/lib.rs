@@ -9,6 +9,7 @@
 
 mod cancel;
 mod credentials;
+pub mod doctor;
 mod listener;
 pub mod params;
 pub mod pool;
