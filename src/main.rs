@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
-//! The `pgwake` command: `run`, `check` and `demo`. Wiring only; the work is
-//! in the crates.
+//! The `pgwake` command: `run`, `check`, `doctor` and `demo`. Wiring only;
+//! the work is in the crates.
 
 mod demo;
 
@@ -28,6 +28,16 @@ enum Command {
     Run(Source),
     /// Validate the configuration and print it with secrets redacted.
     Check(Source),
+    /// Time every phase of reaching the server and say which one is slow or failed.
+    ///
+    /// Uses the effective configuration, as `run` would: config, DNS, TCP
+    /// connect, TLS, token, authentication, first query (`SELECT 1`), and the
+    /// [lifecycle] provider's state. Prints one row per phase, then a
+    /// `verdict:` line naming the failed or slowest phase and its usual cause.
+    /// Exit status: 0 when no phase failed (the server answered, or it is
+    /// stopped and pgwake will start it when a client arrives), 1 when a phase
+    /// failed, 2 for a bad configuration.
+    Doctor(Source),
     /// Start a throwaway PostgreSQL and pgwake in front of it, and show pooling at work.
     Demo(demo::DemoArgs),
 }
@@ -67,6 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(src) => check(&src),
         Command::Run(src) => run(&src),
+        Command::Doctor(src) => doctor(&src),
         Command::Demo(args) => demo::main(args),
     };
     match result {
@@ -96,6 +107,51 @@ fn check(src: &Source) -> anyhow::Result<ExitCode> {
         }
         Err(errors) => Ok(report(&errors)),
     }
+}
+
+fn doctor(src: &Source) -> anyhow::Result<ExitCode> {
+    let began = std::time::Instant::now();
+    let config = match src.load()? {
+        Ok(c) => c,
+        Err(errors) => {
+            let code = report(&errors);
+            println!(
+                "verdict: loading the config failed: {} problem(s), listed above",
+                errors.0.len()
+            );
+            return Ok(code);
+        }
+    };
+    let loaded_in = began.elapsed();
+    // Quiet unless asked: the table is the output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logging(&config);
+    }
+    let overrides = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("PGWAKE_") && k != "PGWAKE_CONFIG" && k != "PGWAKE_SERVER_URL"
+        })
+        .count();
+    // Never the URL itself: it may carry a password.
+    let mut from = match (&src.config, &src.server_url) {
+        (Some(path), None) => path.display().to_string(),
+        (Some(path), Some(_)) => format!("{} and the server URL", path.display()),
+        (None, Some(_)) => "the server URL".to_string(),
+        (None, None) => "defaults".to_string(),
+    };
+    if overrides > 0 {
+        from.push_str(&format!(" (and {overrides} PGWAKE_* variables)"));
+    }
+    let rt = runtime(1)?;
+    let report = rt.block_on(pgwake_proxy::doctor::diagnose(&config, loaded_in, &from));
+    // A name lookup stuck in the resolver must not hold the exit.
+    rt.shutdown_background();
+    print!("{report}");
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run(src: &Source) -> anyhow::Result<ExitCode> {

@@ -3,44 +3,7 @@
 
 mod common;
 
-use common::{code, config_for, Pgwake};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-/// A CA and a server certificate for `localhost` only.
-fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "pgwake test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
-fn tls_cluster(pki: &Pki) -> pgwake_testkit::Cluster {
-    pgwake_testkit::Cluster::builder()
-        .auth(pgwake_testkit::HostAuth::Scram)
-        .user("app", "app-secret")
-        .database("app", "app")
-        .tls(&pki.cert_pem, &pki.key_pem)
-        .start()
-        .expect("start TLS cluster")
-}
+use common::{code, config_for, pki, tls_cluster, Pgwake};
 
 /// pgwake in front of `cluster` with the given sslmode, host and root cert.
 fn pgwake(

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwake_testkit::Cluster;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// A running `pgwake run`, killed on drop.
 pub struct Pgwake {
@@ -192,4 +193,42 @@ pub async fn try_query(url: &str) -> Result<(), (String, String)> {
         .map_err(fail)?;
     tokio::spawn(conn);
     c.simple_query("select 1").await.map(|_| ()).map_err(fail)
+}
+
+/// PEMs of a test CA, and of a server certificate and key it signed.
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A CA and a server certificate for `localhost` only.
+pub fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pgwake test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// A cluster like [`cluster`], with `ssl = on` and `pki`'s server certificate.
+pub fn tls_cluster(pki: &Pki) -> pgwake_testkit::Cluster {
+    pgwake_testkit::Cluster::builder()
+        .auth(pgwake_testkit::HostAuth::Scram)
+        .user("app", "app-secret")
+        .database("app", "app")
+        .tls(&pki.cert_pem, &pki.key_pem)
+        .start()
+        .expect("start TLS cluster")
 }

@@ -11,6 +11,7 @@ mod admin;
 mod cancel;
 mod clients;
 mod credentials;
+pub mod doctor;
 mod listener;
 pub mod params;
 pub mod pool;

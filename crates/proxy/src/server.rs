@@ -172,6 +172,55 @@ impl ConnectError {
     }
 }
 
+/// A phase of making a server connection, in the order they happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectPhase {
+    /// Resolving `server.host`.
+    Dns,
+    /// The TCP connect, socket options included.
+    Tcp,
+    /// SSLRequest and the TLS handshake.
+    Tls,
+    /// StartupMessage and the authentication exchange, until ReadyForQuery.
+    Auth,
+}
+
+impl ConnectPhase {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectPhase::Dns => "dns",
+            ConnectPhase::Tcp => "tcp",
+            ConnectPhase::Tls => "tls",
+            ConnectPhase::Auth => "auth",
+        }
+    }
+}
+
+/// How long each phase of one server connect took, filled in by
+/// [`ServerConn::connect_phased`] as the phases complete: a few
+/// `Instant::now()` calls and no allocation, cheap enough for every connect.
+/// A phase that did not complete (it failed, timed out, or never began) is
+/// `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectPhases {
+    /// Resolving the host name (about zero for an IP address).
+    pub dns: Option<Duration>,
+    /// TCP connect to the first address that accepts, socket options included.
+    pub tcp: Option<Duration>,
+    /// SSLRequest and the TLS handshake; `None` with `sslmode = disable`.
+    /// Also set when the server declined TLS under `prefer` (the SSLRequest
+    /// round trip) or a failed handshake fell back to plaintext (the attempt
+    /// and the new TCP connect): [`ServerConn::is_tls`] tells which.
+    pub tls: Option<Duration>,
+    /// Startup and authentication, until the first ReadyForQuery.
+    pub auth: Option<Duration>,
+    /// The phase under way when the connect ended: on error, the one that
+    /// failed (or was cut short by `connect_timeout`); on success, `Auth`.
+    pub phase: Option<ConnectPhase>,
+    /// The server's address: the first one resolved, then the one connected to.
+    pub addr: Option<SocketAddr>,
+}
+
 /// Transaction status from the last ReadyForQuery, and the replies still owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxState {
@@ -276,21 +325,55 @@ impl ServerConn {
         user: &str,
         password: Option<Secret>,
     ) -> Result<ServerConn, ConnectError> {
+        Self::connect_phased(
+            target,
+            dbname,
+            user,
+            password,
+            &mut ConnectPhases::default(),
+        )
+        .await
+    }
+
+    /// [`connect`](Self::connect), recording in `phases` how long each phase
+    /// took and which one was under way when it ended (on error: the one that
+    /// failed). `phases` is reset first. The whole attempt is bounded by
+    /// `connect_timeout`, as `connect` is.
+    pub async fn connect_phased(
+        target: &Target,
+        dbname: &str,
+        user: &str,
+        password: Option<Secret>,
+        phases: &mut ConnectPhases,
+    ) -> Result<ServerConn, ConnectError> {
+        *phases = ConnectPhases::default();
         let timeout = target.connect_timeout;
         let attempt = async {
-            let mut tcp = tcp_connect(target).await?;
+            let mut clock = Instant::now();
+            phases.phase = Some(ConnectPhase::Dns);
+            let addrs = resolve(target).await?;
+            phases.dns = Some(lap(&mut clock));
+            phases.addr = addrs.first().copied();
+            phases.phase = Some(ConnectPhase::Tcp);
+            let mut tcp = connect_addrs(target, &addrs).await?;
+            phases.tcp = Some(lap(&mut clock));
+            phases.addr = tcp.peer_addr().ok().or(phases.addr);
             let stream = match &target.tls {
                 None => ServerStream::Plain(tcp),
                 Some(config) => {
+                    phases.phase = Some(ConnectPhase::Tls);
                     let accepted = ssl_request(&mut tcp)
                         .await
                         .map_err(|e| unreachable(target, &e))?;
-                    if accepted {
+                    let stream = if accepted {
                         match crate::tls::handshake(config.clone(), &target.host, tcp).await {
                             Ok(s) => s,
-                            // libpq's prefer: a failed TLS attempt falls back to plaintext.
+                            // libpq's prefer: a failed TLS attempt falls back to
+                            // plaintext, on a new connection to the same addresses.
                             Err(_) if target.sslmode == SslMode::Prefer => {
-                                ServerStream::Plain(tcp_connect(target).await?)
+                                let tcp = connect_addrs(target, &addrs).await?;
+                                phases.addr = tcp.peer_addr().ok().or(phases.addr);
+                                ServerStream::Plain(tcp)
                             }
                             Err(e) => {
                                 return Err(ConnectError::Tls {
@@ -307,10 +390,15 @@ impl ServerConn {
                             host: target.host.clone(),
                             port: target.port,
                         });
-                    }
+                    };
+                    phases.tls = Some(lap(&mut clock));
+                    stream
                 }
             };
-            login(stream, dbname, user, password).await
+            phases.phase = Some(ConnectPhase::Auth);
+            let conn = login(stream, dbname, user, password).await?;
+            phases.auth = Some(lap(&mut clock));
+            Ok(conn)
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
@@ -499,19 +587,37 @@ fn unreachable(target: &Target, e: &io::Error) -> ConnectError {
     }
 }
 
-/// TCP connect to the first address that answers, with keepalives set so a
-/// NAT in between never sees the flow idle for long.
-async fn tcp_connect(target: &Target) -> Result<TcpStream, ConnectError> {
-    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+fn lap(clock: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let took = now.duration_since(*clock);
+    *clock = now;
+    took
+}
+
+/// Resolves `server.host` (an IP address needs no lookup). Fails when the
+/// name does not resolve or has no addresses.
+pub(crate) async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, ConnectError> {
+    let cannot = |reason: String| ConnectError::Unreachable {
+        host: target.host.clone(),
+        port: target.port,
+        reason,
+        refused: false,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
-        .map_err(|e| ConnectError::Unreachable {
-            host: target.host.clone(),
-            port: target.port,
-            reason: format!("cannot resolve host name: {e}"),
-            refused: false,
-        })?;
+        .map_err(|e| cannot(format!("cannot resolve host name: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(cannot("host name has no addresses".into()));
+    }
+    Ok(addrs)
+}
+
+/// TCP connect to the first of `addrs` that answers, with keepalives set so
+/// a NAT in between never sees the flow idle for long.
+async fn connect_addrs(target: &Target, addrs: &[SocketAddr]) -> Result<TcpStream, ConnectError> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host name has no addresses");
-    for addr in addrs {
+    for &addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(s) => {
                 // A client polling a closed local port in the ephemeral range
