@@ -52,8 +52,14 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
          [pool]\nsize = {size}\nmin_idle = 2\n\
          [lifecycle]\nprovider = \"command\"\nwake_timeout = \"60s\"\n\
          [lifecycle.command]\nstatus = {status:?}\nstart = {start:?}\nstop = {stop:?}\n\
+         [admin]\naddr = \"{admin}\"\n\
          [log]\nlevel = \"warn,pgwake_lifecycle=info\"\n",
         port = cluster.port(),
+        admin = if std::net::TcpListener::bind("127.0.0.1:9930").is_ok() {
+            "127.0.0.1:9930"
+        } else {
+            "127.0.0.1:0"
+        },
         size = args.pool_size,
         status = cluster.ctl_command("status"),
         start = cluster.ctl_command("start"),
@@ -61,7 +67,7 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let config = pgwake_config::load(Some(("demo", &toml)), None, [])
         .map_err(|e| anyhow::anyhow!("demo configuration:\n{e}"))?;
-    crate::init_logging(&config);
+    let _ = crate::init_logging(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -79,6 +85,7 @@ async fn demo(
 ) -> anyhow::Result<ExitCode> {
     let proxy = pgwake_proxy::Proxy::bind(config).await?;
     let addr = proxy.local_addr();
+    let admin = proxy.admin_addr();
     let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
     let server = tokio::spawn(proxy.run(async move { stopped.cancelled().await }));
@@ -86,6 +93,10 @@ async fn demo(
     println!(
         "\npgwake is listening. Point your app at it, with no password:\n\n  DATABASE_URL={url}\n"
     );
+    if let Some(admin) = admin {
+        println!("  metrics: http://{admin}/metrics   readiness: http://{admin}/readyz");
+        println!("  admin console: psql postgres://app@127.0.0.1:{}/pgwake -c 'SHOW POOLS'\n", addr.port());
+    }
 
     let setup = pgwake_testkit::connect_url(&url).await?;
     setup

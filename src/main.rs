@@ -159,11 +159,35 @@ fn run(src: &Source) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(errors) => return Ok(report(&errors)),
     };
-    init_logging(&config);
+    let set_log_level = init_logging(&config);
     raise_fd_limit(config.listen.max_client_conn);
     let rt = runtime(config.listen.worker_threads)?;
+    let reload_from = Source {
+        config: src.config.clone(),
+        server_url: src.server_url.clone(),
+    };
+    let hooks = pgwake_proxy::Hooks {
+        reload: Some(Box::new(move || match reload_from.load() {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(errors)) => Err(format!("the configuration has problems:\n{errors}")),
+            Err(e) => Err(format!("{e:#}")),
+        })),
+        set_log_level,
+    };
     rt.block_on(async move {
-        let proxy = pgwake_proxy::Proxy::bind(config).await?;
+        let proxy = pgwake_proxy::Proxy::bind_with(config, hooks).await?;
+        let shared = proxy.shared();
+        // SIGHUP reloads the configuration.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                let s = shared.clone();
+                // Reading the file and building credentials block briefly.
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+            }
+        });
         proxy.run(shutdown_signal()).await;
         Ok(ExitCode::SUCCESS)
     })
@@ -202,17 +226,43 @@ fn raise_fd_limit(max_clients: usize) {
     }
 }
 
-/// Logs to stderr, as text or JSON, at `log.level` unless `RUST_LOG` says otherwise.
-pub(crate) fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+/// Logs to stderr, as text or JSON, at `log.level` unless `RUST_LOG` says
+/// otherwise. Returns the means to change the level on reload.
+pub(crate) fn init_logging(config: &Config) -> Option<pgwake_proxy::LogLevelSetter> {
+    use tracing_subscriber::EnvFilter;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.log.level));
+    let setter = move |reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>| -> pgwake_proxy::LogLevelSetter {
+        Box::new(move |level| {
+            if pinned {
+                return Err("RUST_LOG is set and takes precedence".into());
+            }
+            reload(EnvFilter::new(level))
+        })
     };
+    let setter = match config.log.format {
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().ok()?;
+            setter(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())))
+        }
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().ok()?;
+            setter(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())))
+        }
+    };
+    Some(setter)
 }
 
 /// Completes on SIGTERM or SIGINT.

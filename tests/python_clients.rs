@@ -60,6 +60,7 @@ fn sidecar_env(listen_port: u16, server_port: u16) -> Vec<(&'static str, String)
         ("PGWAKE_SERVER_HOST", "127.0.0.1".to_string()),
         ("PGWAKE_SERVER_PORT", server_port.to_string()),
         ("PGWAKE_SERVER_AUTH_PASSWORD", PASSWORD.to_string()),
+        ("PGWAKE_ADMIN_ADDR", "127.0.0.1:0".to_string()),
     ]
 }
 

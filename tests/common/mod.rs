@@ -13,6 +13,8 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 pub struct Pgwake {
     child: Child,
     pub port: u16,
+    /// The admin HTTP port (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_port: u16,
     logs: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
@@ -49,6 +51,8 @@ impl Pgwake {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let admin_port = pgwake_testkit::free_port();
+        cmd.env("PGWAKE_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -70,6 +74,7 @@ impl Pgwake {
         let me = Pgwake {
             child,
             port,
+            admin_port,
             logs,
             _dir: dir,
         };
@@ -89,6 +94,11 @@ impl Pgwake {
             self.port,
             self.logs()
         );
+    }
+
+    /// Replaces the config file (reloaded on SIGHUP or RELOAD).
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(self._dir.path().join("pgwake.toml"), toml).expect("write config");
     }
 
     pub fn pid(&self) -> u32 {
@@ -231,4 +241,42 @@ pub fn tls_cluster(pki: &Pki) -> pgwake_testkit::Cluster {
         .tls(&pki.cert_pem, &pki.key_pem)
         .start()
         .expect("start TLS cluster")
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and the body. Bounded by
+/// `limit` (a `/readyz?wait=` request may take that long).
+pub fn http_get(port: u16, path: &str, limit: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to admin HTTP");
+    s.set_read_timeout(Some(limit)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read HTTP response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `series` (name with labels, exactly as printed)
+/// in a Prometheus text exposition, or 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }

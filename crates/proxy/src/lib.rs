@@ -40,7 +40,7 @@ use crate::pool::{Pool, PoolKey, PoolSettings, ServerSide};
 use crate::server::Target;
 use crate::stats::Metrics;
 
-pub use reload::Hooks;
+pub use reload::{ConfigSource, Hooks, LogLevelSetter};
 
 /// State shared by every session.
 pub struct Shared {
@@ -336,6 +336,7 @@ pub enum StartError {
 pub struct Proxy {
     shared: Arc<Shared>,
     listeners: listener::Listeners,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Proxy {
@@ -382,7 +383,7 @@ impl Proxy {
         });
         let listeners = listener::Listeners::bind(&shared).await?;
         let config = shared.config();
-        admin::http::start(&shared, &config.admin.addr).await?;
+        let admin_addr = admin::http::start(&shared, &config.admin.addr).await?;
         // Token caches fetch their first token now, then refresh ahead of expiry.
         if let Some(cache) = creds.refresher {
             shared.run_refresher(cache);
@@ -408,12 +409,21 @@ impl Proxy {
             }
         }
         shared.warm_configured_pools(&config);
-        Ok(Proxy { shared, listeners })
+        Ok(Proxy {
+            shared,
+            listeners,
+            admin_addr,
+        })
     }
 
     /// The TCP address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listeners.tcp_addr
+    }
+
+    /// The admin HTTP server's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Shared state, for status reporting.

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::params::Params;
-use crate::server::{ConnectError, ServerConn, Target};
+use crate::server::{ConnectError, ConnectPhases, ServerConn, Target};
 use crate::stats::{self, Metrics, PoolCounts, PoolHistograms, TimeoutKind};
 
 /// Which pool: the server database and the server user.
@@ -483,17 +483,19 @@ impl Pool {
                     return Err(e);
                 }
             };
-            let e = match ServerConn::connect(
+            let mut phases = ConnectPhases::default();
+            let e = match ServerConn::connect_phased(
                 &server.target,
                 &inner.key.dbname,
                 &inner.key.user,
                 password,
+                &mut phases,
             )
             .await
             {
                 Ok(mut conn) => {
                     conn.credential_generation = generation;
-                    inner.metrics.connect_phases(None, None, None, None);
+                    inner.metrics.connect_phases(&phases);
                     inner.lock().auth_failure = None;
                     inner.learn(&conn);
                     return Ok(conn);

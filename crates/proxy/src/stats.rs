@@ -185,9 +185,9 @@ impl Metrics {
     }
 
     /// Records how long each phase of a successful server connect took.
-    pub fn connect_phases(&self, dns: Option<Duration>, tcp: Option<Duration>, tls: Option<Duration>, auth: Option<Duration>) {
+    pub fn connect_phases(&self, p: &crate::server::ConnectPhases) {
         self.connects.fetch_add(1, Ordering::Relaxed);
-        for (h, d) in self.connect_phase.iter().zip([dns, tcp, tls, auth]) {
+        for (h, d) in self.connect_phase.iter().zip([p.dns, p.tcp, p.tls, p.auth]) {
             if let Some(d) = d {
                 h.record(d.as_secs_f64());
             }

@@ -22,9 +22,12 @@ use crate::{Shared, StartError};
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// Binds `addr` (empty: no server) and serves until the proxy stops.
-pub(crate) async fn start(shared: &Arc<Shared>, addr: &str) -> Result<(), StartError> {
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    addr: &str,
+) -> Result<Option<std::net::SocketAddr>, StartError> {
     if addr.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let err = |source| StartError::Admin {
         addr: addr.to_owned(),
@@ -47,7 +50,7 @@ pub(crate) async fn start(shared: &Arc<Shared>, addr: &str) -> Result<(), StartE
             tracing::error!(error = %e, "admin HTTP server stopped");
         }
     });
-    Ok(())
+    Ok(Some(local))
 }
 
 type AppState = State<std::sync::Weak<Shared>>;

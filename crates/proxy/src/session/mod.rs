@@ -765,6 +765,7 @@ mod tests {
             .unwrap();
         let mut cfg = pgwake_config::load(None, Some("postgres://a@127.0.0.1:1/a"), []).unwrap();
         cfg.listen.addr = "127.0.0.1:0".into();
+        cfg.admin.addr = "127.0.0.1:0".into();
         let proxy = crate::Proxy::bind(cfg).await.unwrap();
         let fut = super::serve(c, "test".into(), proxy.shared(), true);
         let size = std::mem::size_of_val(&fut);

@@ -1,0 +1,330 @@
+//! Operating pgwake: Prometheus metrics, health and readiness, the admin
+//! console (with PgBouncer's tools), and reloading the configuration.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{cluster, config_for, http_get, metric, Pgwake};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn scrape(p: &Pgwake) -> String {
+    let (status, body) = http_get(p.admin_port, "/metrics", 10 * SECOND);
+    assert_eq!(status, 200, "/metrics: {body}");
+    body
+}
+
+/// Runs `sql` on the admin console with psql; its output (tuples only, `|`-separated).
+fn console(cluster: &pgwake_testkit::Cluster, p: &Pgwake, sql: &str) -> Result<String, String> {
+    let out = Command::new(cluster.bin().path("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args(["-p", &p.port.to_string(), "-U", "app", "-d", "pgwake", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_workload_and_pass_promtool() {
+    let cluster = cluster();
+    let p = Pgwake::start(&cluster, "size = 4\nmin_idle = 1");
+    let client = p.client().await;
+    client.simple_query("select 1").await.unwrap();
+    // Prepared once: each execution is then one Bind/Execute/Sync round.
+    let stmt = client.prepare("select $1::int").await.unwrap();
+    let series = |name: &str| format!("{name}{{database=\"app\",user=\"app\"}}");
+    let before = scrape(&p);
+    const N: usize = 150;
+    for i in 0..N {
+        if i % 3 == 0 {
+            // Extended protocol.
+            client.query(&stmt, &[&1i32]).await.unwrap();
+        } else if i % 3 == 1 {
+            client.simple_query("select 1").await.unwrap();
+        } else {
+            // Three queries, one transaction.
+            client
+                .batch_execute("begin; select 1; commit")
+                .await
+                .unwrap();
+        }
+    }
+    let after = scrape(&p);
+    let delta = |name: &str| metric(&after, &series(name)) - metric(&before, &series(name));
+    assert_eq!(delta("pgwake_transactions_total"), N as f64, "{after}");
+    // A batch of three statements in one Query message is one query.
+    assert_eq!(delta("pgwake_queries_total"), N as f64, "{after}");
+    assert!(delta("pgwake_received_bytes_total") > 0.0);
+    assert!(delta("pgwake_sent_bytes_total") > 0.0);
+    assert!(
+        metric(
+            &after,
+            "pgwake_transaction_duration_seconds_count{database=\"app\",user=\"app\"}"
+        ) >= N as f64,
+        "{after}"
+    );
+    assert!(metric(&after, "pgwake_server_connects_total") >= 1.0);
+    // The client holds its connection (its named statement lives there).
+    assert_eq!(
+        metric(
+            &after,
+            "pgwake_client_connections{database=\"app\",user=\"app\",state=\"active\"}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert!(after.contains("pgwake_server_connect_phase_seconds_bucket{phase=\"auth\""));
+
+    // promtool, the Prometheus project's own checker, accepts the exposition.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (Debian package prometheus)");
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(after.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
+    let cluster = cluster();
+    let p = Pgwake::start(&cluster, "size = 3\nmin_idle = 2");
+    let client = p.client().await;
+    for _ in 0..10 {
+        client.simple_query("select 1").await.unwrap();
+    }
+    let pools = console(&cluster, &p, "SHOW POOLS").expect("SHOW POOLS");
+    // database|user|cl_active|cl_waiting|...|pool_mode|load_balance_hosts
+    let row: Vec<&str> = pools
+        .lines()
+        .find(|l| l.starts_with("app|app|"))
+        .unwrap_or_else(|| panic!("no app pool in:\n{pools}"))
+        .split('|')
+        .collect();
+    assert_eq!(row[2], "1", "one client logged in: {pools}");
+    assert_eq!(row[15], "transaction", "{pools}");
+    let stats = console(&cluster, &p, "SHOW STATS").unwrap();
+    let xacts: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("app|"))
+        .and_then(|l| l.split('|').nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no app row in SHOW STATS:\n{stats}"));
+    assert!(xacts >= 10, "{stats}");
+    for cmd in [
+        "SHOW CLIENTS",
+        "SHOW SERVERS",
+        "SHOW DATABASES",
+        "SHOW LISTS",
+        "SHOW CONFIG",
+        "SHOW VERSION",
+        "SHOW STATE",
+    ] {
+        let out = console(&cluster, &p, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        assert!(!out.trim().is_empty(), "{cmd} printed nothing");
+    }
+    assert!(console(&cluster, &p, "SHOW CLIENTS").unwrap().contains("|app|app|"));
+    assert!(console(&cluster, &p, "SHOW CONFIG")
+        .unwrap()
+        .contains("pool.size|3|20|yes"));
+    let bad = console(&cluster, &p, "SHOW NOTHING").unwrap_err();
+    assert!(bad.contains("unknown SHOW command"), "{bad}");
+    // The pgbouncer alias works too.
+    let out = Command::new(cluster.bin().path("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &p.port.to_string()])
+        .args(["-U", "app", "-d", "pgbouncer", "-c", "SHOW VERSION"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgwake "));
+
+    // prometheus-pgbouncer-exporter (Debian's) reads SHOW STATS, POOLS,
+    // DATABASES and LISTS and exports them.
+    let port = pgwake_testkit::free_port();
+    let mut exporter = Command::new("prometheus-pgbouncer-exporter")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--pgbouncer-host", "127.0.0.1", "--pgbouncer-port", &p.port.to_string()])
+        .args(["--pgbouncer-user", "app"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prometheus-pgbouncer-exporter (Debian package)");
+    let mut body = None;
+    for _ in 0..100 {
+        if let Some(status) = exporter.try_wait().unwrap() {
+            let out = exporter.wait_with_output().unwrap();
+            panic!(
+                "the exporter exited ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            body = Some(http_get(port, "/metrics", 10 * SECOND));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = exporter.kill();
+    let out = exporter.wait_with_output().unwrap();
+    let (status, body) = body.expect("the exporter never listened");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status, 200, "{body}\n{stderr}");
+    assert!(!stderr.contains("Traceback"), "{stderr}");
+    assert!(
+        metric(&body, "pgbouncer_requests_total{database=\"app\"}") >= 10.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "pgbouncer_pool_size{database=\"app\"}"),
+        3.0,
+        "{body}"
+    );
+    assert!(
+        metric(&body, "pgbouncer_active_clients{database=\"app\",user=\"app\"}") >= 1.0,
+        "{body}"
+    );
+    assert!(metric(&body, "pgbouncer_pools") >= 1.0, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let base = config_for(&cluster, port, "size = 2\nmin_idle = 1");
+    let mut p = Pgwake::start_config(&base, port, &[]);
+    let url = p.url("app");
+    // Four clients at once in transactions: the pool gives out two connections.
+    let busy = |n: usize| {
+        let url = url.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for _ in 0..n {
+                let url = url.clone();
+                tasks.push(tokio::spawn(async move {
+                    let c = pgwake_testkit::connect_url(&url).await.unwrap();
+                    c.batch_execute("begin; select pg_sleep(0.6); commit")
+                        .await
+                        .unwrap();
+                }));
+            }
+            tasks
+        }
+    };
+    let tasks = busy(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(common::app_backends(&cluster), 2);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    malformed_startup(p.port);
+    assert!(!p.logs().contains("DEBUG"), "no debug lines at level info");
+
+    // Larger pool, debug logs: SIGHUP applies both without a restart.
+    p.rewrite_config(&(base.replace("size = 2", "size = 5") + "[log]\nlevel = \"debug\"\n"));
+    p.signal("HUP");
+    wait_for(|| p.logs().contains("configuration reloaded"), &p);
+    let tasks = busy(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(common::app_backends(&cluster) >= 4, "the pool grew past 2");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    malformed_startup(p.port);
+    wait_for(|| p.logs().contains("refused malformed startup"), &p);
+    assert!(p.logs().contains("DEBUG"), "debug lines after the reload");
+    assert!(console(&cluster, &p, "SHOW CONFIG")
+        .unwrap()
+        .contains("pool.size|5|"));
+
+    // A bad file: rejected, with the key named; the old settings stay.
+    p.rewrite_config(&base.replace("size = 2", "size = 3\nsise = 4"));
+    let err = console(&cluster, &p, "RELOAD").unwrap_err();
+    assert!(err.contains("sise"), "{err}");
+    assert!(p.logs().contains("configuration reload rejected"));
+    assert!(console(&cluster, &p, "SHOW CONFIG")
+        .unwrap()
+        .contains("pool.size|5|"));
+    p.client().await.simple_query("select 1").await.unwrap();
+    let (_, m) = http_get(p.admin_port, "/metrics", 10 * SECOND);
+    assert_eq!(metric(&m, "pgwake_reloads_total{result=\"failed\"}"), 1.0);
+    assert_eq!(metric(&m, "pgwake_reloads_total{result=\"ok\"}"), 1.0);
+    p.signal("TERM");
+    assert!(p.wait_exit(20 * SECOND).is_some());
+}
+
+/// A client that sends garbage instead of a startup packet: pgwake logs
+/// that at debug level.
+fn malformed_startup(port: u16) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(10 * SECOND)).unwrap();
+    s.write_all(&[0, 0, 0, 8, 0, 0, 0, 0]).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&b'E'), "an ErrorResponse");
+}
+
+fn wait_for(cond: impl Fn() -> bool, p: &Pgwake) {
+    let began = Instant::now();
+    while !cond() {
+        assert!(
+            began.elapsed() < 20 * SECOND,
+            "timed out; logs:\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_the_server_is_down_and_readyz_waits_for_warm_pools() {
+    let cluster = cluster();
+    cluster.stop().unwrap();
+    let p = Pgwake::start(&cluster, "size = 4\nmin_idle = 3");
+    let (status, body) = http_get(p.admin_port, "/healthz", 10 * SECOND);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = http_get(p.admin_port, "/readyz", 10 * SECOND);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("0 of 3"), "{body}");
+    let (status, _) = http_get(p.admin_port, "/readyz?wait=soon", 10 * SECOND);
+    assert_eq!(status, 400);
+
+    // A start-up probe waits; the server comes up; the probe answers ready.
+    let admin = p.admin_port;
+    let waiting = std::thread::spawn(move || {
+        let r = http_get(admin, "/readyz?wait=60s", 70 * SECOND);
+        (r, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "readyz?wait= answered before the pool was warm");
+    let started = Instant::now();
+    cluster.start_again().unwrap();
+    let ((status, body), answered) = waiting.join().unwrap();
+    assert_eq!(status, 200, "{body}\n{}", p.logs());
+    assert!(answered >= started);
+    assert!(common::app_backends(&cluster) >= 3);
+    // Liveness never needed the database.
+    assert_eq!(http_get(p.admin_port, "/healthz", 10 * SECOND).0, 200);
+}
