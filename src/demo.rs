@@ -95,7 +95,10 @@ async fn demo(
     );
     if let Some(admin) = admin {
         println!("  metrics: http://{admin}/metrics   readiness: http://{admin}/readyz");
-        println!("  admin console: psql postgres://app@127.0.0.1:{}/pgwake -c 'SHOW POOLS'\n", addr.port());
+        println!(
+            "  admin console: psql postgres://app@127.0.0.1:{}/pgwake -c 'SHOW POOLS'\n",
+            addr.port()
+        );
     }
 
     let setup = pgwake_testkit::connect_url(&url).await?;

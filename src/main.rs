@@ -250,7 +250,9 @@ pub(crate) fn init_logging(config: &Config) -> Option<pgwake_proxy::LogLevelSett
                 .with_filter_reloading();
             let handle = builder.reload_handle();
             builder.try_init().ok()?;
-            setter(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())))
+            setter(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }))
         }
         LogFormat::Text => {
             let builder = tracing_subscriber::fmt()
@@ -259,7 +261,9 @@ pub(crate) fn init_logging(config: &Config) -> Option<pgwake_proxy::LogLevelSett
                 .with_filter_reloading();
             let handle = builder.reload_handle();
             builder.try_init().ok()?;
-            setter(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())))
+            setter(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }))
         }
     };
     Some(setter)

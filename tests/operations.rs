@@ -20,7 +20,16 @@ fn scrape(p: &Pgwake) -> String {
 fn console(cluster: &pgwake_testkit::Cluster, p: &Pgwake, sql: &str) -> Result<String, String> {
     let out = Command::new(cluster.bin().path("psql"))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args(["-p", &p.port.to_string(), "-U", "app", "-d", "pgwake", "-c", sql])
+        .args([
+            "-p",
+            &p.port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            "pgwake",
+            "-c",
+            sql,
+        ])
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null())
         .output()
@@ -145,7 +154,9 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
         let out = console(&cluster, &p, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
         assert!(!out.trim().is_empty(), "{cmd} printed nothing");
     }
-    assert!(console(&cluster, &p, "SHOW CLIENTS").unwrap().contains("|app|app|"));
+    assert!(console(&cluster, &p, "SHOW CLIENTS")
+        .unwrap()
+        .contains("|app|app|"));
     assert!(console(&cluster, &p, "SHOW CONFIG")
         .unwrap()
         .contains("pool.size|3|20|yes"));
@@ -153,7 +164,15 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
     assert!(bad.contains("unknown SHOW command"), "{bad}");
     // The pgbouncer alias works too.
     let out = Command::new(cluster.bin().path("psql"))
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &p.port.to_string()])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.port.to_string(),
+        ])
         .args(["-U", "app", "-d", "pgbouncer", "-c", "SHOW VERSION"])
         .output()
         .unwrap();
@@ -164,7 +183,12 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
     let port = pgwake_testkit::free_port();
     let mut exporter = Command::new("prometheus-pgbouncer-exporter")
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--pgbouncer-host", "127.0.0.1", "--pgbouncer-port", &p.port.to_string()])
+        .args([
+            "--pgbouncer-host",
+            "127.0.0.1",
+            "--pgbouncer-port",
+            &p.port.to_string(),
+        ])
         .args(["--pgbouncer-user", "app"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -202,7 +226,10 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
         "{body}"
     );
     assert!(
-        metric(&body, "pgbouncer_active_clients{database=\"app\",user=\"app\"}") >= 1.0,
+        metric(
+            &body,
+            "pgbouncer_active_clients{database=\"app\",user=\"app\"}"
+        ) >= 1.0,
         "{body}"
     );
     assert!(metric(&body, "pgbouncer_pools") >= 1.0, "{body}");
@@ -318,7 +345,10 @@ async fn healthz_answers_while_the_server_is_down_and_readyz_waits_for_warm_pool
         (r, Instant::now())
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!waiting.is_finished(), "readyz?wait= answered before the pool was warm");
+    assert!(
+        !waiting.is_finished(),
+        "readyz?wait= answered before the pool was warm"
+    );
     let started = Instant::now();
     cluster.start_again().unwrap();
     let ((status, body), answered) = waiting.join().unwrap();

@@ -71,9 +71,12 @@ fn checkout_checkin(c: &mut Criterion) {
         let pool = Pool::new(
             key,
             settings,
-            Arc::new(target),
-            Arc::new(NoPassword),
+            pgwake_proxy::pool::ServerSide {
+                target: Arc::new(target),
+                credentials: Arc::new(NoPassword),
+            },
             None,
+            Arc::new(pgwake_proxy::stats::Metrics::new()),
             CancellationToken::new(),
         );
         let p = pool.checkout().await.unwrap();

@@ -69,7 +69,8 @@ impl ClientInfo {
 
     /// Notes a new request (a server connection is being attached).
     pub fn requested(&self) {
-        self.request_time.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+        self.request_time
+            .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
     }
 
     pub fn request_time(&self) -> u64 {

@@ -85,8 +85,13 @@ pub(crate) struct LiveTimeouts {
 
 impl LiveTimeouts {
     fn set(&self, c: &Config) {
-        let ms = |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
-        self.query.store(ms(c.timeouts.query_timeout), Ordering::Relaxed);
+        let ms = |d: Option<Duration>| {
+            d.map_or(0, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+            })
+        };
+        self.query
+            .store(ms(c.timeouts.query_timeout), Ordering::Relaxed);
         self.idle_transaction
             .store(ms(c.timeouts.idle_transaction_timeout), Ordering::Relaxed);
         self.client_idle
@@ -299,9 +304,7 @@ impl Shared {
             .values()
             .map(|(p, _)| p.clone())
             .collect();
-        v.sort_by(|a, b| {
-            (&a.key().dbname, &a.key().user).cmp(&(&b.key().dbname, &b.key().user))
-        });
+        v.sort_by(|a, b| (&a.key().dbname, &a.key().user).cmp(&(&b.key().dbname, &b.key().user)));
         v
     }
 }

@@ -353,8 +353,8 @@ impl Pool {
         loop {
             let next = {
                 let mut st = self.inner.lock();
-                let deadline =
-                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + st.settings.wait_timeout);
+                let deadline = *deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + st.settings.wait_timeout);
                 if st.closed {
                     return Err(CheckoutError::Closed);
                 }

@@ -45,7 +45,9 @@ impl Shared {
             }
             Err(e) => {
                 self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("configuration reload rejected; the previous configuration stays in force: {e}");
+                tracing::error!(
+                    "configuration reload rejected; the previous configuration stays in force: {e}"
+                );
             }
         }
         result
@@ -53,7 +55,9 @@ impl Shared {
 
     fn try_reload(&self) -> Result<Vec<String>, String> {
         let Some(source) = &self.hooks.reload else {
-            return Err("this pgwake was not started from a configuration it can read again".into());
+            return Err(
+                "this pgwake was not started from a configuration it can read again".into(),
+            );
         };
         let new = source()?;
         let old = self.config();
@@ -66,7 +70,10 @@ impl Shared {
         if old.admin.addr != new.admin.addr {
             restart.push("admin.addr");
         }
-        if changed(format!("{:?}", old.lifecycle), format!("{:?}", new.lifecycle)) {
+        if changed(
+            format!("{:?}", old.lifecycle),
+            format!("{:?}", new.lifecycle),
+        ) {
             restart.push("lifecycle");
         }
         if old.log.format != new.log.format {
@@ -106,8 +113,11 @@ impl Shared {
             *self.server.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
             if let Some(cache) = refresher {
                 self.run_refresher(cache);
-            } else if let Some((_, stop)) =
-                self.refresher.lock().unwrap_or_else(|e| e.into_inner()).take()
+            } else if let Some((_, stop)) = self
+                .refresher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
             {
                 stop.cancel();
             }

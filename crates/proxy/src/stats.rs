@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// Histogram buckets (seconds): 100 µs to 2 min.
 const BUCKETS: &[f64] = &[
@@ -142,7 +144,10 @@ impl Metrics {
             .expect("non-empty buckets")
             .build_recorder();
         for (name, kind, help) in DESCRIPTIONS {
-            let (name, help) = (metrics::KeyName::from(*name), metrics::SharedString::from(*help));
+            let (name, help) = (
+                metrics::KeyName::from(*name),
+                metrics::SharedString::from(*help),
+            );
             match kind {
                 'c' => recorder.describe_counter(name, None, help),
                 'g' => recorder.describe_gauge(name, None, help),
@@ -151,17 +156,18 @@ impl Metrics {
         }
         let phase = |p: &'static str| {
             recorder.register_histogram(
-                &Key::from_parts("pgwake_server_connect_phase_seconds", vec![Label::new("phase", p)]),
+                &Key::from_parts(
+                    "pgwake_server_connect_phase_seconds",
+                    vec![Label::new("phase", p)],
+                ),
                 &METADATA,
             )
         };
         Metrics {
             handle: recorder.handle(),
             connect_phase: [phase("dns"), phase("tcp"), phase("tls"), phase("auth")],
-            wake_seconds: recorder.register_histogram(
-                &Key::from_name("pgwake_wake_duration_seconds"),
-                &METADATA,
-            ),
+            wake_seconds: recorder
+                .register_histogram(&Key::from_name("pgwake_wake_duration_seconds"), &METADATA),
             recorder,
             timeouts: Default::default(),
             connect_errors: Default::default(),
@@ -197,8 +203,10 @@ impl Metrics {
     /// Histograms for one pool.
     pub fn pool_histograms(&self, database: &str, user: &str) -> PoolHistograms {
         let h = |name: &'static str| {
-            self.recorder
-                .register_histogram(&Key::from_parts(name, pool_labels(database, user)), &METADATA)
+            self.recorder.register_histogram(
+                &Key::from_parts(name, pool_labels(database, user)),
+                &METADATA,
+            )
         };
         PoolHistograms {
             wait: h("pgwake_pool_wait_seconds"),

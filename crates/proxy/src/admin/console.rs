@@ -243,8 +243,7 @@ async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) -> bool {
             return true;
         }
         ["HELP"] | ["SHOW"] => {
-            ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, HELP)
-                .write(out);
+            ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, HELP).write(out);
             backend::command_complete(out, "SHOW");
         }
         _ => error(

@@ -91,7 +91,10 @@ async fn readyz(
         match verdict {
             Ok(why) => return (StatusCode::OK, format!("ready: {why}\n")).into_response(),
             Err(why) if tokio::time::Instant::now() >= until => {
-                return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                )
                     .into_response()
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -139,7 +142,10 @@ async fn metrics(State(shared): AppState) -> axum::response::Response {
     };
     publish(&shared);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.metrics.render(),
     )
         .into_response()
@@ -186,7 +192,8 @@ fn publish(shared: &Shared) {
             ("pgwake_received_bytes_total", &c.received),
             ("pgwake_sent_bytes_total", &c.sent),
         ] {
-            m.counter(name, labels()).absolute(v.load(Ordering::Relaxed));
+            m.counter(name, labels())
+                .absolute(v.load(Ordering::Relaxed));
         }
     }
     if let Some(st) = shared.refresher_stats() {
@@ -201,7 +208,8 @@ fn publish(shared: &Shared) {
                 Ok(d) => d.as_secs_f64(),
                 Err(e) => -e.duration().as_secs_f64(),
             };
-            m.gauge("pgwake_credential_expiry_seconds", vec![]).set(secs);
+            m.gauge("pgwake_credential_expiry_seconds", vec![])
+                .set(secs);
         }
     }
     if let Some(l) = shared.lifecycle() {
@@ -221,7 +229,8 @@ fn publish(shared: &Shared) {
         m.counter("pgwake_wakes_total", vec![]).absolute(st.wakes);
         m.counter("pgwake_wake_failures_total", vec![])
             .absolute(st.wake_failures);
-        m.counter("pgwake_idle_stops_total", vec![]).absolute(st.stops);
+        m.counter("pgwake_idle_stops_total", vec![])
+            .absolute(st.stops);
     }
     m.gauge("pgwake_paused", vec![])
         .set(if shared.is_paused() { 1.0 } else { 0.0 });

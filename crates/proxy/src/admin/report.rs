@@ -70,7 +70,9 @@ fn timestamp(unix_us: u64) -> String {
 fn split_peer(peer: &str) -> (String, String) {
     match peer.rsplit_once(':') {
         Some((host, port)) => (
-            host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port.to_owned(),
         ),
         None => (peer.to_owned(), "0".to_owned()),
@@ -259,41 +261,48 @@ fn stats(shared: &Shared, averages: bool) -> Table {
     t
 }
 
-fn socket_row(
-    kind: &str,
-    user: &str,
-    database: &str,
-    state: &str,
-    peer: &str,
+/// One row of SHOW CLIENTS or SHOW SERVERS.
+struct Socket<'a> {
+    kind: &'a str,
+    user: &'a str,
+    database: &'a str,
+    state: &'a str,
+    peer: &'a str,
+    /// Connect and request time, Unix µs.
     times: (u64, u64),
     wait_us: u64,
+    /// Its own ID, the ID of the socket it is linked to, the remote pid.
     ids: (u64, Option<u64>, u32),
     tls: bool,
-    application_name: &str,
-) -> Vec<Option<String>> {
-    let (addr, port) = split_peer(peer);
-    let (ptr, link, remote_pid) = ids;
-    vec![
-        s(kind),
-        s(user),
-        s(database),
-        s(state),
-        s(addr),
-        s(port),
-        None,
-        s(0),
-        s(timestamp(times.0)),
-        s(timestamp(times.1)),
-        s(wait_us / 1_000_000),
-        s(wait_us % 1_000_000),
-        s(0),
-        s(format!("{ptr:#x}")),
-        s(link.map(|l| format!("{l:#x}")).unwrap_or_default()),
-        s(remote_pid),
-        s(if tls { "TLS" } else { "" }),
-        s(application_name),
-        s(0),
-    ]
+    application_name: &'a str,
+}
+
+impl Socket<'_> {
+    fn row(&self) -> Vec<Option<String>> {
+        let (addr, port) = split_peer(self.peer);
+        let (ptr, link, remote_pid) = self.ids;
+        vec![
+            s(self.kind),
+            s(self.user),
+            s(self.database),
+            s(self.state),
+            s(addr),
+            s(port),
+            None,
+            s(0),
+            s(timestamp(self.times.0)),
+            s(timestamp(self.times.1)),
+            s(self.wait_us / 1_000_000),
+            s(self.wait_us % 1_000_000),
+            s(0),
+            s(format!("{ptr:#x}")),
+            s(link.map(|l| format!("{l:#x}")).unwrap_or_default()),
+            s(remote_pid),
+            s(if self.tls { "TLS" } else { "" }),
+            s(self.application_name),
+            s(0),
+        ]
+    }
 }
 
 fn clients(shared: &Shared) -> Table {
@@ -307,18 +316,21 @@ fn clients(shared: &Shared) -> Table {
             0
         };
         let pid = c.server_pid();
-        t.row(socket_row(
-            "C",
-            &c.user,
-            &c.database,
-            state.name(),
-            &c.peer,
-            (unix_micros(c.connect_time), c.request_time()),
-            wait,
-            (c.id, (pid != 0).then_some(u64::from(pid) << 32), 0),
-            false,
-            &c.application_name,
-        ));
+        t.row(
+            Socket {
+                kind: "C",
+                user: &c.user,
+                database: &c.database,
+                state: state.name(),
+                peer: &c.peer,
+                times: (unix_micros(c.connect_time), c.request_time()),
+                wait_us: wait,
+                ids: (c.id, (pid != 0).then_some(u64::from(pid) << 32), 0),
+                tls: false,
+                application_name: &c.application_name,
+            }
+            .row(),
+        );
     }
     t
 }
@@ -333,34 +345,40 @@ fn servers(shared: &Shared) -> Table {
         if pid == 0 {
             continue;
         }
-        t.row(socket_row(
-            "S",
-            &c.pool.user,
-            &c.pool.dbname,
-            "active",
-            &shared.server_addr(),
-            (c.request_time(), c.request_time()),
-            0,
-            (u64::from(pid) << 32, Some(c.id), pid),
-            false,
-            "",
-        ));
+        t.row(
+            Socket {
+                kind: "S",
+                user: &c.pool.user,
+                database: &c.pool.dbname,
+                state: "active",
+                peer: &shared.server_addr(),
+                times: (c.request_time(), c.request_time()),
+                wait_us: 0,
+                ids: (u64::from(pid) << 32, Some(c.id), pid),
+                tls: false,
+                application_name: "",
+            }
+            .row(),
+        );
     }
     for p in shared.pools() {
         let snap: PoolSnapshot = p.snapshot();
         for conn in snap.idle_conns {
-            t.row(socket_row(
-                "S",
-                &p.key().user,
-                &p.key().dbname,
-                "idle",
-                &conn.addr.to_string(),
-                (ago(conn.age), ago(conn.idle_for)),
-                0,
-                (u64::from(conn.pid) << 32, None, conn.pid),
-                conn.tls,
-                "",
-            ));
+            t.row(
+                Socket {
+                    kind: "S",
+                    user: &p.key().user,
+                    database: &p.key().dbname,
+                    state: "idle",
+                    peer: &conn.addr.to_string(),
+                    times: (ago(conn.age), ago(conn.idle_for)),
+                    wait_us: 0,
+                    ids: (u64::from(conn.pid) << 32, None, conn.pid),
+                    tls: conn.tls,
+                    application_name: "",
+                }
+                .row(),
+            );
         }
     }
     t
@@ -469,12 +487,17 @@ fn config(shared: &Shared) -> Table {
         ("changeable", TEXT),
     ]);
     let config = shared.config();
-    let defaults: BTreeMap<String, String> =
-        pgwake_config::Config::default().flatten().into_iter().collect();
+    let defaults: BTreeMap<String, String> = pgwake_config::Config::default()
+        .flatten()
+        .into_iter()
+        .collect();
     let mut rows = config.flatten();
     // PgBouncer's names for the settings tools look for.
     rows.extend([
-        ("max_client_conn".into(), config.listen.max_client_conn.to_string()),
+        (
+            "max_client_conn".into(),
+            config.listen.max_client_conn.to_string(),
+        ),
         ("default_pool_size".into(), config.pool.size.to_string()),
         ("min_pool_size".into(), config.pool.min_idle.to_string()),
         ("pool_mode".into(), mode_name(config.pool.mode).into()),
@@ -494,7 +517,10 @@ fn state(shared: &Shared) -> Table {
     row("active", yes_no(!shared.shutdown.is_cancelled()));
     row("paused", yes_no(shared.is_paused()));
     row("suspended", "no".into());
-    row("uptime_seconds", shared.started.elapsed().as_secs().to_string());
+    row(
+        "uptime_seconds",
+        shared.started.elapsed().as_secs().to_string(),
+    );
     let config = shared.config();
     row(
         "server",

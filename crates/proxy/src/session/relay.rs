@@ -31,11 +31,25 @@ const QUERY_TEXT_MAX: usize = 200;
 async fn sleep_until(at: Option<(Instant, TimeoutKind)>) -> TimeoutKind {
     match at {
         Some((at, kind)) => {
-            tokio::time::sleep_until(at.into()).await;
+            // Boxed: a timer is large, and only clients with a timeout
+            // configured and running need one.
+            Box::pin(tokio::time::sleep_until(at.into())).await;
             kind
         }
         None => std::future::pending().await,
     }
+}
+
+/// Writes `before`, then `e` in place of the frame that followed it.
+async fn write_then_error<C: ClientStream>(
+    client: &mut C,
+    before: &[u8],
+    e: ErrorMessage,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(before.len() + 128);
+    out.extend_from_slice(before);
+    e.write(&mut out);
+    client.write_all(&out).await
 }
 
 /// Keeps the start of a query's text (up to its terminating NUL).
@@ -110,7 +124,10 @@ impl<C: ClientStream> Session<C> {
                 TimeoutKind::IdleTransaction,
             ));
         }
-        if self.mode == PoolMode::Session {
+        // Idle between transactions while still holding the connection
+        // (session mode, or named statements in transaction mode): the
+        // client is idle here, not in `await_first_frame`.
+        if self.mode == PoolMode::Session || !self.statements.is_empty() {
             return Some((self.idle_since + t.client_idle()?, TimeoutKind::ClientIdle));
         }
         None
@@ -130,19 +147,23 @@ impl<C: ClientStream> Session<C> {
                 format!("canceling statement due to pgwake timeouts.query_timeout ({:?}); the server did not answer the cancel, so the connection was closed", limit(self.shared.timeouts.query())),
             )));
         }
-        self.shared.metrics.timeout(kind);
         match kind {
             TimeoutKind::Query => {
+                self.shared.metrics.timeout(kind);
                 let (addr, pid, key) = self.server.as_ref().expect("attached").conn.cancel_key();
                 tracing::info!(peer = %self.peer, pool = %self.pool.key(), backend_pid = pid, "query ran past timeouts.query_timeout; cancelling it");
                 self.timed_out = Some((TimeoutKind::Query, Instant::now()));
-                self.shared.metrics.cancels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .cancels
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = send_cancel(addr, pid, key).await {
                     tracing::warn!(peer = %self.peer, error = %e, "could not send the cancel request");
                 }
                 Ok(())
             }
             TimeoutKind::IdleTransaction => {
+                self.shared.metrics.timeout(kind);
                 let limit = limit(self.shared.timeouts.idle_transaction());
                 tracing::info!(peer = %self.peer, pool = %self.pool.key(), "client idle in transaction for {limit:?} (timeouts.idle_transaction_timeout); rolling back and disconnecting it");
                 // `run` rolls the transaction back and returns the connection.
@@ -151,6 +172,7 @@ impl<C: ClientStream> Session<C> {
                     format!("terminating connection due to idle-in-transaction timeout (pgwake timeouts.idle_transaction_timeout = {limit:?}); the transaction was rolled back"),
                 )))
             }
+            // Counted by `client_idle_timeout`, which the idle path shares.
             _ => Err(Stop::Fatal(
                 self.client_idle_timeout(self.shared.timeouts.client_idle()),
             )),
@@ -233,8 +255,7 @@ impl<C: ClientStream> Session<C> {
         // connection, may go to another connection if this one proves dead.
         let replayable =
             std::mem::take(&mut self.fresh) && server.tx.is_idle() && self.statements.is_empty();
-        let mut capture =
-            self.query_text.is_empty() && self.shared.timeouts.slow_query().is_some();
+        let mut capture = self.query_text.is_empty() && self.shared.timeouts.slow_query().is_some();
         let mut pos = 0;
         let mut terminate = false;
         loop {
@@ -258,7 +279,10 @@ impl<C: ClientStream> Session<C> {
                     if capture && tag == b'P' {
                         capture = false;
                         let name_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-                        keep_text(&mut self.query_text, body.get(name_end + 1..).unwrap_or(&[]));
+                        keep_text(
+                            &mut self.query_text,
+                            body.get(name_end + 1..).unwrap_or(&[]),
+                        );
                     }
                     server.tx.sent(tag);
                     track_statement(&mut self.statements, tag, body);
@@ -268,7 +292,7 @@ impl<C: ClientStream> Session<C> {
             pos = next;
         }
         if pos > 0 {
-            PoolCounts::add(&self.counts.received, pos as u64);
+            PoolCounts::add(&self.pool.stats().received, pos as u64);
             if self.query_start.is_none() {
                 let now = Instant::now();
                 self.query_start = Some(now);
@@ -371,12 +395,17 @@ impl<C: ClientStream> Session<C> {
                     server.tx.ready(status);
                     let now = *now.get_or_insert_with(Instant::now);
                     self.idle_since = now;
-                    PoolCounts::add(&self.counts.queries, 1);
+                    PoolCounts::add(&self.pool.stats().queries, 1);
                     if let Some(start) = self.query_start.take() {
                         let took = now.duration_since(start);
-                        PoolCounts::add(&self.counts.query_us, micros(took));
-                        self.hist.query.record(took.as_secs_f64());
-                        if self.shared.timeouts.slow_query().is_some_and(|slow| took >= slow) {
+                        PoolCounts::add(&self.pool.stats().query_us, micros(took));
+                        self.pool.histograms().query.record(took.as_secs_f64());
+                        if self
+                            .shared
+                            .timeouts
+                            .slow_query()
+                            .is_some_and(|slow| took >= slow)
+                        {
                             let info = &self.registered.info;
                             tracing::warn!(
                                 duration_ms = micros(took) / 1000,
@@ -395,14 +424,15 @@ impl<C: ClientStream> Session<C> {
                         self.query_start = Some(now);
                     }
                     if status == b'I' {
-                        PoolCounts::add(&self.counts.xacts, 1);
+                        PoolCounts::add(&self.pool.stats().xacts, 1);
                         if let Some(start) = self.xact_start.take() {
                             let took = now.duration_since(start);
-                            PoolCounts::add(&self.counts.xact_us, micros(took));
-                            self.hist.xact.record(took.as_secs_f64());
+                            PoolCounts::add(&self.pool.stats().xact_us, micros(took));
+                            self.pool.histograms().xact.record(took.as_secs_f64());
                         }
                     }
-                    if self.timed_out.take().is_some() && !std::mem::take(&mut self.cancel_consumed) {
+                    if self.timed_out.take().is_some() && !std::mem::take(&mut self.cancel_consumed)
+                    {
                         // Answered before the cancel was seen: it may still
                         // land later, on whatever runs next on this connection.
                         server.broken = true;
@@ -415,14 +445,17 @@ impl<C: ClientStream> Session<C> {
                     // The cancel sent for query_timeout: say why.
                     self.cancel_consumed = true;
                     let limit = self.shared.timeouts.query().unwrap_or_default();
-                    let mut out = BytesMut::new();
-                    ErrorMessage::error(
+                    let e = ErrorMessage::error(
                         sqlstate::QUERY_CANCELED,
-                        format!("canceling statement due to pgwake timeouts.query_timeout ({limit:?})"),
-                    )
-                    .write(&mut out);
-                    if self.client.write_all(&server.buf[flushed..frame_at]).await.is_err()
-                        || self.client.write_all(&out).await.is_err()
+                        format!(
+                            "canceling statement due to pgwake timeouts.query_timeout ({limit:?})"
+                        ),
+                    );
+                    // Boxed: rare, and it would enlarge every session's task.
+                    let before = &server.buf[flushed..frame_at];
+                    if Box::pin(write_then_error(&mut self.client, before, e))
+                        .await
+                        .is_err()
                     {
                         return Err(Stop::ClientGone);
                     }
@@ -462,8 +495,13 @@ impl<C: ClientStream> Session<C> {
                 // The server answered: the request went through.
                 self.cbuf.advance(std::mem::take(&mut self.replay));
             }
-            PoolCounts::add(&self.counts.sent, (pos - flushed) as u64);
-            if self.client.write_all(&server.buf[flushed..pos]).await.is_err() {
+            PoolCounts::add(&self.pool.stats().sent, (pos - flushed) as u64);
+            if self
+                .client
+                .write_all(&server.buf[flushed..pos])
+                .await
+                .is_err()
+            {
                 return Err(Stop::ClientGone);
             }
             server.buf.advance(pos);
