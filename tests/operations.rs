@@ -18,18 +18,19 @@ fn scrape(p: &Pgwake) -> String {
 
 /// Runs `sql` on the admin console with psql; its output (tuples only, `|`-separated).
 fn console(cluster: &pgwake_testkit::Cluster, p: &Pgwake, sql: &str) -> Result<String, String> {
+    psql(cluster, p, "pgwake", sql)
+}
+
+/// Runs `sql` with psql through pgwake on database `db`.
+fn psql(
+    cluster: &pgwake_testkit::Cluster,
+    p: &Pgwake,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
     let out = Command::new(cluster.bin().path("psql"))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args([
-            "-p",
-            &p.port.to_string(),
-            "-U",
-            "app",
-            "-d",
-            "pgwake",
-            "-c",
-            sql,
-        ])
+        .args(["-p", &p.port.to_string(), "-U", "app", "-d", db, "-c", sql])
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null())
         .output()
@@ -163,20 +164,8 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
     let bad = console(&cluster, &p, "SHOW NOTHING").unwrap_err();
     assert!(bad.contains("unknown SHOW command"), "{bad}");
     // The pgbouncer alias works too.
-    let out = Command::new(cluster.bin().path("psql"))
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p.port.to_string(),
-        ])
-        .args(["-U", "app", "-d", "pgbouncer", "-c", "SHOW VERSION"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgwake "));
+    let version = psql(&cluster, &p, "pgbouncer", "SHOW VERSION").unwrap();
+    assert!(version.starts_with("pgwake "), "{version}");
 
     // prometheus-pgbouncer-exporter (Debian's) reads SHOW STATS, POOLS,
     // DATABASES and LISTS and exports them.

@@ -92,29 +92,6 @@ async fn max_client_conn_refuses_cleanly_with_53300() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pool_wait_timeout_gives_a_clear_error_and_the_client_goes_on() {
-    let cluster = cluster();
-    let pg = Pgwake::start(
-        &cluster,
-        "size = 1\nmin_idle = 1\npool_wait_timeout = \"300ms\"",
-    );
-    let mut holder = pg.client().await;
-    let waiter = pg.client().await;
-    let tx = holder.transaction().await.unwrap();
-    tx.execute("select 1", &[]).await.unwrap();
-    let e = waiter.simple_query("select 2").await.unwrap_err();
-    assert_eq!(code(&e), "53300", "{e}");
-    let msg = e.as_db_error().unwrap().message().to_owned();
-    assert!(msg.contains("pool_wait_timeout"), "{msg}");
-    tx.commit().await.unwrap();
-    let v: i32 = waiter.query_one("select 3", &[]).await.unwrap().get(0);
-    assert_eq!(
-        v, 3,
-        "the client that timed out is served once a connection frees"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_clients_are_served_first_come_first_served() {
     let cluster = cluster();
     let pg = Pgwake::start(&cluster, "size = 1\nmin_idle = 1");

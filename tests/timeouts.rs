@@ -92,6 +92,23 @@ fn sqlstate_and_message(e: &tokio_postgres::Error) -> (String, String) {
 /// Backends of `app` that are running a query like `like` or sit idle in a
 /// transaction, as `pid state query` lines; empty when there are none.
 /// Cleanup after a client is told may still be under way: retried (bounded).
+/// No backend is left busy or idle in transaction, and the next client is
+/// served on the server connection `pid` (kept, not closed).
+async fn served_on_kept_connection(
+    pg: &Pgwake,
+    cluster: &pgwake_testkit::Cluster,
+    pid: &str,
+) -> Client {
+    assert_eq!(stuck_backends(cluster, "%"), "");
+    let next = pg.client().await;
+    assert_eq!(
+        backend_pid(&next).await,
+        pid,
+        "the server connection was kept"
+    );
+    next
+}
+
 fn stuck_backends(cluster: &pgwake_testkit::Cluster, like: &str) -> String {
     let sql = format!(
         "select coalesce(string_agg(pid || ' ' || state || ' ' || query, E'\\n'), '') \
@@ -254,13 +271,7 @@ async fn client_idle_timeout_disconnects_idle_clients_and_keeps_the_connection()
     assert!(msg.contains("client_idle_timeout"), "{msg}");
     drop(stmt);
 
-    assert_eq!(stuck_backends(&cluster, "%"), "");
-    let next = pg.client().await;
-    assert_eq!(
-        backend_pid(&next).await,
-        pid,
-        "the server connection was kept"
-    );
+    let next = served_on_kept_connection(&pg, &cluster, &pid).await;
     assert_eq!(
         value(&next, "select count(*) from pg_prepared_statements").await,
         "0",
@@ -287,13 +298,7 @@ async fn client_idle_timeout_in_session_mode_resets_and_keeps_the_connection() {
     assert_eq!(state, "57P05", "{msg}");
     assert!(msg.contains("client_idle_timeout"), "{msg}");
 
-    assert_eq!(stuck_backends(&cluster, "%"), "");
-    let next = pg.client().await;
-    assert_eq!(
-        backend_pid(&next).await,
-        pid,
-        "the server connection was kept"
-    );
+    let next = served_on_kept_connection(&pg, &cluster, &pid).await;
     assert_eq!(
         value(&next, "show search_path").await,
         "\"$user\", public",
