@@ -248,6 +248,12 @@ impl Metrics {
         }
     }
 
+    /// Folds recorded histogram samples into their buckets. Samples queue
+    /// until then: run every second, so memory stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.run_upkeep();
