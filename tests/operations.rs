@@ -286,6 +286,13 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
     let (_, m) = http_get(p.admin_port, "/metrics", 10 * SECOND);
     assert_eq!(metric(&m, "pgwake_reloads_total{result=\"failed\"}"), 1.0);
     assert_eq!(metric(&m, "pgwake_reloads_total{result=\"ok\"}"), 1.0);
+
+    // Shrinking closes the connections beyond the new size.
+    p.rewrite_config(&base.replace("size = 2", "size = 1"));
+    let notes = console(&cluster, &p, "RELOAD").unwrap();
+    assert!(notes.is_empty() || !notes.contains("ERROR"), "{notes}");
+    wait_for(|| common::app_backends(&cluster) <= 1, &p);
+    p.client().await.simple_query("select 1").await.unwrap();
     p.signal("TERM");
     assert!(p.wait_exit(20 * SECOND).is_some());
 }

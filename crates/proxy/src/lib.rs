@@ -63,6 +63,7 @@ pub struct Shared {
     paused: AtomicBool,
     resumed: tokio::sync::Notify,
     hooks: Hooks,
+    reloading: Mutex<()>,
     /// Stop accepting; idle clients leave.
     shutdown: CancellationToken,
     /// The grace period is over: everything closes.
@@ -377,6 +378,7 @@ impl Proxy {
             paused: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             hooks,
+            reloading: Mutex::new(()),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             stop_request: CancellationToken::new(),

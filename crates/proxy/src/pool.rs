@@ -161,7 +161,9 @@ struct Inner {
     /// Connections being opened.
     logins: AtomicUsize,
     counts: Arc<PoolCounts>,
-    hist: Arc<PoolHistograms>,
+    /// Registered at the first login: a pool for a database that does not
+    /// exist leaves no series behind.
+    hist: std::sync::OnceLock<PoolHistograms>,
     metrics: Arc<Metrics>,
     /// Starts a stopped server when a login finds it down.
     lifecycle: Option<Arc<Lifecycle>>,
@@ -191,14 +193,13 @@ impl Pool {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Pool {
-        let hist = Arc::new(metrics.pool_histograms(&key.dbname, &key.user));
         Pool {
             inner: Arc::new(Inner {
                 key,
                 epoch: AtomicU64::new(0),
                 logins: AtomicUsize::new(0),
                 counts: Arc::new(PoolCounts::default()),
-                hist,
+                hist: std::sync::OnceLock::new(),
                 metrics,
                 lifecycle,
                 state: Mutex::new(State {
@@ -235,8 +236,9 @@ impl Pool {
         &self.inner.counts
     }
 
-    pub fn histograms(&self) -> &Arc<PoolHistograms> {
-        &self.inner.hist
+    /// The pool's histograms, once a login succeeded.
+    pub fn histograms(&self) -> Option<&PoolHistograms> {
+        self.inner.hist.get()
     }
 
     /// A consistent view for the admin console and metrics.
@@ -273,9 +275,21 @@ impl Pool {
     pub fn reconfigure(&self, settings: PoolSettings, server: Option<ServerSide>) {
         let mut st = self.inner.lock();
         st.settings = settings;
+        let mut stale = VecDeque::new();
         if let Some(server) = server {
             st.server = server;
             self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+            // A refused login says nothing about the new settings.
+            st.auth_failure = None;
+            stale = std::mem::take(&mut st.idle);
+        }
+        // A smaller pool: idle connections beyond the new size close now;
+        // busy ones as they come back.
+        let mut shrunk = Vec::new();
+        while st.total > st.settings.size {
+            let Some(p) = st.idle.pop_front() else { break };
+            shrunk.push(p);
+            st.total -= 1;
         }
         // A larger pool: waiters may now open connections of their own.
         while st.total < st.settings.size {
@@ -290,6 +304,13 @@ impl Pool {
                 s.pool = None;
                 st.total -= 1;
             }
+        }
+        drop(st);
+        for p in stale {
+            retire(p);
+        }
+        for p in shrunk {
+            retire_counted(p);
         }
     }
 
@@ -407,7 +428,10 @@ impl Pool {
             };
             match grant {
                 Grant::Conn(mut p) => {
-                    if p.conn.is_alive() && Instant::now() < p.retire_at {
+                    if p.conn.is_alive()
+                        && Instant::now() < p.retire_at
+                        && p.epoch == self.inner.epoch.load(Ordering::Relaxed)
+                    {
                         return Ok(p);
                     }
                     tracing::debug!(pool = %self.inner.key, "replacing a pooled server connection that closed or expired");
@@ -418,8 +442,8 @@ impl Pool {
                     // Boxed: a login is rare and its future is large; every
                     // session's task would otherwise carry its size.
                     let until = deadline.unwrap_or_else(tokio::time::Instant::now);
-                    let conn = Box::pin(self.connect_with_retry(until, may_wake)).await?;
-                    return Ok(self.inner.wrap(conn, slot));
+                    let (conn, epoch) = Box::pin(self.connect_with_retry(until, may_wake)).await?;
+                    return Ok(self.inner.wrap(conn, slot, epoch));
                 }
             }
         }
@@ -441,7 +465,10 @@ impl Pool {
         }
         p.conn.last_used = now;
         let mut st = self.inner.lock();
-        if st.closed || p.conn.credential_generation != st.server.credentials.generation() {
+        if st.closed
+            || p.conn.credential_generation != st.server.credentials.generation()
+            || st.total > st.settings.size
+        {
             drop(st);
             retire(p);
             return;
@@ -462,9 +489,14 @@ impl Pool {
         &self,
         deadline: tokio::time::Instant,
         may_wake: bool,
-    ) -> Result<ServerConn, ConnectError> {
+    ) -> Result<(ServerConn, u64), ConnectError> {
         let inner = &self.inner;
-        let server = inner.lock().server.clone();
+        // Read together: a reload in between must not stamp a connection
+        // to the old server with the new epoch.
+        let (server, epoch) = {
+            let st = inner.lock();
+            (st.server.clone(), inner.epoch.load(Ordering::Relaxed))
+        };
         let _login = LoginGuard::new(&inner.logins);
         let mut give_up = deadline.min(tokio::time::Instant::now() + server.target.connect_timeout);
         let mut wakes = 0;
@@ -498,7 +530,7 @@ impl Pool {
                     inner.metrics.connect_phases(&phases);
                     inner.lock().auth_failure = None;
                     inner.learn(&conn);
-                    return Ok(conn);
+                    return Ok((conn, epoch));
                 }
                 Err(e) => e,
             };
@@ -624,9 +656,9 @@ impl Pool {
                     c = self.connect_with_retry(deadline, false) => c,
                 };
                 match conn {
-                    Ok(conn) => {
+                    Ok((conn, epoch)) => {
                         failures = 0;
-                        let p = self.inner.wrap(conn, slot);
+                        let p = self.inner.wrap(conn, slot, epoch);
                         self.checkin(p);
                     }
                     Err(_) => {
@@ -738,6 +770,13 @@ impl Drop for LoginGuard<'_> {
     }
 }
 
+/// Like [`retire`] for a connection whose slot was already taken off the
+/// pool's count.
+fn retire_counted(mut p: Pooled) {
+    p.slot.pool = None;
+    retire(p);
+}
+
 /// Closes a connection with Terminate in the background; its slot frees at once.
 fn retire(p: Pooled) {
     let Pooled { conn, slot, .. } = p;
@@ -754,19 +793,23 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wrap(&self, conn: ServerConn, slot: Slot) -> Pooled {
+    fn wrap(&self, conn: ServerConn, slot: Slot, epoch: u64) -> Pooled {
         // Up to 10 % jitter, so connections made together do not all expire together.
         let lifetime = self.lock().settings.max_lifetime;
         let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
         Pooled {
             retire_at: conn.created + (lifetime - jitter),
-            epoch: self.epoch.load(Ordering::Relaxed),
+            epoch,
             conn,
             slot,
         }
     }
 
     fn learn(&self, conn: &ServerConn) {
+        self.hist.get_or_init(|| {
+            self.metrics
+                .pool_histograms(&self.key.dbname, &self.key.user)
+        });
         let mut d = self.defaults.write().unwrap_or_else(|e| e.into_inner());
         if d.is_none() {
             *d = Some(Arc::new(Defaults {
@@ -778,7 +821,11 @@ impl Inner {
 
     fn release_slot(self: &Arc<Self>) {
         let mut st = self.lock();
-        while let Some((w, _)) = st.waiters.pop_front() {
+        // Over the size after a reload shrank the pool: the slot goes.
+        while st.total <= st.settings.size {
+            let Some((w, _)) = st.waiters.pop_front() else {
+                break;
+            };
             let grant = Grant::Slot(Slot {
                 pool: Some(self.clone()),
             });

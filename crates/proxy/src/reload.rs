@@ -37,6 +37,8 @@ impl Shared {
     /// and what needs a restart to change; `Err`: why the new configuration
     /// was rejected (the old one stays in force).
     pub fn reload(&self) -> Result<Vec<String>, String> {
+        // One at a time: SIGHUP and RELOAD may come together.
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.try_reload();
         match &result {
             Ok(notes) => {

@@ -93,7 +93,7 @@ pub(crate) async fn serve<C: ClientStream>(
             buf.reserve(4096);
             let read = tokio::select! {
                 r = client.read_buf(&mut buf) => r,
-                _ = shared.hard_stop.cancelled() => return,
+                _ = shared.shutdown.cancelled() => return,
             };
             match read {
                 Ok(0) | Err(_) => return,
@@ -122,6 +122,18 @@ pub(crate) async fn serve<C: ClientStream>(
                 }
             }
             b'H' => {}
+            b'F' => {
+                // FunctionCall is answered on its own, like a Query.
+                ErrorMessage::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "the admin console does not run functions",
+                )
+                .write(&mut out);
+                backend::ready_for_query(&mut out, b'I');
+                if client.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
             _ => {
                 if !failed_extended {
                     failed_extended = true;
@@ -175,7 +187,8 @@ async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) -> bool {
             tracing::info!("PAUSE: no new transactions until RESUME");
             // Wait for the transactions in flight to finish.
             while shared.pools().iter().any(|p| p.snapshot().active() > 0) {
-                if shared.shutdown.is_cancelled() {
+                // A RESUME from another console, or shutdown, ends the wait.
+                if shared.shutdown.is_cancelled() || !shared.is_paused() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

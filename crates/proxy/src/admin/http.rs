@@ -156,7 +156,12 @@ fn publish(shared: &Shared) {
     let m = &shared.metrics;
     m.publish();
     let as_f64 = |n: usize| n as f64;
-    for p in shared.pools() {
+    // Pools that never logged in (a mistyped database) leave no series.
+    for p in shared
+        .pools()
+        .into_iter()
+        .filter(|p| p.defaults().is_some())
+    {
         let key = p.key();
         let labels = || pool_labels(&key.dbname, &key.user);
         let with = |state: &'static str| {

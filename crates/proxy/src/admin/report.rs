@@ -502,7 +502,11 @@ fn config(shared: &Shared) -> Table {
         ("min_pool_size".into(), config.pool.min_idle.to_string()),
         ("pool_mode".into(), mode_name(config.pool.mode).into()),
     ]);
-    for (key, value) in rows {
+    for (key, mut value) in rows {
+        // A command line may carry a secret.
+        if key == "server.auth.command" || key.starts_with("lifecycle.command.") {
+            value = "<redacted>".into();
+        }
         let default = defaults.get(&key).cloned();
         let yes = if changeable(&key) { "yes" } else { "no" };
         t.row(vec![s(&key), s(value), default, s(yes)]);

@@ -319,6 +319,8 @@ struct Session<C> {
     cancel_consumed: bool,
     /// The start of the query in flight, for the slow-query log.
     query_text: Vec<u8>,
+    /// The timer for timeouts, reset as deadlines move.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<C: ClientStream> Session<C> {
@@ -446,6 +448,7 @@ impl<C: ClientStream> Session<C> {
             timed_out: None,
             cancel_consumed: false,
             query_text: Vec::new(),
+            timer: None,
             client,
             cbuf,
             cscan: Scanner::new(max),
@@ -487,13 +490,19 @@ impl<C: ClientStream> Session<C> {
         self.registered.info.set_state(ClientState::Active, pid);
     }
 
-    /// Notes that the client holds no server connection.
+    /// Notes that the client holds no server connection; whatever was in
+    /// flight on the last one is over.
     fn detached(&mut self) {
         if self.counted_active {
             self.counted_active = false;
             self.pool.stats().active.fetch_sub(1, Ordering::Relaxed);
         }
         self.registered.info.set_state(ClientState::Idle, 0);
+        self.query_start = None;
+        self.xact_start = None;
+        self.timed_out = None;
+        self.cancel_consumed = false;
+        self.query_text.clear();
     }
 
     async fn serve_loop(&mut self) -> Stop {
@@ -600,17 +609,26 @@ impl<C: ClientStream> Session<C> {
         let info = &self.registered.info;
         info.requested();
         info.set_state(ClientState::Waiting, 0);
-        if self.shared.is_paused() {
-            Box::pin(self.shared.wait_resumed()).await;
-        }
         let began = Instant::now();
-        let checked_out = {
-            let checkout = std::pin::pin!(self.pool.checkout());
-            with_wake_notices(&mut self.client, self.lifecycle.as_deref(), checkout).await
+        let checked_out = loop {
+            if self.shared.is_paused() {
+                Box::pin(self.shared.wait_resumed()).await;
+            }
+            let checked_out = {
+                let checkout = std::pin::pin!(self.pool.checkout());
+                with_wake_notices(&mut self.client, self.lifecycle.as_deref(), checkout).await
+            };
+            // PAUSE may have begun while this checkout was under way.
+            match checked_out {
+                Ok(p) if self.shared.is_paused() => self.pool.checkin(p),
+                other => break other,
+            }
         };
         let waited = began.elapsed();
         PoolCounts::add(&self.pool.stats().wait_us, micros(waited));
-        self.pool.histograms().wait.record(waited.as_secs_f64());
+        if let Some(h) = self.pool.histograms() {
+            h.wait.record(waited.as_secs_f64());
+        }
         let mut p = match checked_out {
             Ok(p) => p,
             Err(e) => {

@@ -27,16 +27,17 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// Bytes of query text kept for the slow-query log.
 const QUERY_TEXT_MAX: usize = 200;
 
-/// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until(at: Option<(Instant, TimeoutKind)>) -> TimeoutKind {
-    match at {
-        Some((at, kind)) => {
-            // Boxed: a timer is large, and only clients with a timeout
-            // configured and running need one.
-            Box::pin(tokio::time::sleep_until(at.into())).await;
+/// Waits for the session's timer when a deadline applies, else forever.
+async fn expiry(
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    deadline: Option<(Instant, TimeoutKind)>,
+) -> TimeoutKind {
+    match (timer.as_mut(), deadline) {
+        (Some(t), Some((_, kind))) => {
+            t.await;
             kind
         }
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -50,6 +51,34 @@ async fn write_then_error<C: ClientStream>(
     out.extend_from_slice(before);
     e.write(&mut out);
     client.write_all(&out).await
+}
+
+/// A query's text for the log, with the contents of string literals
+/// replaced by `…` (they may hold secrets: `ALTER ROLE … PASSWORD '…'`).
+fn mask_literals(text: &[u8]) -> String {
+    let text = String::from_utf8_lossy(text);
+    let mut out = String::with_capacity(text.len());
+    let mut in_literal = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_literal {
+            if c == '\'' {
+                if chars.peek() == Some(&'\'') {
+                    chars.next();
+                } else {
+                    in_literal = false;
+                    out.push_str("…'");
+                }
+            }
+        } else {
+            out.push(c);
+            in_literal = c == '\'';
+        }
+    }
+    if in_literal {
+        out.push('…');
+    }
+    out
 }
 
 /// Keeps the start of a query's text (up to its terminating NUL).
@@ -69,6 +98,17 @@ impl<C: ClientStream> Session<C> {
         loop {
             self.reserve_client_buffer();
             let deadline = self.timeout_deadline();
+            // One timer per session, moved only when the deadline changes
+            // (allocated once, for clients a timeout applies to).
+            if let Some((at, _)) = deadline {
+                let at = tokio::time::Instant::from_std(at);
+                match &mut self.timer {
+                    Some(t) if t.deadline() == at => {}
+                    Some(t) => t.as_mut().reset(at),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
+            let timer = &mut self.timer;
             let server = &mut self.server.as_mut().expect("attached").conn;
             if self.mode == PoolMode::Transaction
                 && server.tx.is_idle()
@@ -98,7 +138,7 @@ impl<C: ClientStream> Session<C> {
                     }
                     Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
                 },
-                kind = sleep_until(deadline) => {
+                kind = expiry(timer, deadline) => {
                     if let Err(stop) = Box::pin(self.on_timeout(kind)).await { return stop }
                 },
             }
@@ -399,7 +439,9 @@ impl<C: ClientStream> Session<C> {
                     if let Some(start) = self.query_start.take() {
                         let took = now.duration_since(start);
                         PoolCounts::add(&self.pool.stats().query_us, micros(took));
-                        self.pool.histograms().query.record(took.as_secs_f64());
+                        if let Some(h) = self.pool.histograms() {
+                            h.query.record(took.as_secs_f64());
+                        }
                         if self
                             .shared
                             .timeouts
@@ -413,7 +455,7 @@ impl<C: ClientStream> Session<C> {
                                 user = %info.user,
                                 application_name = %info.application_name,
                                 client = %self.peer,
-                                query = %String::from_utf8_lossy(&self.query_text),
+                                query = %mask_literals(&self.query_text),
                                 "slow query"
                             );
                         }
@@ -428,7 +470,9 @@ impl<C: ClientStream> Session<C> {
                         if let Some(start) = self.xact_start.take() {
                             let took = now.duration_since(start);
                             PoolCounts::add(&self.pool.stats().xact_us, micros(took));
-                            self.pool.histograms().xact.record(took.as_secs_f64());
+                            if let Some(h) = self.pool.histograms() {
+                                h.xact.record(took.as_secs_f64());
+                            }
                         }
                     }
                     if self.timed_out.take().is_some() && !std::mem::take(&mut self.cancel_consumed)
@@ -453,6 +497,7 @@ impl<C: ClientStream> Session<C> {
                     );
                     // Boxed: rare, and it would enlarge every session's task.
                     let before = &server.buf[flushed..frame_at];
+                    PoolCounts::add(&self.pool.stats().sent, before.len() as u64);
                     if Box::pin(write_then_error(&mut self.client, before, e))
                         .await
                         .is_err()
@@ -594,5 +639,15 @@ fn track_statement(statements: &mut HashSet<Box<[u8]>>, tag: u8, body: &[u8]) {
             statements.remove(&name(&body[1..]));
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn string_literals_are_masked_in_the_slow_query_log() {
+        let m = super::mask_literals(b"alter role app password 'se''cret' valid until 'x");
+        assert_eq!(m, "alter role app password '…' valid until '…");
+        assert_eq!(super::mask_literals(b"select 1"), "select 1");
     }
 }
