@@ -332,13 +332,13 @@ impl<C: ClientStream> Session<C> {
             pos = next;
         }
         if pos > 0 {
+            let written = server.stream.write_all(&self.cbuf[..pos]).await;
             PoolCounts::add(&self.pool.stats().received, pos as u64);
             if self.query_start.is_none() {
                 let now = Instant::now();
                 self.query_start = Some(now);
                 self.xact_start.get_or_insert(now);
             }
-            let written = server.stream.write_all(&self.cbuf[..pos]).await;
             let keep = replayable && !terminate && self.cscan.at_boundary() && pos <= MAX_REPLAY;
             if keep {
                 self.replay = pos;
@@ -416,7 +416,8 @@ impl<C: ClientStream> Session<C> {
         // Bytes before this were written to the client already (a replaced error).
         let mut flushed = 0;
         let mut fatal = None;
-        let mut now = None;
+        let mut readies = 0u64;
+        let mut xact_ends = 0u64;
         loop {
             let frame_at = pos;
             let step = server.scan.next(&server.buf, pos, inspected_server_frame);
@@ -433,48 +434,9 @@ impl<C: ClientStream> Session<C> {
                 Scanned::Frame { tag: b'Z', body } => {
                     let status = body.first().copied().unwrap_or(b'E');
                     server.tx.ready(status);
-                    let now = *now.get_or_insert_with(Instant::now);
-                    self.idle_since = now;
-                    PoolCounts::add(&self.pool.stats().queries, 1);
-                    if let Some(start) = self.query_start.take() {
-                        let took = now.duration_since(start);
-                        PoolCounts::add(&self.pool.stats().query_us, micros(took));
-                        if let Some(h) = self.pool.histograms() {
-                            h.query.record(took.as_secs_f64());
-                        }
-                        if self
-                            .shared
-                            .timeouts
-                            .slow_query()
-                            .is_some_and(|slow| took >= slow)
-                        {
-                            let info = &self.registered.info;
-                            tracing::warn!(
-                                duration_ms = micros(took) / 1000,
-                                database = %info.database,
-                                user = %info.user,
-                                application_name = %info.application_name,
-                                client = %self.peer,
-                                query = %mask_literals(&self.query_text),
-                                "slow query"
-                            );
-                        }
-                    }
-                    self.query_text.clear();
-                    if server.tx.owed > 0 {
-                        // The next pipelined query starts now.
-                        self.query_start = Some(now);
-                    }
-                    if status == b'I' {
-                        PoolCounts::add(&self.pool.stats().xacts, 1);
-                        if let Some(start) = self.xact_start.take() {
-                            let took = now.duration_since(start);
-                            PoolCounts::add(&self.pool.stats().xact_us, micros(took));
-                            if let Some(h) = self.pool.histograms() {
-                                h.xact.record(took.as_secs_f64());
-                            }
-                        }
-                    }
+                    // Counted and timed once the reply is on its way.
+                    readies += 1;
+                    xact_ends += u64::from(status == b'I');
                     if self.timed_out.take().is_some() && !std::mem::take(&mut self.cancel_consumed)
                     {
                         // Answered before the cancel was seen: it may still
@@ -540,7 +502,6 @@ impl<C: ClientStream> Session<C> {
                 // The server answered: the request went through.
                 self.cbuf.advance(std::mem::take(&mut self.replay));
             }
-            PoolCounts::add(&self.pool.stats().sent, (pos - flushed) as u64);
             if self
                 .client
                 .write_all(&server.buf[flushed..pos])
@@ -550,6 +511,7 @@ impl<C: ClientStream> Session<C> {
                 return Err(Stop::ClientGone);
             }
             server.buf.advance(pos);
+            PoolCounts::add(&self.pool.stats().sent, (pos - flushed) as u64);
         }
         if let Some(message) = fatal {
             server.broken = true;
@@ -560,7 +522,59 @@ impl<C: ClientStream> Session<C> {
             tracing::warn!(peer = %self.peer, pool = %self.pool.key(), %message, "server closed a connection while serving a client");
             return Err(Box::pin(self.server_lost(&format!("server: {message}"))).await);
         }
+        if readies > 0 {
+            let owed = server.tx.owed;
+            self.account_ready(readies, xact_ends, owed);
+        }
         Ok(())
+    }
+
+    /// Counts and times the queries (`readies` ReadyForQuery messages) and
+    /// transactions (`xact_ends` of them left it idle) just answered.
+    fn account_ready(&mut self, readies: u64, xact_ends: u64, owed: u32) {
+        let now = Instant::now();
+        self.idle_since = now;
+        let stats = self.pool.stats();
+        PoolCounts::add(&stats.queries, readies);
+        if let Some(start) = self.query_start.take() {
+            let took = now.duration_since(start);
+            PoolCounts::add(&stats.query_us, micros(took));
+            if let Some(h) = self.pool.histograms() {
+                h.query.record(took.as_secs_f64());
+            }
+            if self
+                .shared
+                .timeouts
+                .slow_query()
+                .is_some_and(|slow| took >= slow)
+            {
+                let info = &self.registered.info;
+                tracing::warn!(
+                    duration_ms = micros(took) / 1000,
+                    database = %info.database,
+                    user = %info.user,
+                    application_name = %info.application_name,
+                    client = %self.peer,
+                    query = %mask_literals(&self.query_text),
+                    "slow query"
+                );
+            }
+        }
+        self.query_text.clear();
+        if owed > 0 {
+            // The next pipelined query runs from now.
+            self.query_start = Some(now);
+        }
+        if xact_ends > 0 {
+            PoolCounts::add(&stats.xacts, xact_ends);
+            if let Some(start) = self.xact_start.take() {
+                let took = now.duration_since(start);
+                PoolCounts::add(&stats.xact_us, micros(took));
+                if let Some(h) = self.pool.histograms() {
+                    h.xact.record(took.as_secs_f64());
+                }
+            }
+        }
     }
 
     /// The client left while holding a server connection: make it clean
