@@ -83,8 +83,18 @@ impl TokenFetcher for CommandSource {
         Box::pin(self.run())
     }
 
+    /// Names the program only: the rest of a command line may carry a
+    /// secret (an argument, `VAR=value`), and this text reaches logs and
+    /// clients.
     fn describe(&self) -> String {
-        format!("command `{}`", self.command)
+        let mut words = self.command.split_whitespace();
+        let program = words.by_ref().find(|w| !w.contains('=')).unwrap_or("sh");
+        let more = if words.next().is_some() || self.command.contains('=') {
+            " …"
+        } else {
+            ""
+        };
+        format!("command `{program}{more}`")
     }
 }
 
@@ -203,6 +213,8 @@ mod tests {
         assert!(e.contains("exit status: 3") && e.contains("oops"), "{e}");
         let src = CommandSource::new("true");
         assert_eq!(src.describe(), "command `true`");
+        let secret = CommandSource::new("TOKEN=hunter2 get-token --password hunter3");
+        assert_eq!(secret.describe(), "command `get-token …`");
         assert!(src.fetch().await.unwrap_err().contains("printed nothing"));
     }
 }
