@@ -48,22 +48,43 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
+/// Reads what is there; a read that did not fill `buf` emptied the socket,
+/// so its readiness is cleared (as tokio's own `poll_read` does), sparing
+/// the next read a system call that would only say "would block".
+macro_rules! try_read_draining {
+    ($stream:ty) => {
+        fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let cap = buf.len();
+            let mut got = 0;
+            let r = <$stream>::try_io(self, tokio::io::Interest::READABLE, || {
+                let n = <$stream>::try_read(self, buf)?;
+                got = n;
+                if 0 < n && n < cap {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+                r => r,
+            }
+        }
+    };
+}
+
 impl ClientStream for tokio::net::TcpStream {
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         tokio::net::TcpStream::readable(self)
     }
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        tokio::net::TcpStream::try_read(self, buf)
-    }
+    try_read_draining!(tokio::net::TcpStream);
 }
 
 impl ClientStream for tokio::net::UnixStream {
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         tokio::net::UnixStream::readable(self)
     }
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        tokio::net::UnixStream::try_read(self, buf)
-    }
+    try_read_draining!(tokio::net::UnixStream);
 }
 
 /// Serves one client until it leaves. `admitted` is false when the client is
