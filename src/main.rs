@@ -241,30 +241,23 @@ pub(crate) fn init_logging(config: &Config) -> Option<pgwake_proxy::LogLevelSett
             reload(EnvFilter::new(level))
         })
     };
+    // The text and JSON builders differ in type: one body for both.
+    macro_rules! install {
+        ($fmt:expr) => {{
+            let builder = $fmt
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().ok()?;
+            setter(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }))
+        }};
+    }
     let setter = match config.log.format {
-        LogFormat::Json => {
-            let builder = tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.try_init().ok()?;
-            setter(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }))
-        }
-        LogFormat::Text => {
-            let builder = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.try_init().ok()?;
-            setter(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }))
-        }
+        LogFormat::Json => install!(tracing_subscriber::fmt().json()),
+        LogFormat::Text => install!(tracing_subscriber::fmt()),
     };
     Some(setter)
 }
