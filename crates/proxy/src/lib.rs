@@ -15,6 +15,7 @@ pub mod doctor;
 mod listener;
 pub mod params;
 pub mod pool;
+pub mod prepared;
 mod reload;
 pub mod server;
 mod session;
