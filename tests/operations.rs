@@ -82,13 +82,24 @@ async fn metrics_count_the_workload_and_pass_promtool() {
         "{after}"
     );
     assert!(metric(&after, "pgwake_server_connects_total") >= 1.0);
-    // The client holds its connection (its named statement lives there).
+    // Between transactions the client holds no server connection, named
+    // statement or not.
     assert_eq!(
         metric(
             &after,
-            "pgwake_client_connections{database=\"app\",user=\"app\",state=\"active\"}"
+            "pgwake_client_connections{database=\"app\",user=\"app\",state=\"idle\"}"
         ),
         1.0,
+        "{after}"
+    );
+    assert!(
+        metric(
+            &after,
+            "pgwake_prepared_statement_hits_total{database=\"app\",user=\"app\"}"
+        ) + metric(
+            &after,
+            "pgwake_prepared_statement_misses_total{database=\"app\",user=\"app\"}"
+        ) >= 1.0,
         "{after}"
     );
     assert!(after.contains("pgwake_server_connect_phase_seconds_bucket{phase=\"auth\""));

@@ -366,6 +366,9 @@ pub struct Pool {
     /// How long a client waits for a server connection before an error.
     #[serde(with = "humantime_serde")]
     pub pool_wait_timeout: Duration,
+    /// Named prepared statements kept per server connection (transaction
+    /// mode); the least recently used beyond this are closed.
+    pub max_prepared_statements: usize,
 }
 
 impl Default for Pool {
@@ -377,6 +380,7 @@ impl Default for Pool {
             max_lifetime: Duration::from_secs(30 * 60),
             idle_timeout: Duration::from_secs(10 * 60),
             pool_wait_timeout: Duration::from_secs(30),
+            max_prepared_statements: 200,
         }
     }
 }

@@ -468,6 +468,9 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
     if c.pool.pool_wait_timeout.is_zero() {
         errors.push("pool.pool_wait_timeout must be above zero".into());
     }
+    if c.pool.max_prepared_statements == 0 {
+        errors.push("pool.max_prepared_statements must be at least 1".into());
+    }
     for name in c.databases.keys() {
         if let Some(r) = c.route(name) {
             pool_checks(&format!("databases.{name}."), r.size, r.min_idle, errors);

@@ -62,6 +62,7 @@ fn checkout_checkin(c: &mut Criterion) {
             max_lifetime: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(3600),
             wait_timeout: Duration::from_secs(5),
+            max_prepared: 100,
             prewarm: false,
         };
         let key = PoolKey {

@@ -136,6 +136,7 @@ fn pool_settings(config: &Config, route: &Route, prewarm: bool) -> PoolSettings 
         max_lifetime: p.max_lifetime,
         idle_timeout: p.idle_timeout,
         wait_timeout: p.pool_wait_timeout,
+        max_prepared: p.max_prepared_statements,
         prewarm,
     }
 }

@@ -45,6 +45,8 @@ pub struct PoolSettings {
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
     pub wait_timeout: Duration,
+    /// Named prepared statements kept per server connection.
+    pub max_prepared: usize,
     /// Open `min_idle` connections before the first client logs in.
     pub prewarm: bool,
 }
@@ -161,6 +163,8 @@ struct Inner {
     /// Connections being opened.
     logins: AtomicUsize,
     counts: Arc<PoolCounts>,
+    /// Names server-side statements by their content.
+    hasher: crate::prepared::StatementHasher,
     /// Registered at the first login: a pool for a database that does not
     /// exist leaves no series behind.
     hist: std::sync::OnceLock<PoolHistograms>,
@@ -199,6 +203,7 @@ impl Pool {
                 epoch: AtomicU64::new(0),
                 logins: AtomicUsize::new(0),
                 counts: Arc::new(PoolCounts::default()),
+                hasher: crate::prepared::StatementHasher::new(),
                 hist: std::sync::OnceLock::new(),
                 metrics,
                 lifecycle,
@@ -234,6 +239,11 @@ impl Pool {
     /// Transaction, query and byte counts, shared with the pool's sessions.
     pub fn stats(&self) -> &Arc<PoolCounts> {
         &self.inner.counts
+    }
+
+    /// Names server-side statements for this pool's clients.
+    pub fn statement_hasher(&self) -> &crate::prepared::StatementHasher {
+        &self.inner.hasher
     }
 
     /// The pool's histograms, once a login succeeded.
@@ -453,7 +463,15 @@ impl Pool {
     /// back; anything else is closed.
     pub fn checkin(&self, mut p: Pooled) {
         let now = Instant::now();
+        let c = p.conn.prepared.statements.take_counts();
+        if c.hits + c.misses + c.evictions > 0 {
+            let counts = &self.inner.counts;
+            PoolCounts::add(&counts.prepared_hits, c.hits);
+            PoolCounts::add(&counts.prepared_misses, c.misses);
+            PoolCounts::add(&counts.prepared_evictions, c.evictions);
+        }
         if !p.conn.tx.is_idle()
+            || !p.conn.prepared.plan.is_empty()
             || p.conn.broken
             || !p.conn.buf.is_empty()
             || !p.conn.scan.at_boundary()
@@ -793,9 +811,13 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wrap(&self, conn: ServerConn, slot: Slot, epoch: u64) -> Pooled {
+    fn wrap(&self, mut conn: ServerConn, slot: Slot, epoch: u64) -> Pooled {
         // Up to 10 % jitter, so connections made together do not all expire together.
-        let lifetime = self.lock().settings.max_lifetime;
+        let (lifetime, max_prepared) = {
+            let st = self.lock();
+            (st.settings.max_lifetime, st.settings.max_prepared)
+        };
+        conn.prepared.statements = crate::prepared::ServerStatements::new(max_prepared.max(1));
         let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
         Pooled {
             retire_at: conn.created + (lifetime - jitter),

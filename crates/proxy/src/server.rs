@@ -291,13 +291,30 @@ pub struct ServerConn {
     pub(crate) credential_generation: u64,
     /// The connection broke or is in a state pgwake cannot vouch for.
     pub(crate) broken: bool,
+    /// Prepared statements and the reply plan (transaction mode). Boxed: a
+    /// connection moves by value through checkouts and client tasks.
+    pub(crate) prepared: Box<Prepared>,
+}
+
+/// A server connection's side of named prepared statements.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// Server-side prepared statements on this connection.
+    pub(crate) statements: crate::prepared::ServerStatements,
+    /// What the replies in flight answer, for the client attached.
+    pub(crate) plan: crate::prepared::ReplyPlan,
+    /// The frame being read was dropped by the plan: so is the rest of it.
+    pub(crate) dropping: bool,
 }
 
 /// The frames whose bodies the relay reads from the server side:
-/// ReadyForQuery, ParameterStatus, and ErrorResponse (to catch a FATAL).
+/// ReadyForQuery, ParameterStatus, ErrorResponse (to catch a FATAL), and
+/// CommandComplete (DISCARD ALL and DEALLOCATE ALL clear prepared
+/// statements) and RowDescription (whole, so that pgwake's own replies due
+/// after it never land inside it).
 #[inline]
 pub fn inspected_server_frame(tag: u8) -> bool {
-    tag == b'Z' || tag == b'S' || tag == b'E'
+    matches!(tag, b'Z' | b'S' | b'E' | b'C' | b'T')
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC: the server
@@ -802,6 +819,11 @@ async fn login(
                     last_used: now,
                     broken: false,
                     credential_generation: 0,
+                    prepared: Box::new(Prepared {
+                        statements: crate::prepared::ServerStatements::new(1),
+                        plan: crate::prepared::ReplyPlan::new(),
+                        dropping: false,
+                    }),
                 });
             }
             _ => {

@@ -47,6 +47,9 @@ const DESCRIPTIONS: &[(&str, char, &str)] = &[
     ("pgwake_idle_stops_total", 'c', "Stop requests sent to the provider (idle stop, SLEEP, stop on shutdown)"),
     ("pgwake_cancels_total", 'c', "Cancel requests forwarded to the server"),
     ("pgwake_timeouts_total", 'c', "Clients or queries ended by a timeout, by kind"),
+    ("pgwake_prepared_statement_hits_total", 'c', "Named statements a client used that the server connection had prepared already"),
+    ("pgwake_prepared_statement_misses_total", 'c', "Named statements prepared on a server connection for a client"),
+    ("pgwake_prepared_statement_evictions_total", 'c', "Server-side statements closed to stay within pool.max_prepared_statements"),
     ("pgwake_paused", 'g', "1 while the admin console's PAUSE is in force"),
     ("pgwake_reloads_total", 'c', "Configuration reloads, by result"),
 ];
@@ -288,6 +291,11 @@ pub struct PoolCounts {
     pub wait_us: AtomicU64,
     /// Server connections handed to clients.
     pub assignments: AtomicU64,
+    /// Prepared statements found on the server connection, prepared there,
+    /// and closed to stay within `max_prepared_statements`.
+    pub prepared_hits: AtomicU64,
+    pub prepared_misses: AtomicU64,
+    pub prepared_evictions: AtomicU64,
     /// Clients logged in to this pool.
     pub clients: AtomicUsize,
     /// Clients holding a server connection.

@@ -196,6 +196,12 @@ fn publish(shared: &Shared) {
             ("pgwake_queries_total", &c.queries),
             ("pgwake_received_bytes_total", &c.received),
             ("pgwake_sent_bytes_total", &c.sent),
+            ("pgwake_prepared_statement_hits_total", &c.prepared_hits),
+            ("pgwake_prepared_statement_misses_total", &c.prepared_misses),
+            (
+                "pgwake_prepared_statement_evictions_total",
+                &c.prepared_evictions,
+            ),
         ] {
             m.counter(name, labels())
                 .absolute(v.load(Ordering::Relaxed));

@@ -640,6 +640,24 @@ impl ReplyPlan {
         server.invalidate();
     }
 
+    /// Takes back, newest first, every change the messages still unanswered
+    /// made: their connection died before answering, and the request goes
+    /// to another connection as if never sent.
+    pub fn undo_all(&mut self, client: &mut ClientStatements, server: &mut ServerStatements) {
+        while let Some(e) = self.pop() {
+            self.scratch.push(e);
+        }
+        ReplyTracker {
+            client,
+            server,
+            plan: self,
+        }
+        .undo_scratch();
+        let scratch = std::mem::take(&mut self.scratch);
+        *self = ReplyPlan::new();
+        self.scratch = scratch;
+    }
+
     fn push(&mut self, e: Entry) {
         if e.undo.is_some() {
             self.changes_open += 1;

@@ -6,7 +6,6 @@
 //! it idle with nothing owed. Session mode: attached at the first message and
 //! kept until the client leaves, then reset with `DISCARD ALL`.
 
-use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -314,10 +313,12 @@ struct Session<C> {
     /// the grace period ends, sessions still relaying are dropped with the
     /// runtime; their server backends see the close and roll back.)
     shutdown: CancellationToken,
-    /// Named prepared statements this client created and has not closed.
-    /// While any exist, the server connection that holds them stays with
-    /// the client (transaction mode degrades to session mode for it).
-    statements: HashSet<Box<[u8]>>,
+    /// The client's named prepared statements (transaction mode): mapped
+    /// onto statements each server connection prepares once and keeps.
+    prepared: crate::prepared::ClientStatements,
+    /// A client message waits for the server's replies before it can be
+    /// rewritten (see [`crate::prepared::Step::Wait`]).
+    held: bool,
     /// Bytes at the front of `cbuf` already sent as the first request on a
     /// freshly attached connection, kept until the server answers so that a
     /// connection found dead on first use can be replaced invisibly.
@@ -460,6 +461,7 @@ impl<C: ClientStream> Session<C> {
         }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
+        let prepared = crate::prepared::ClientStatements::new(pool.statement_hasher().clone());
         Ok(Session {
             registered,
             counted_active: false,
@@ -483,7 +485,8 @@ impl<C: ClientStream> Session<C> {
             server: None,
             lifecycle,
             shutdown,
-            statements: HashSet::new(),
+            prepared,
+            held: false,
             replay: 0,
             fresh: false,
             shared,

@@ -3,7 +3,6 @@
 //! owed, transaction status, settings, named statements), and cleaning up
 //! when either side goes away.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -39,18 +38,6 @@ async fn expiry(
         }
         _ => std::future::pending().await,
     }
-}
-
-/// Writes `before`, then `e` in place of the frame that followed it.
-async fn write_then_error<C: ClientStream>(
-    client: &mut C,
-    before: &[u8],
-    e: ErrorMessage,
-) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(before.len() + 128);
-    out.extend_from_slice(before);
-    e.write(&mut out);
-    client.write_all(&out).await
 }
 
 /// A query's text for the log, with the contents of string literals
@@ -115,7 +102,8 @@ impl<C: ClientStream> Session<C> {
                 && self.cscan.at_boundary()
                 && server.scan.at_boundary()
                 && server.buf.is_empty()
-                && self.statements.is_empty()
+                && server.prepared.plan.is_empty()
+                && !self.held
             {
                 return Stop::Released;
             }
@@ -136,7 +124,14 @@ impl<C: ClientStream> Session<C> {
                         tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
                         return Box::pin(self.server_lost(&e.to_string())).await;
                     }
-                    Ok(_) => if let Err(stop) = self.forward_server().await { return stop },
+                    Ok(_) => {
+                        if let Err(stop) = self.forward_server().await { return stop }
+                        // Frames held back until the server answered more.
+                        if self.held {
+                            // Boxed: rare, and it would enlarge every session's task.
+                            if let Err(stop) = Box::pin(self.forward_client()).await { return stop }
+                        }
+                    }
                 },
                 kind = expiry(timer, deadline) => {
                     if let Err(stop) = Box::pin(self.on_timeout(kind)).await { return stop }
@@ -165,9 +160,8 @@ impl<C: ClientStream> Session<C> {
             ));
         }
         // Idle between transactions while still holding the connection
-        // (session mode, or named statements in transaction mode): the
-        // client is idle here, not in `await_first_frame`.
-        if self.mode == PoolMode::Session || !self.statements.is_empty() {
+        // (session mode): the client is idle here, not in `await_first_frame`.
+        if self.mode == PoolMode::Session {
             return Some((self.idle_since + t.client_idle()?, TimeoutKind::ClientIdle));
         }
         None
@@ -225,7 +219,7 @@ impl<C: ClientStream> Session<C> {
         let mut want = 8 * 1024;
         if self.cscan.at_boundary() {
             if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
-                if client_frame_read_whole(self.cbuf[0]) {
+                if frame_read_whole(self.mode == PoolMode::Transaction)(self.cbuf[0]) {
                     want = want.max(len);
                 }
             }
@@ -261,8 +255,6 @@ impl<C: ClientStream> Session<C> {
                     .with_hint("the open transaction is lost (if COMMIT was in flight, it may or may not have completed); reconnect and retry"),
             );
         }
-        // Named statements lived on that connection only.
-        self.statements.clear();
         if tx.owed == 0 {
             // Nothing in flight: the client only loses its named statements,
             // and an unsolicited error would make many drivers hang up.
@@ -290,20 +282,26 @@ impl<C: ClientStream> Session<C> {
         if self.replay > 0 {
             self.cbuf.advance(std::mem::take(&mut self.replay));
         }
+        self.held = false;
         let server = &mut self.server.as_mut().expect("attached").conn;
+        let track = self.mode == PoolMode::Transaction;
         // A first request on a fresh attachment, with no session state on the
         // connection, may go to another connection if this one proves dead.
-        let replayable =
-            std::mem::take(&mut self.fresh) && server.tx.is_idle() && self.statements.is_empty();
+        let replayable = std::mem::take(&mut self.fresh) && server.tx.is_idle();
         let mut capture = self.query_text.is_empty() && self.shared.timeouts.slow_query().is_some();
+        // Rewritten output: empty unless a frame was changed, added or held
+        // back; then it holds everything from the buffer's start to `pos`.
+        let mut out = BytesMut::new();
+        let mut to_client = BytesMut::new();
+        let mut copied = 0;
         let mut pos = 0;
         let mut terminate = false;
         loop {
-            let step = self.cscan.next(&self.cbuf, pos, client_frame_read_whole);
+            let step = self.cscan.next(&self.cbuf, pos, frame_read_whole(track));
             let Some((item, next)) = step.map_err(|e| Stop::Fatal(too_large(&e)))? else {
                 break;
             };
-            match item {
+            let (tag, body) = match item {
                 Scanned::Start { tag: b'X' } => {
                     terminate = true;
                     break;
@@ -313,7 +311,7 @@ impl<C: ClientStream> Session<C> {
                         capture = false;
                         keep_text(&mut self.query_text, &self.cbuf[pos + 5..next]);
                     }
-                    server.tx.sent(tag)
+                    (tag, &self.cbuf[pos + 5..next])
                 }
                 Scanned::Frame { tag, body } => {
                     if capture && tag == b'P' {
@@ -324,22 +322,79 @@ impl<C: ClientStream> Session<C> {
                             body.get(name_end + 1..).unwrap_or(&[]),
                         );
                     }
-                    server.tx.sent(tag);
-                    track_statement(&mut self.statements, tag, body);
+                    (tag, body)
                 }
-                Scanned::Body => {}
+                Scanned::Body => {
+                    pos = next;
+                    continue;
+                }
+            };
+            if !track {
+                server.tx.sent(tag);
+                pos = next;
+                continue;
             }
+            let mut to_server = BytesMut::new();
+            let step = crate::prepared::Rewriter {
+                client: &mut self.prepared,
+                server: &mut server.prepared.statements,
+                plan: &mut server.prepared.plan,
+            }
+            .message(tag, body, &mut to_server, &mut to_client)
+            .map_err(|e| {
+                Stop::Fatal(ErrorMessage::fatal(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!("invalid message from client: {e}"),
+                ))
+            })?;
+            if step == crate::prepared::Step::Wait {
+                // Offered again once the server has answered more.
+                tracing::debug!(peer = %self.peer, tag = %(tag as char), plan = server.prepared.plan.len(), owed = server.tx.owed, "holding a client message until the server answers");
+                self.held = true;
+                break;
+            }
+            if step == crate::prepared::Step::Pass && to_server.is_empty() && copied == 0 {
+                server.tx.sent(tag);
+                pos = next;
+                continue;
+            }
+            // Bytes change from here on: copy what passed unchanged so far.
+            out.extend_from_slice(&self.cbuf[copied..pos]);
+            if !to_server.is_empty() {
+                out.extend_from_slice(&to_server);
+            }
+            match step {
+                crate::prepared::Step::Pass => {
+                    out.extend_from_slice(&self.cbuf[pos..next]);
+                    server.tx.sent(tag);
+                }
+                crate::prepared::Step::Tail(k) => {
+                    out.extend_from_slice(&body[k..]);
+                    server.tx.sent(tag);
+                }
+                _ => {}
+            }
+            copied = next;
             pos = next;
         }
-        if pos > 0 {
-            let written = server.stream.write_all(&self.cbuf[..pos]).await;
+        let unchanged = copied == 0 && out.is_empty();
+        if !unchanged {
+            out.extend_from_slice(&self.cbuf[copied..pos]);
+        }
+        let sending: &[u8] = if unchanged { &self.cbuf[..pos] } else { &out };
+        if !sending.is_empty() {
+            let written = server.stream.write_all(sending).await;
             PoolCounts::add(&self.pool.stats().received, pos as u64);
             if self.query_start.is_none() {
                 let now = Instant::now();
                 self.query_start = Some(now);
                 self.xact_start.get_or_insert(now);
             }
-            let keep = replayable && !terminate && self.cscan.at_boundary() && pos <= MAX_REPLAY;
+            let keep = replayable
+                && !self.held
+                && !terminate
+                && self.cscan.at_boundary()
+                && pos <= MAX_REPLAY;
             if keep {
                 self.replay = pos;
             } else {
@@ -353,6 +408,11 @@ impl<C: ClientStream> Session<C> {
                 // Answered by server_lost like any other request in flight.
                 return Err(Box::pin(self.server_lost(&e.to_string())).await);
             }
+        } else {
+            self.cbuf.advance(pos);
+        }
+        if !to_client.is_empty() && self.client.write_all(&to_client).await.is_err() {
+            return Err(Stop::ClientGone);
         }
         if terminate {
             return Err(Stop::ClientGone);
@@ -365,16 +425,23 @@ impl<C: ClientStream> Session<C> {
     /// never sees the dead connection. `Ok(false)`: no connection could be
     /// had; the client got an error for the request instead.
     pub(super) async fn retry_on_fresh_connection(&mut self) -> Result<bool, Stop> {
-        drop(self.server.take());
+        if let Some(mut dead) = self.server.take() {
+            // What the request did to the session's statements is taken back:
+            // it is sent again, as new, on the next connection.
+            let prepared = &mut *dead.conn.prepared;
+            prepared
+                .plan
+                .undo_all(&mut self.prepared, &mut prepared.statements);
+        }
         self.cancel.set(None);
-        let replay = std::mem::take(&mut self.replay);
+        // The request is still at the front of the buffer.
+        self.replay = 0;
         tracing::info!(peer = %self.peer, pool = %self.pool.key(), "retrying the request on a fresh server connection");
         let mut p = match self.pool.checkout_fresh().await {
             Ok(p) => p,
             Err(e) => {
                 // The request is still buffered; answer it with the error.
                 self.detached();
-                self.statements.clear();
                 Box::pin(self.skip_request(e.to_client())).await?;
                 return Ok(false);
             }
@@ -385,26 +452,12 @@ impl<C: ClientStream> Session<C> {
                 return Err(stop);
             }
         }
-        let mut scan = pgwake_protocol::Scanner::new(usize::MAX);
-        let mut pos = 0;
-        while let Ok(Some((item, next))) = scan.next(&self.cbuf[..replay], pos, |_| false) {
-            if let Scanned::Start { tag } = item {
-                p.conn.tx.sent(tag);
-            }
-            pos = next;
-        }
-        let written = p.conn.stream.write_all(&self.cbuf[..replay]).await;
-        self.cbuf.advance(replay);
-        if let Err(e) = written {
-            self.detached();
-            return Err(Stop::Fatal(ErrorMessage::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("server connection lost: {e}"),
-            )));
-        }
         self.attached(p.conn.cancel_key().1);
         self.cancel.set(Some(p.conn.cancel_key()));
         self.server = Some(p);
+        // Sent as any request is; no second replay if this one dies too.
+        self.fresh = false;
+        self.forward_client().await?;
         Ok(true)
     }
 
@@ -412,12 +465,18 @@ impl<C: ClientStream> Session<C> {
     /// ReadyForQuery and ParameterStatus on the way.
     async fn forward_server(&mut self) -> Result<(), Stop> {
         let server = &mut self.server.as_mut().expect("attached").conn;
+        let track = self.mode == PoolMode::Transaction;
         let mut pos = 0;
-        // Bytes before this were written to the client already (a replaced error).
+        // Once a frame is dropped, replaced or followed by pgwake's own
+        // replies, what the client gets is assembled in `out`; `flushed` is
+        // where the server bytes not yet copied there begin.
+        let mut out = BytesMut::new();
+        let mut edited = false;
         let mut flushed = 0;
         let mut fatal = None;
         let mut readies = 0u64;
         let mut xact_ends = 0u64;
+        let mut extra = BytesMut::new();
         loop {
             let frame_at = pos;
             let step = server.scan.next(&server.buf, pos, inspected_server_frame);
@@ -430,7 +489,56 @@ impl<C: ClientStream> Session<C> {
             else {
                 break;
             };
+            if let Scanned::Frame { tag: b'E', body } = item {
+                if crate::server::is_fatal(body) {
+                    // The server is closing this connection (shutdown, terminated
+                    // backend): not the client's session to end. Keep it from the
+                    // client and handle it as a lost connection.
+                    fatal = Some(crate::server::parse_error(body).message);
+                    break;
+                }
+            }
+            // The plan of replies: which go to the client, and pgwake's own.
+            let mut dropped = false;
+            if track {
+                let verdict = match item {
+                    Scanned::Body => {
+                        if server.prepared.dropping {
+                            server.prepared.dropping = !server.scan.at_boundary();
+                            Some(crate::prepared::Verdict::Drop)
+                        } else {
+                            None
+                        }
+                    }
+                    Scanned::Start { tag } => Some(
+                        crate::prepared::ReplyTracker {
+                            client: &mut self.prepared,
+                            server: &mut server.prepared.statements,
+                            plan: &mut server.prepared.plan,
+                        }
+                        .frame(tag, &[], &mut extra),
+                    ),
+                    Scanned::Frame { tag, body } => Some(
+                        crate::prepared::ReplyTracker {
+                            client: &mut self.prepared,
+                            server: &mut server.prepared.statements,
+                            plan: &mut server.prepared.plan,
+                        }
+                        .frame(tag, body, &mut extra),
+                    ),
+                };
+                if verdict == Some(crate::prepared::Verdict::Drop) {
+                    dropped = true;
+                    if matches!(item, Scanned::Start { .. }) {
+                        server.prepared.dropping = !server.scan.at_boundary();
+                    }
+                    out.extend_from_slice(&server.buf[flushed..frame_at]);
+                    flushed = next;
+                    edited = true;
+                }
+            }
             match item {
+                _ if dropped => {}
                 Scanned::Frame { tag: b'Z', body } => {
                     let status = body.first().copied().unwrap_or(b'E');
                     server.tx.ready(status);
@@ -451,22 +559,16 @@ impl<C: ClientStream> Session<C> {
                     // The cancel sent for query_timeout: say why.
                     self.cancel_consumed = true;
                     let limit = self.shared.timeouts.query().unwrap_or_default();
-                    let e = ErrorMessage::error(
+                    out.extend_from_slice(&server.buf[flushed..frame_at]);
+                    ErrorMessage::error(
                         sqlstate::QUERY_CANCELED,
                         format!(
                             "canceling statement due to pgwake timeouts.query_timeout ({limit:?})"
                         ),
-                    );
-                    // Boxed: rare, and it would enlarge every session's task.
-                    let before = &server.buf[flushed..frame_at];
-                    PoolCounts::add(&self.pool.stats().sent, before.len() as u64);
-                    if Box::pin(write_then_error(&mut self.client, before, e))
-                        .await
-                        .is_err()
-                    {
-                        return Err(Stop::ClientGone);
-                    }
+                    )
+                    .write(&mut out);
                     flushed = next;
+                    edited = true;
                 }
                 Scanned::Frame { tag: b'S', body } => {
                     // ParameterStatus: a SET by the client; it now expects this value.
@@ -486,32 +588,34 @@ impl<C: ClientStream> Session<C> {
                         server.settings_fp = self.want_fp;
                     }
                 }
-                Scanned::Frame { tag: b'E', body } if crate::server::is_fatal(body) => {
-                    // The server is closing this connection (shutdown, terminated
-                    // backend): not the client's session to end. Keep it from the
-                    // client and handle it as a lost connection.
-                    fatal = Some(crate::server::parse_error(body).message);
-                    break;
-                }
                 _ => {}
+            }
+            if !extra.is_empty() {
+                // pgwake's own replies go right after this frame.
+                out.extend_from_slice(&server.buf[flushed.min(next)..next]);
+                out.extend_from_slice(&extra);
+                extra.clear();
+                flushed = next;
+                edited = true;
             }
             pos = next;
         }
-        if pos > 0 {
+        if pos > 0 || edited {
             if self.replay > 0 {
                 // The server answered: the request went through.
                 self.cbuf.advance(std::mem::take(&mut self.replay));
             }
-            if self
-                .client
-                .write_all(&server.buf[flushed..pos])
-                .await
-                .is_err()
-            {
+            let sending: &[u8] = if edited {
+                out.extend_from_slice(&server.buf[flushed.min(pos)..pos]);
+                &out
+            } else {
+                &server.buf[..pos]
+            };
+            if !sending.is_empty() && self.client.write_all(sending).await.is_err() {
                 return Err(Stop::ClientGone);
             }
+            PoolCounts::add(&self.pool.stats().sent, sending.len() as u64);
             server.buf.advance(pos);
-            PoolCounts::add(&self.pool.stats().sent, (pos - flushed) as u64);
         }
         if let Some(message) = fatal {
             server.broken = true;
@@ -587,7 +691,7 @@ impl<C: ClientStream> Session<C> {
         let pool = self.pool.clone();
         let mode = self.mode;
         let peer = self.peer.clone();
-        let had_statements = !self.statements.is_empty();
+
         let cleanup = async move {
             if !p.conn.tx.is_idle() {
                 let mut out = BytesMut::new();
@@ -606,11 +710,18 @@ impl<C: ClientStream> Session<C> {
                 p.conn.stream.write_all(&out).await.ok()?;
                 p.conn.drain().await.ok()?;
             }
-            if mode == PoolMode::Transaction && had_statements {
+            if !p.conn.prepared.plan.is_empty() {
+                // Replies the departed client's plan still expected: what the
+                // connection has prepared can no longer be vouched for.
+                p.conn
+                    .prepared
+                    .plan
+                    .abandon(&mut p.conn.prepared.statements);
                 p.conn
                     .run_internal("DEALLOCATE ALL", INTERNAL_TIMEOUT)
                     .await
                     .ok()?;
+                p.conn.prepared.statements.invalidate();
             }
             if mode == PoolMode::Session {
                 p.conn
@@ -630,30 +741,11 @@ impl<C: ClientStream> Session<C> {
     }
 }
 
-/// Client frames whose bodies pgwake reads: Parse and Close name prepared statements.
+/// Client frames whose bodies pgwake reads: in transaction mode, the ones
+/// that name prepared statements; in session mode, none.
 #[inline]
-fn client_frame_read_whole(tag: u8) -> bool {
-    tag == b'P' || tag == b'C'
-}
-
-/// Notes a named statement created by Parse or removed by Close.
-fn track_statement(statements: &mut HashSet<Box<[u8]>>, tag: u8, body: &[u8]) {
-    let name = |b: &[u8]| -> Box<[u8]> {
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        b[..end].into()
-    };
-    match tag {
-        b'P' => {
-            let n = name(body);
-            if !n.is_empty() {
-                statements.insert(n);
-            }
-        }
-        b'C' if body.first() == Some(&b'S') => {
-            statements.remove(&name(&body[1..]));
-        }
-        _ => {}
-    }
+fn frame_read_whole(track: bool) -> impl Fn(u8) -> bool {
+    move |tag| track && crate::prepared::client_frame_read_whole(tag)
 }
 
 #[cfg(test)]
