@@ -18,7 +18,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(HERE, "requirements.txt")
 STAMP_NAME = "pgwake-requirements.txt"
-CHECK = "import psycopg, django, gunicorn"
+CHECK = "import psycopg, django, gunicorn, asyncpg"
 PIP_TIMEOUT = 900
 LOCK_TIMEOUT = 1200
 

@@ -1,0 +1,583 @@
+#![forbid(unsafe_code)]
+//! Named prepared statements in transaction mode, driven by real drivers
+//! through `pgwake run` with a pool of five server connections: psycopg 3
+//! preparing every query (and deallocating them all after a rollback),
+//! psycopg 3 closing statements it evicts from a small cache, asyncpg with
+//! its statement cache from a hundred connections, and node-postgres named
+//! queries whose SQL differs between clients under the same name.
+//!
+//! The drivers live in `tests/python/prepared_clients.py` (in the virtualenv
+//! `target/pyenv`, made by `tests/python/ensure_venv.py`) and
+//! `tests/node/named_queries.js` (its `node_modules` installed here with
+//! `npm ci` when missing or stale). Each checks every answer against the
+//! statement it belongs to and ends with a one-line summary of counts, which
+//! the test checks against the counts its parameters imply. Every process
+//! runs in its own process group, killed when the test ends.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{cluster, Pgwake};
+use pgwake_testkit::Cluster;
+
+const VENV_TIMEOUT: Duration = Duration::from_secs(1200);
+const NPM_TIMEOUT: Duration = Duration::from_secs(600);
+/// Outer bound on a driver; each has its own deadline below it.
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(300);
+const DRIVER_DEADLINE_SECS: u32 = 180;
+
+/// Transaction mode (the default) over five server connections.
+const POOL: &str = "size = 5\nmin_idle = 1\npool_wait_timeout = \"30s\"";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python_dir() -> PathBuf {
+    workspace().join("tests").join("python")
+}
+
+fn node_dir() -> PathBuf {
+    workspace().join("tests").join("node")
+}
+
+fn venv() -> PathBuf {
+    workspace().join("target").join("pyenv")
+}
+
+/// A child process in its own process group, its stdout and stderr going
+/// to a log file. Dropping it kills the whole group.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    fn output(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+    }
+
+    /// The last `lines` lines of the process's output.
+    fn output_tail(&self, lines: usize) -> String {
+        let text = self.output();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        format!(
+            "--- {} output (last {} of {} lines) ---\n{}\n--- end of {} output ---",
+            self.name,
+            all.len() - start,
+            all.len(),
+            all[start..].join("\n"),
+            self.name
+        )
+    }
+
+    /// Waits for the process to exit, killing its group after `limit`.
+    fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill_group();
+                bail!("{} did not finish within {limit:?}; killed", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a clean exit within `limit`; returns the output.
+    fn finish(&mut self, limit: Duration) -> Result<String> {
+        let status = self.wait(limit).with_context(|| self.output_tail(200))?;
+        ensure!(
+            status.success(),
+            "{} failed ({status})\n{}",
+            self.name,
+            self.output_tail(200)
+        );
+        Ok(self.output())
+    }
+
+    fn kill_group(&mut self) {
+        // The group id is the child's pid (process_group(0)). The shell's
+        // own `kill`, not /usr/bin/kill: procps-ng 4.0's turns `-KILL -PGID`
+        // into kill(-1, SIGKILL), every process the user may signal.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -KILL -{} 2>/dev/null", self.child.id()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// Creates target/pyenv from tests/python/requirements.txt unless it already
+/// holds them; concurrent callers are serialized by ensure_venv.py's lock.
+fn ensure_venv(logs: &Path) -> Result<()> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_dir().join("ensure_venv.py"))
+        .arg(venv())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    Proc::spawn("ensure_venv.py", cmd, logs.join("ensure_venv.log"))?
+        .finish(VENV_TIMEOUT)
+        .context("setting up the Python virtualenv for the driver tests")?;
+    Ok(())
+}
+
+/// Installs tests/node/node_modules from package-lock.json with `npm ci`
+/// unless it holds that lock file's packages already (a copy of the lock
+/// file is kept in node_modules after a good install). `flock` keeps two
+/// test runs from installing at once.
+fn ensure_node_modules(logs: &Path) -> Result<()> {
+    let dir = node_dir();
+    let lock = fs::read(dir.join("package-lock.json")).context("reading package-lock.json")?;
+    let stamp = dir.join("node_modules").join(".pgwake-package-lock.json");
+    let installed = || {
+        fs::read(&stamp).is_ok_and(|s| s == lock)
+            && dir.join("node_modules/pg/package.json").exists()
+    };
+    if installed() {
+        return Ok(());
+    }
+    let lock_file = workspace().join("target").join("node_modules.lock");
+    fs::create_dir_all(workspace().join("target"))?;
+    let mut cmd = Command::new("flock");
+    cmd.arg("-w")
+        .arg(NPM_TIMEOUT.as_secs().to_string())
+        .arg(lock_file)
+        .arg("sh")
+        .arg("-c")
+        .arg(
+            "cmp -s package-lock.json node_modules/.pgwake-package-lock.json \
+             && test -f node_modules/pg/package.json \
+             || { npm ci --no-audit --no-fund --loglevel=error \
+                  && cp package-lock.json node_modules/.pgwake-package-lock.json; }",
+        )
+        .current_dir(&dir);
+    without_client_env(&mut cmd);
+    Proc::spawn("npm ci", cmd, logs.join("npm.log"))?
+        .finish(NPM_TIMEOUT)
+        .context("installing tests/node/node_modules")?;
+    ensure!(installed(), "npm ci left no node_modules/pg");
+    Ok(())
+}
+
+/// Drops settings that could redirect or alter a driver's connections.
+fn without_client_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        if key_str.starts_with("PG") || key_str.to_ascii_lowercase().ends_with("_proxy") {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+/// `python prepared_clients.py MODE` against pgwake on `port`.
+fn python_driver(mode: &str, port: u16, args: &[String]) -> Command {
+    let mut cmd = Command::new(venv().join("bin").join("python"));
+    without_client_env(&mut cmd);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .arg(python_dir().join("prepared_clients.py"))
+        .arg(mode)
+        .args(["--port", &port.to_string()])
+        .args(["--deadline", &DRIVER_DEADLINE_SECS.to_string()])
+        .args(args);
+    cmd
+}
+
+/// A throwaway cluster with the table the drivers write to, and pgwake in
+/// transaction mode in front of it.
+struct Stack {
+    pgwake: Pgwake,
+    // After `pgwake`, so the proxy stops before the server.
+    cluster: Cluster,
+    dir: tempfile::TempDir,
+    started: Instant,
+}
+
+impl Stack {
+    /// Runs `setup` (installing the driver; its logs go to the test's
+    /// directory), then starts the cluster and pgwake with `pool`.
+    fn start(name: &str, setup: fn(&Path) -> Result<()>, pool: &str) -> Result<Stack> {
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pgwake-drivers-{name}-"))
+            .tempdir()?;
+        setup(dir.path())?;
+        let cluster = cluster();
+        cluster.psql(
+            "app",
+            "create table driver_rows (client text, n int); alter table driver_rows owner to app",
+        )?;
+        let pgwake = Pgwake::start(&cluster, pool);
+        Ok(Stack {
+            pgwake,
+            cluster,
+            dir,
+            started,
+        })
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Runs a driver to a clean exit; returns its output.
+    fn run_driver(&self, name: &str, cmd: Command) -> Result<String> {
+        Proc::spawn(name, cmd, self.log(name))?.finish(DRIVER_TIMEOUT)
+    }
+
+    fn scrape(&self) -> String {
+        common::http_get(self.pgwake.admin_port, "/metrics", Duration::from_secs(10)).1
+    }
+
+    /// A prepared statement cache counter of pool app/app.
+    fn prepared_metric(&self, what: &str) -> f64 {
+        common::metric(
+            &self.scrape(),
+            &format!("pgwake_prepared_statement_{what}_total{{database=\"app\",user=\"app\"}}"),
+        )
+    }
+
+    /// Rows in driver_rows of clients named `PREFIX-<n>`, and how many
+    /// clients wrote them.
+    fn rows(&self, client_prefix: &str) -> Result<(u64, u64)> {
+        let out = self.cluster.psql(
+            "app",
+            &format!(
+                "select count(*) || ' ' || count(distinct client) from driver_rows \
+                 where client like '{client_prefix}-%'"
+            ),
+        )?;
+        let (rows, clients) = out.split_once(' ').context("count output")?;
+        Ok((rows.parse()?, clients.parse()?))
+    }
+
+    /// Runs a test's `body` (which returns the drivers' summary lines),
+    /// then checks that pgwake kept to five server connections and did not
+    /// panic. On failure the error carries pgwake's log, and this test's
+    /// directory (driver output, psycopg's protocol traces) is kept.
+    fn verify(self, body: impl FnOnce(&Stack) -> Result<String>) -> Result<()> {
+        let result = body(&self).and_then(|summary| {
+            let backends = common::app_backends(&self.cluster);
+            ensure!(
+                backends <= 5,
+                "{backends} server connections for a pool of 5"
+            );
+            ensure!(!self.pgwake.logs().contains("panicked"), "pgwake panicked");
+            Ok(summary)
+        });
+        match result {
+            Ok(summary) => {
+                eprintln!("{summary}\n(test took {:.1?})", self.started.elapsed());
+                Ok(())
+            }
+            Err(e) => {
+                let logs = self.pgwake.logs();
+                let tail: Vec<&str> = logs.lines().rev().take(150).collect();
+                Err(e.context(format!(
+                    "--- pgwake log (last {} lines) ---\n{}\n--- end of pgwake log ---\n\
+                     driver output and traces kept in {}",
+                    tail.len(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    self.dir.keep().display()
+                )))
+            }
+        }
+    }
+}
+
+/// The counts of a driver's summary line, `MODE: ok key=value ...` (the
+/// last line starting with `MODE: `); fails unless it says ok.
+fn summary(out: &str, mode: &str) -> Result<(String, BTreeMap<String, u64>)> {
+    let prefix = format!("{mode}: ");
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(&prefix))
+        .with_context(|| format!("no `{prefix}` summary line in:\n{out}"))?;
+    ensure!(
+        line[prefix.len()..].starts_with("ok "),
+        "{line}\n--- output ---\n{out}"
+    );
+    let counts = line
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect();
+    Ok((line.to_string(), counts))
+}
+
+/// The counts `wanted` are in `counts`, each with that value.
+fn assert_counts(line: &str, counts: &BTreeMap<String, u64>, wanted: &[(&str, u64)]) -> Result<()> {
+    for (key, value) in wanted {
+        ensure!(
+            counts.get(*key) == Some(value),
+            "{key}: expected {value}, got {:?}\n{line}",
+            counts.get(*key)
+        );
+    }
+    Ok(())
+}
+
+/// How many of `0..n` satisfy `pred`.
+fn count_where(n: u64, pred: impl Fn(u64) -> bool) -> u64 {
+    (0..n).filter(|&i| pred(i)).map(|_| 1).sum()
+}
+
+#[test]
+fn psycopg3_prepares_every_query_from_twenty_threads() -> Result<()> {
+    const CLIENTS: u64 = 20;
+    const ITERATIONS: u64 = 50;
+    let mode = "psycopg-prepared";
+    let stack = Stack::start(mode, ensure_venv, POOL)?;
+    stack.verify(|stack| {
+        let args = [
+            format!("--clients={CLIENTS}"),
+            format!("--iterations={ITERATIONS}"),
+            format!("--trace-dir={}", stack.dir.path().display()),
+        ];
+        let out = stack.run_driver(mode, python_driver(mode, stack.pgwake.port, &args))?;
+        let (line, counts) = summary(&out, mode)?;
+
+        // Per iteration: four SELECTs and an INSERT, then (by i % 5) a
+        // commit (0, 3), a commit and a `with transaction()` block rolled
+        // back on purpose (1), a rollback (2), a division by zero and a
+        // rollback (4).
+        let by = |r: u64| count_where(ITERATIONS, |i| i % 5 == r);
+        let commits = by(0) + by(1) + by(3);
+        let rollbacks = by(1) + by(2) + by(4);
+        let queries = 5 * ITERATIONS + 2 * by(1) + by(4) + 1;
+        assert_counts(
+            &line,
+            &counts,
+            &[
+                ("queries", CLIENTS * queries),
+                ("commits", CLIENTS * commits),
+                ("committed_rows", CLIENTS * commits),
+                ("rollbacks", CLIENTS * rollbacks),
+                ("expected_errors", CLIENTS * by(4)),
+                // psycopg forgets its statements at each rollback, and
+                // tells the server so.
+                ("deallocate_all", CLIENTS * rollbacks),
+                ("closes", 0),
+            ],
+        )?;
+        let rows = stack.rows(mode)?;
+        ensure!(
+            rows == (CLIENTS * commits, CLIENTS),
+            "rows, clients: {rows:?}"
+        );
+        let (hits, misses) = (
+            stack.prepared_metric("hits"),
+            stack.prepared_metric("misses"),
+        );
+        ensure!(hits > 0.0 && misses > 0.0, "hits {hits}, misses {misses}");
+        Ok(line)
+    })
+}
+
+#[test]
+fn psycopg3_small_prepared_max_closes_what_it_evicts() -> Result<()> {
+    const CLIENTS: u64 = 10;
+    const ITERATIONS: u64 = 30;
+    const PREPARED_MAX: u64 = 3;
+    const CYCLE: u64 = 8;
+    let mode = "psycopg-evict";
+    // pgwake's own cache is small too: the 80 statements of the cycles and
+    // the 2 shared ones do not fit, so it closes statements on the server.
+    let pool = format!("{POOL}\nmax_prepared_statements = 16");
+    let stack = Stack::start(mode, ensure_venv, &pool)?;
+    stack.verify(|stack| {
+        let args = [
+            format!("--clients={CLIENTS}"),
+            format!("--iterations={ITERATIONS}"),
+            format!("--prepared-max={PREPARED_MAX}"),
+            format!("--cycle={CYCLE}"),
+            format!("--trace-dir={}", stack.dir.path().display()),
+        ];
+        let out = stack.run_driver(mode, python_driver(mode, stack.pgwake.port, &args))?;
+        let (line, counts) = summary(&out, mode)?;
+
+        // Per iteration: the cycle, a shared SELECT and an INSERT. Even
+        // clients run in autocommit mode; odd ones commit, or roll back
+        // when i % 6 == 5.
+        let in_tx = CLIENTS / 2;
+        let rolled_back = count_where(ITERATIONS, |i| i % 6 == 5);
+        let committed_rows = (CLIENTS - in_tx) * ITERATIONS + in_tx * (ITERATIONS - rolled_back);
+        let queries = CLIENTS * (ITERATIONS * (CYCLE + 2) + 1);
+        assert_counts(
+            &line,
+            &counts,
+            &[
+                ("queries", queries),
+                ("commits", in_tx * (ITERATIONS - rolled_back)),
+                ("committed_rows", committed_rows),
+                ("rollbacks", in_tx * rolled_back),
+                ("deallocate_all", in_tx * rolled_back),
+            ],
+        )?;
+        // Every query prepares a statement (the cycle is longer than
+        // prepared_max); psycopg closes all but at most prepared_max of
+        // them before each DEALLOCATE ALL and at the end.
+        let closes = counts.get("closes").copied().unwrap_or_default();
+        let left_open = PREPARED_MAX * (in_tx * rolled_back + CLIENTS);
+        ensure!(
+            closes + left_open >= queries,
+            "psycopg closed {closes} of {queries} statements\n{line}"
+        );
+        let rows = stack.rows(mode)?;
+        ensure!(rows == (committed_rows, CLIENTS), "rows, clients: {rows:?}");
+        let evictions = stack.prepared_metric("evictions");
+        ensure!(evictions > 0.0, "pgwake evicted no statement");
+        Ok(line)
+    })
+}
+
+#[test]
+fn asyncpg_statement_cache_from_a_hundred_connections() -> Result<()> {
+    // Two processes of 50 connections, as two instances of an application:
+    // asyncpg numbers statements per process, so both use the same names
+    // (`__asyncpg_stmt_1__`, ...) for different SQL.
+    const PROCESSES: u64 = 2;
+    const CLIENTS: u64 = 50;
+    const ITERATIONS: u64 = 20;
+    let mode = "asyncpg";
+    let stack = Stack::start(mode, ensure_venv, POOL)?;
+    stack.verify(|stack| {
+        let mut procs = Vec::new();
+        for p in 0..PROCESSES {
+            let args = [
+                format!("--clients={CLIENTS}"),
+                format!("--first-client={}", p * CLIENTS),
+                format!("--iterations={ITERATIONS}"),
+            ];
+            let name = format!("{mode}-{p}");
+            let cmd = python_driver(mode, stack.pgwake.port, &args);
+            procs.push(Proc::spawn(&name, cmd, stack.log(&name))?);
+        }
+        // Per iteration: five SELECTs (one through a statement prepared by
+        // hand) and a division, by zero when i % 5 == 2; when i % 3 == 0 a
+        // committed transaction of executemany (three rows) and a SELECT;
+        // when i % 7 == 3 a transaction with an INSERT, rolled back.
+        let commits = count_where(ITERATIONS, |i| i % 3 == 0);
+        let rollbacks = count_where(ITERATIONS, |i| i % 7 == 3);
+        let queries = 6 * ITERATIONS + 2 * commits + rollbacks + 1;
+        let mut lines = Vec::new();
+        for mut proc in procs {
+            let out = proc.finish(DRIVER_TIMEOUT)?;
+            let (line, counts) = summary(&out, mode)?;
+            assert_counts(
+                &line,
+                &counts,
+                &[
+                    ("queries", CLIENTS * queries),
+                    ("commits", CLIENTS * commits),
+                    ("committed_rows", CLIENTS * 3 * commits),
+                    ("rollbacks", CLIENTS * rollbacks),
+                    (
+                        "expected_errors",
+                        CLIENTS * count_where(ITERATIONS, |i| i % 5 == 2),
+                    ),
+                ],
+            )?;
+            lines.push(line);
+        }
+        let rows = stack.rows(mode)?;
+        ensure!(
+            rows == (PROCESSES * CLIENTS * 3 * commits, PROCESSES * CLIENTS),
+            "rows, clients: {rows:?}"
+        );
+        let hits = stack.prepared_metric("hits");
+        ensure!(hits > 0.0, "no prepared statement cache hits");
+        Ok(lines.join("\n"))
+    })
+}
+
+#[test]
+fn node_postgres_named_queries_differ_between_clients() -> Result<()> {
+    const CLIENTS: u64 = 20;
+    const ITERATIONS: u64 = 60;
+    let mode = "node-postgres";
+    let stack = Stack::start("node", ensure_node_modules, POOL)?;
+    stack.verify(|stack| {
+        let mut cmd = Command::new("node");
+        without_client_env(&mut cmd);
+        cmd.current_dir(node_dir())
+            .arg("named_queries.js")
+            .args(["--port", &stack.pgwake.port.to_string()])
+            .args(["--clients", &CLIENTS.to_string()])
+            .args(["--iterations", &ITERATIONS.to_string()])
+            .args(["--deadline", &DRIVER_DEADLINE_SECS.to_string()]);
+        let out = stack.run_driver("node", cmd)?;
+        let (line, counts) = summary(&out, mode)?;
+
+        // Per iteration: four named SELECTs, then a transaction (begin,
+        // named INSERT and SELECT, commit) when i % 4 == 0, else one rolled
+        // back (begin, INSERT, rollback) when i % 6 == 3, then a named
+        // division (by zero when i % 5 == 2) and a named SELECT.
+        let commits = count_where(ITERATIONS, |i| i % 4 == 0);
+        let rollbacks = count_where(ITERATIONS, |i| i % 4 != 0 && i % 6 == 3);
+        let queries = 6 * ITERATIONS + 4 * commits + 3 * rollbacks + 1;
+        assert_counts(
+            &line,
+            &counts,
+            &[
+                ("queries", CLIENTS * queries),
+                ("commits", CLIENTS * commits),
+                ("committed_rows", CLIENTS * commits),
+                ("rollbacks", CLIENTS * rollbacks),
+                (
+                    "expected_errors",
+                    CLIENTS * count_where(ITERATIONS, |i| i % 5 == 2),
+                ),
+            ],
+        )?;
+        let rows = stack.rows("node")?;
+        ensure!(
+            rows == (CLIENTS * commits, CLIENTS),
+            "rows, clients: {rows:?}"
+        );
+        let hits = stack.prepared_metric("hits");
+        ensure!(hits > 0.0, "no prepared statement cache hits");
+        Ok(line)
+    })
+}
