@@ -9,14 +9,16 @@
 //! runs in its own process group, which is killed when the test ends, passed
 //! or failed.
 
-use std::fs::{self, File};
+mod common;
+
+use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::proc::Proc;
 use pgwake_testkit::{free_port, Cluster, HostAuth};
 
 const USER: &str = "app";
@@ -64,106 +66,10 @@ fn sidecar_env(listen_port: u16, server_port: u16) -> Vec<(&'static str, String)
     ]
 }
 
-/// A child process in its own process group, with stdout and stderr going
-/// to a log file. Dropping it kills the whole group.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-            log,
-        })
-    }
-
-    /// The last `lines` lines of the process's output.
-    fn output_tail(&self, lines: usize) -> String {
-        let text = fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
-        let all: Vec<&str> = text.lines().collect();
-        let start = all.len().saturating_sub(lines);
-        format!(
-            "--- {} output (last {} of {} lines) ---\n{}\n--- end of {} output ---",
-            self.name,
-            all.len() - start,
-            all.len(),
-            all[start..].join("\n"),
-            self.name
-        )
-    }
-
-    fn output(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Waits for the process to exit, killing it after `limit`.
-    fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.kill_group();
-                bail!("{} did not finish within {limit:?}; killed", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill_group(&mut self) {
-        // The group id is the child's pid (process_group(0)); killing the
-        // group also ends what it forked (gunicorn's workers).
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -KILL -{} 2>/dev/null", self.child.id()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill_group();
-    }
-}
-
 /// Runs a command to completion within `limit`; fails with its output unless
 /// it exits 0. Returns its output.
 fn run_to_end(name: &str, cmd: Command, log: PathBuf, limit: Duration) -> Result<String> {
-    let mut proc = Proc::spawn(name, cmd, log)?;
-    let status = proc.wait(limit).with_context(|| proc.output_tail(200))?;
-    ensure!(
-        status.success(),
-        "{name} failed ({status})\n{}",
-        proc.output_tail(200)
-    );
-    Ok(proc.output())
+    Proc::spawn(name, cmd, log)?.finish(limit)
 }
 
 /// Creates target/pyenv from tests/python/requirements.txt unless it already

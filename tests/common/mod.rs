@@ -1,6 +1,8 @@
 //! Starting the `pgwake` binary in front of a test cluster.
 #![allow(dead_code)]
 
+pub mod proc;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
