@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use common::{cluster, Pgwake};
+use common::{cluster, pgbench, Pgwake};
 use postgres_protocol::message::frontend;
 use postgres_protocol::IsNull;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,21 +58,7 @@ async fn fifty_clients_prepare_and_execute_over_five_connections() {
 fn pgbench_prepared_mode_runs_clean_in_transaction_mode() {
     let cluster = cluster();
     let pg = Pgwake::start(&cluster, "size = 5\nmin_idle = 1");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(cluster.bin().path("pgbench"))
-            .args(["-h", "127.0.0.1", "-U", "app", "-p", &pg.port.to_string()])
-            .args(args)
-            .arg("app")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "pgbench {args:?}:\n{text}");
-        text
-    };
+    let run = |args: &[&str]| pgbench(&cluster, pg.port, args);
     run(&["-i", "-q", "-s", "1"]);
     for args in [
         &["-S", "-M", "prepared", "-c", "20", "-j", "2", "-t", "200"][..],

@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{cluster, Pgwake};
+use common::{cluster, pgbench, Pgwake};
 use futures_util::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,24 +78,6 @@ async fn notifications_pass_through_in_session_mode() {
         .expect("notification arrives")
         .unwrap();
     assert_eq!(got, ("jobs".to_owned(), "hello".to_owned()));
-}
-
-fn pgbench(cluster: &pgwake_testkit::Cluster, port: u16, args: &[&str]) -> String {
-    let out = Command::new(cluster.bin().path("pgbench"))
-        .args(["-h", "127.0.0.1", "-U", "app", "-p"])
-        .arg(port.to_string())
-        .args(args)
-        .arg("app")
-        .env_remove("PGPASSWORD")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
 }
 
 fn assert_no_failures(out: &str, transactions: u32) {

@@ -282,3 +282,23 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Runs pgbench through pgwake on `port` as `app` on database `app`; its
+/// output. Fails the test unless pgbench exits 0.
+pub fn pgbench(cluster: &pgwake_testkit::Cluster, port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new(cluster.bin().path("pgbench"))
+        .args(["-h", "127.0.0.1", "-U", "app", "-p"])
+        .arg(port.to_string())
+        .args(args)
+        .arg("app")
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
