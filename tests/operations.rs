@@ -347,20 +347,16 @@ async fn healthz_answers_while_the_server_is_down_and_readyz_waits_for_warm_pool
 
     // A start-up probe waits; the server comes up; the probe answers ready.
     let admin = p.admin_port;
-    let waiting = std::thread::spawn(move || {
-        let r = http_get(admin, "/readyz?wait=60s", 70 * SECOND);
-        (r, Instant::now())
-    });
+    let waiting = std::thread::spawn(move || http_get(admin, "/readyz?wait=60s", 70 * SECOND));
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !waiting.is_finished(),
         "readyz?wait= answered before the pool was warm"
     );
-    let started = Instant::now();
     cluster.start_again().unwrap();
-    let ((status, body), answered) = waiting.join().unwrap();
+    let (status, body) = waiting.join().unwrap();
     assert_eq!(status, 200, "{body}\n{}", p.logs());
-    assert!(answered >= started);
+    assert!(body.contains("pools warm"), "{body}");
     assert!(common::app_backends(&cluster) >= 3);
     // Liveness never needed the database.
     assert_eq!(http_get(p.admin_port, "/healthz", 10 * SECOND).0, 200);

@@ -8,7 +8,7 @@ mod common;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{cluster, code, config_for, http_get, metric, try_query, Pgwake};
 use tokio::io::AsyncReadExt;
@@ -139,15 +139,13 @@ async fn query_timeout_cancels_the_statement_and_keeps_the_connection() {
     let pid = backend_pid(&c).await;
 
     // Simple protocol.
-    let began = Instant::now();
+    // `within` bounds the wait far below the 30 s the query would run.
     let e = within("pg_sleep", c.simple_query("select pg_sleep(30)"))
         .await
         .expect_err("the query is cancelled");
-    let took = began.elapsed();
     let (state, msg) = sqlstate_and_message(&e);
     assert_eq!(state, "57014", "{msg}");
     assert!(msg.contains("query_timeout"), "{msg}");
-    assert!(took < LIMIT, "cancelled after {took:?}");
     assert_eq!(stuck_backends(&cluster, "%pg_sleep%"), "");
     assert_eq!(backend_pid(&c).await, pid, "the server connection was kept");
 

@@ -390,7 +390,7 @@ impl Proxy {
         });
         let listeners = listener::Listeners::bind(&shared).await?;
         let config = shared.config();
-        let admin_addr = admin::http::start(&shared, &config.admin.addr).await?;
+        let admin_addr = admin::http::start(&shared, &config.admin).await?;
         // Token caches fetch their first token now, then refresh ahead of expiry.
         if let Some(cache) = creds.refresher {
             shared.run_refresher(cache);

@@ -73,22 +73,21 @@ pub(crate) async fn serve<C: ClientStream>(
     let mut failed_extended = false;
     loop {
         // One whole message.
+        let scan = pgwake_protocol::Scanner::new(MAX_MESSAGE);
         let (tag, len) = loop {
-            if buf.len() >= 5 {
-                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-                if !(4..=MAX_MESSAGE).contains(&len) {
+            match scan.frame_len(&buf) {
+                Err(e) => {
                     let e = ErrorMessage::fatal(
                         sqlstate::PROTOCOL_VIOLATION,
-                        format!("invalid message length {len} (the admin console accepts up to {MAX_MESSAGE} bytes)"),
+                        format!("invalid message for the admin console: {e}"),
                     );
                     out.clear();
                     e.write(&mut out);
                     let _ = client.write_all(&out).await;
                     return;
                 }
-                if buf.len() > len {
-                    break (buf[0], len);
-                }
+                Ok(Some(total)) if buf.len() >= total => break (buf[0], total),
+                Ok(_) => {}
             }
             buf.reserve(4096);
             let read = tokio::select! {
@@ -100,7 +99,7 @@ pub(crate) async fn serve<C: ClientStream>(
                 Ok(_) => {}
             }
         };
-        let msg = buf.split_to(len + 1);
+        let msg = buf.split_to(len);
         let body = &msg[5..];
         out.clear();
         match tag {

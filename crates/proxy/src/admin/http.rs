@@ -24,19 +24,21 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Binds `addr` (empty: no server) and serves until the proxy stops.
 pub(crate) async fn start(
     shared: &Arc<Shared>,
-    addr: &str,
+    admin: &pgwake_config::Admin,
 ) -> Result<Option<std::net::SocketAddr>, StartError> {
-    if addr.is_empty() {
+    if admin.addr.is_empty() {
         return Ok(None);
     }
     let err = |source| StartError::Admin {
-        addr: addr.to_owned(),
+        addr: admin.addr.clone(),
         source,
     };
-    let sock = addr
-        .replacen("localhost:", "127.0.0.1:", 1)
-        .parse::<std::net::SocketAddr>()
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let sock = admin.socket_addr().ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an address like 127.0.0.1:9930",
+        ))
+    })?;
     let listener = tokio::net::TcpListener::bind(sock).await.map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
     tracing::info!(addr = %local, "admin HTTP: /metrics /healthz /readyz");

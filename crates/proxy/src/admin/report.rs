@@ -46,25 +46,10 @@ fn mode_name(m: PoolMode) -> &'static str {
 
 /// PgBouncer prints times as `YYYY-MM-DD HH:MM:SS UTC`.
 fn timestamp(unix_us: u64) -> String {
-    let secs = i64::try_from(unix_us / 1_000_000).unwrap_or(0);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(unix_us);
+    // RFC 3339 in seconds: `YYYY-MM-DDTHH:MM:SSZ`.
+    let rfc = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", rfc.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 fn split_peer(peer: &str) -> (String, String) {

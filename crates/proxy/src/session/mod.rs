@@ -335,10 +335,9 @@ struct Session<C> {
     xact_start: Option<Instant>,
     /// Since when the client has owed the server its next message.
     idle_since: Instant,
-    /// A timeout fired: the cancel request went out at this time.
-    timed_out: Option<(TimeoutKind, Instant)>,
-    /// The server answered that cancel (the query failed with 57014).
-    cancel_consumed: bool,
+    /// A cancel request sent for `query_timeout`, not yet settled by the
+    /// query's ReadyForQuery.
+    cancel_sent: Option<CancelSent>,
     /// The start of the query in flight, for the slow-query log.
     query_text: Vec<u8>,
     /// The timer for timeouts, reset as deadlines move.
@@ -468,8 +467,7 @@ impl<C: ClientStream> Session<C> {
             query_start: None,
             xact_start: None,
             idle_since: Instant::now(),
-            timed_out: None,
-            cancel_consumed: false,
+            cancel_sent: None,
             query_text: Vec::new(),
             timer: None,
             client,
@@ -524,8 +522,7 @@ impl<C: ClientStream> Session<C> {
         self.registered.info.set_state(ClientState::Idle, 0);
         self.query_start = None;
         self.xact_start = None;
-        self.timed_out = None;
-        self.cancel_consumed = false;
+        self.cancel_sent = None;
         self.query_text.clear();
     }
 
@@ -756,6 +753,14 @@ impl<C: ClientStream> Session<C> {
             }
         }
     }
+}
+
+/// A cancel request pgwake sent because a query ran past `query_timeout`.
+#[derive(Debug, Clone, Copy)]
+struct CancelSent {
+    at: Instant,
+    /// The server answered it: the query failed with 57014.
+    answered: bool,
 }
 
 /// Sleeps for `d`, or forever when there is no limit.

@@ -142,8 +142,8 @@ impl<C: ClientStream> Session<C> {
 
     /// When the next timeout fires, if any applies now.
     fn timeout_deadline(&self) -> Option<(Instant, TimeoutKind)> {
-        if let Some((kind, sent)) = self.timed_out {
-            return Some((sent + CANCEL_GRACE, kind));
+        if let Some(c) = self.cancel_sent {
+            return Some((c.at + CANCEL_GRACE, TimeoutKind::Query));
         }
         let server = &self.server.as_ref()?.conn;
         let t = &self.shared.timeouts;
@@ -170,7 +170,7 @@ impl<C: ClientStream> Session<C> {
     /// A timeout fired while the client held a server connection.
     async fn on_timeout(&mut self, kind: TimeoutKind) -> Result<(), Stop> {
         let limit = |d: Option<Duration>| d.unwrap_or_default();
-        if self.timed_out.is_some() {
+        if self.cancel_sent.is_some() {
             // The server did not answer the cancel: give the connection up.
             drop(self.server.take());
             self.detached();
@@ -186,7 +186,10 @@ impl<C: ClientStream> Session<C> {
                 self.shared.metrics.timeout(kind);
                 let (addr, pid, key) = self.server.as_ref().expect("attached").conn.cancel_key();
                 tracing::info!(peer = %self.peer, pool = %self.pool.key(), backend_pid = pid, "query ran past timeouts.query_timeout; cancelling it");
-                self.timed_out = Some((TimeoutKind::Query, Instant::now()));
+                self.cancel_sent = Some(super::CancelSent {
+                    at: Instant::now(),
+                    answered: false,
+                });
                 self.shared
                     .metrics
                     .cancels
@@ -239,7 +242,7 @@ impl<C: ClientStream> Session<C> {
         let tx = p.conn.tx;
         drop(p);
         self.detached();
-        self.timed_out = None;
+        self.cancel_sent = None;
         self.cancel.set(None);
         let lost = ErrorMessage::error(
             sqlstate::CONNECTION_FAILURE,
@@ -545,19 +548,20 @@ impl<C: ClientStream> Session<C> {
                     // Counted and timed once the reply is on its way.
                     readies += 1;
                     xact_ends += u64::from(status == b'I');
-                    if self.timed_out.take().is_some() && !std::mem::take(&mut self.cancel_consumed)
-                    {
+                    if self.cancel_sent.take().is_some_and(|c| !c.answered) {
                         // Answered before the cancel was seen: it may still
                         // land later, on whatever runs next on this connection.
                         server.broken = true;
                     }
                 }
                 Scanned::Frame { tag: b'E', body }
-                    if self.timed_out.is_some()
+                    if self.cancel_sent.is_some()
                         && crate::server::parse_error(body).code == sqlstate::QUERY_CANCELED =>
                 {
                     // The cancel sent for query_timeout: say why.
-                    self.cancel_consumed = true;
+                    if let Some(c) = &mut self.cancel_sent {
+                        c.answered = true;
+                    }
                     let limit = self.shared.timeouts.query().unwrap_or_default();
                     out.extend_from_slice(&server.buf[flushed..frame_at]);
                     ErrorMessage::error(
