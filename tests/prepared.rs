@@ -91,6 +91,12 @@ struct Raw {
 
 impl Raw {
     async fn connect(port: u16) -> Raw {
+        Raw::connect_as(port, "app").await
+    }
+
+    /// `user` must be trusted: pgwake's clients are, and so is the
+    /// cluster's superuser, for a direct session to compare with.
+    async fn connect_as(port: u16, user: &str) -> Raw {
         let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -101,7 +107,7 @@ impl Raw {
         let mut out = BytesMut::new();
         frontend::startup_message(
             [
-                ("user", "app"),
+                ("user", user),
                 ("database", "app"),
                 ("application_name", "raw"),
             ],
@@ -153,6 +159,95 @@ impl Raw {
                 t => seen.push((t as char).to_string()),
             }
         }
+    }
+}
+
+impl Raw {
+    /// Sends `bytes` and returns every message up to the `readies`-th
+    /// ReadyForQuery in detail: errors with SQLSTATE, message, detail and
+    /// position, command tags, rows, column names and parameter types.
+    async fn transcript(&mut self, bytes: &[u8], readies: usize) -> Vec<String> {
+        self.send(bytes).await;
+        let mut seen = Vec::new();
+        let mut left = readies;
+        while left > 0 {
+            let (tag, body) = self.next().await;
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            seen.push(match tag {
+                b'N' | b'S' => continue,
+                b'E' => format!(
+                    "E {} {} | detail: {} | position: {}",
+                    field(&body, b'C'),
+                    field(&body, b'M'),
+                    field(&body, b'D'),
+                    field(&body, b'P')
+                ),
+                b'C' => format!("C {}", text(&body[..body.len() - 1])),
+                b'Z' => {
+                    left -= 1;
+                    format!("Z {}", body[0] as char)
+                }
+                b'T' => {
+                    let mut cols = Vec::new();
+                    let mut at = 2;
+                    for _ in 0..u16::from_be_bytes([body[0], body[1]]) {
+                        let end = at + body[at..].iter().position(|&b| b == 0).unwrap();
+                        cols.push(text(&body[at..end]));
+                        at = end + 1 + 18;
+                    }
+                    format!("T {}", cols.join(","))
+                }
+                b'D' => {
+                    let mut vals = Vec::new();
+                    let mut at = 2;
+                    for _ in 0..u16::from_be_bytes([body[0], body[1]]) {
+                        let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                        at += 4;
+                        if len < 0 {
+                            vals.push("NULL".to_string());
+                        } else {
+                            let len = len as usize;
+                            vals.push(text(&body[at..at + len]));
+                            at += len;
+                        }
+                    }
+                    format!("D {}", vals.join(","))
+                }
+                b't' => format!("t {:?}", &body[..]),
+                t => (t as char).to_string(),
+            });
+        }
+        seen
+    }
+}
+
+/// A client of pgwake and a direct session of its own to the same server:
+/// each request must get the same answer from both.
+struct Twin {
+    pgwake: Raw,
+    direct: Raw,
+}
+
+impl Twin {
+    async fn connect(pg: &Pgwake, cluster: &pgwake_testkit::Cluster) -> Twin {
+        Twin {
+            pgwake: Raw::connect(pg.port).await,
+            direct: Raw::connect_as(cluster.port(), cluster.superuser()).await,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8], readies: usize) -> Vec<String> {
+        let want = self.direct.transcript(bytes, readies).await;
+        let got = self.pgwake.transcript(bytes, readies).await;
+        assert_eq!(got, want, "through pgwake vs. a direct session");
+        got
+    }
+
+    /// A simple query; its answer as one line per message.
+    async fn query(&mut self, sql: &str) -> Vec<String> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).unwrap();
+        self.send(&out, 1).await
     }
 }
 
@@ -341,4 +436,219 @@ async fn pgbench_like_clients_take_turns_on_two_connections() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_execute_and_deallocate_are_per_client_as_in_their_own_sessions() {
+    let cluster = cluster();
+    // One server connection: both clients' statements meet on it.
+    let pg = Pgwake::start(&cluster, "size = 1\nmin_idle = 1");
+    let mut a = Twin::connect(&pg, &cluster).await;
+    let mut b = Twin::connect(&pg, &cluster).await;
+
+    a.query("PREPARE foo(int) AS select $1 * 10 AS a").await;
+    b.query("PREPARE foo(text) AS select 'b:' || $1 AS b").await;
+    assert_eq!(
+        a.query("EXECUTE foo(4)").await,
+        ["T a", "D 40", "C SELECT 1", "Z I"]
+    );
+    assert_eq!(
+        b.query("EXECUTE foo('x')").await,
+        ["T b", "D b:x", "C SELECT 1", "Z I"]
+    );
+    // Unquoted names fold to lower case; quoted ones are kept.
+    assert_eq!(b.query("EXECUTE FOO('y')").await[1], "D b:y");
+    let dup = a.query("PREPARE Foo AS select 1").await;
+    assert_eq!(
+        dup[0],
+        "E 42P05 prepared statement \"foo\" already exists | detail:  | position: "
+    );
+    a.query(r#"PREPARE "Foo" AS select 'quoted' AS q"#).await;
+    assert_eq!(a.query(r#"EXECUTE "Foo""#).await[1], "D quoted");
+    assert!(b.query(r#"EXECUTE "Foo""#).await[0]
+        .starts_with("E 26000 prepared statement \"Foo\" does not exist"));
+    // Errors name the client's statement and point into the client's text.
+    assert!(a.query("EXECUTE foo(1, 2)").await[0]
+        .starts_with("E 42601 wrong number of parameters for prepared statement \"foo\""));
+    assert_eq!(
+        a.query("EXECUTE   foo ('zz')").await[0],
+        "E 22P02 invalid input syntax for type integer: \"zz\" | detail:  | position: 16"
+    );
+    assert_eq!(
+        a.query("PREPARE bad AS select nosuchcol").await[0],
+        "E 42703 column \"nosuchcol\" does not exist | detail:  | position: 23"
+    );
+    assert_eq!(
+        a.query("prepare \"bäd\"as select 1 + nosuchcol").await[0],
+        "E 42703 column \"nosuchcol\" does not exist | detail:  | position: 28"
+    );
+    assert_eq!(
+        a.query("EXECUTE bad").await[0],
+        "E 26000 prepared statement \"bad\" does not exist | detail:  | position: "
+    );
+    assert_eq!(
+        a.query("  /* c */ PREPARE spaced (int)   AS select $1 + 1 ; -- tail")
+            .await,
+        ["C PREPARE", "Z I"]
+    );
+    assert_eq!(a.query("execute spaced(1);").await[1], "D 2");
+
+    // DEALLOCATE forgets the client's statement only.
+    assert_eq!(a.query("DEALLOCATE foo").await, ["C DEALLOCATE", "Z I"]);
+    assert!(a.query("EXECUTE foo(1)").await[0].starts_with("E 26000"));
+    assert_eq!(b.query("EXECUTE foo('still')").await[1], "D b:still");
+    assert!(a.query("DEALLOCATE nope").await[0]
+        .starts_with("E 26000 prepared statement \"nope\" does not exist"));
+    assert_eq!(
+        a.query("DEALLOCATE PREPARE spaced").await,
+        ["C DEALLOCATE", "Z I"]
+    );
+
+    // Inside a transaction, and in a failed one.
+    a.query("BEGIN").await;
+    assert_eq!(
+        a.query("PREPARE t1 AS select 't1'").await,
+        ["C PREPARE", "Z T"]
+    );
+    assert_eq!(a.query("PREPARE t1 AS select 'again'").await[1], "Z E");
+    assert!(a.query("DEALLOCATE t1").await[0].starts_with("E 25P02"));
+    assert!(a.query("EXECUTE t1").await[0].starts_with("E 25P02"));
+    assert!(a.query("PREPARE t2 AS select 1").await[0].starts_with("E 25P02"));
+    assert!(a.query("DEALLOCATE ALL").await[0].starts_with("E 25P02"));
+    a.query("ROLLBACK").await;
+    // Prepared statements are not transactional.
+    assert_eq!(a.query("EXECUTE t1").await[1], "D t1");
+    b.query("BEGIN").await;
+    assert_eq!(b.query("DEALLOCATE ALL").await, ["C DEALLOCATE ALL", "Z T"]);
+    assert_eq!(b.query("EXECUTE foo('x')").await[1], "Z E");
+    b.query("ROLLBACK").await;
+    assert!(b.query("EXECUTE foo('gone')").await[0].starts_with("E 26000"));
+    // B's DEALLOCATE ALL left A's statements alone.
+    assert_eq!(a.query("EXECUTE t1").await[1], "D t1");
+    assert_eq!(a.query("DEALLOCATE ALL").await, ["C DEALLOCATE ALL", "Z I"]);
+    assert!(a.query("EXECUTE t1").await[0].starts_with("E 26000"));
+    // Syntax errors are the server's.
+    assert!(a.query("PREPARE all AS select 1").await[0]
+        .starts_with("E 42601 syntax error at or near \"all\""));
+    assert!(a.query("DEALLOCATE foo bar").await[0].starts_with("E 42601"));
+
+    // Several statements in one query: refused, in and out of a transaction.
+    let mut out = BytesMut::new();
+    frontend::query("PREPARE m AS select 1; select 2", &mut out).unwrap();
+    let got = a.pgwake.transcript(&out, 1).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("E 0A000 in transaction pooling mode pgwake runs PREPARE, EXECUTE and DEALLOCATE only as the one statement of a query"), "{got:?}");
+    assert_eq!(got[1], "Z I");
+    out.clear();
+    frontend::query("BEGIN", &mut out).unwrap();
+    frontend::query("EXECUTE m; select 1", &mut out).unwrap();
+    frontend::query("select 1", &mut out).unwrap();
+    frontend::query("ROLLBACK", &mut out).unwrap();
+    let got = a.pgwake.transcript(&out, 4).await;
+    assert!(got[2].starts_with("E 0A000"), "{got:?}");
+    assert_eq!(
+        got[3], "Z E",
+        "the transaction failed, as it would have: {got:?}"
+    );
+    assert!(got[4].starts_with("E 25P02"), "{got:?}");
+    assert_eq!(&got[6..], ["C ROLLBACK", "Z I"]);
+
+    // The server connection kept one statement per distinct text, whoever
+    // deallocated what.
+    let names = a.pgwake.transcript(&{
+        let mut out = BytesMut::new();
+        frontend::query("select count(*) from pg_prepared_statements where name like 'pgwake\\_%' and name <> 'pgwake_probe'", &mut out).unwrap();
+        out
+    }, 1).await;
+    assert_eq!(names[1], "D 5", "foo ×2, \"Foo\", spaced, t1: {names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_and_protocol_prepared_statements_share_one_namespace() {
+    let cluster = cluster();
+    // One statement per connection: every use below prepares anew.
+    let pg = Pgwake::start(
+        &cluster,
+        "size = 1\nmin_idle = 1\nmax_prepared_statements = 1",
+    );
+    let mut a = Twin::connect(&pg, &cluster).await;
+    a.query("PREPARE s1(int, text) AS select $1 AS n, $2 AS t")
+        .await;
+    a.query("PREPARE s2 AS select 2 AS two").await;
+    // Describe and Bind of a SQL-prepared statement the connection lacks.
+    let mut out = BytesMut::new();
+    frontend::describe(b'S', "s1", &mut out).unwrap();
+    frontend::sync(&mut out);
+    let got = a.send(&out, 1).await;
+    assert_eq!(got[1..], ["T n,t", "Z I"]);
+    out.clear();
+    frontend::bind(
+        "",
+        "s1",
+        std::iter::empty::<i16>(),
+        ["5", "b"],
+        |v: &str, buf| {
+            buf.extend_from_slice(v.as_bytes());
+            Ok(IsNull::No)
+        },
+        std::iter::empty::<i16>(),
+        &mut out,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    assert_eq!(a.send(&out, 1).await, ["2", "D 5,b", "C SELECT 1", "Z I"]);
+    // EXECUTE of a protocol-level statement the connection lacks.
+    out.clear();
+    frontend::parse("pp", "select $1::int * 2 AS d", [23], &mut out).unwrap();
+    frontend::sync(&mut out);
+    a.send(&out, 1).await;
+    a.query("EXECUTE s2").await;
+    assert_eq!(
+        a.query("EXECUTE pp(21)").await,
+        ["T d", "D 42", "C SELECT 1", "Z I"]
+    );
+    // Either kind's name is taken for the other.
+    assert!(a.query("PREPARE pp AS select 1").await[0]
+        .starts_with("E 42P05 prepared statement \"pp\" already exists"));
+    out.clear();
+    parse(&mut out, "s1", "select 1");
+    frontend::sync(&mut out);
+    assert!(
+        a.send(&out, 1).await[0].starts_with("E 42P05 prepared statement \"s1\" already exists")
+    );
+    // Closed by the protocol, gone for SQL, and the other way round.
+    out.clear();
+    frontend::close(b'S', "s1", &mut out).unwrap();
+    frontend::sync(&mut out);
+    assert_eq!(a.send(&out, 1).await, ["3", "Z I"]);
+    assert!(a.query("EXECUTE s1(1, 'a')").await[0].starts_with("E 26000"));
+    assert_eq!(a.query("DEALLOCATE pp").await, ["C DEALLOCATE", "Z I"]);
+    out.clear();
+    bind_exec(&mut out, "pp", Some(1));
+    frontend::sync(&mut out);
+    assert!(
+        a.send(&out, 1).await[0].starts_with("E 26000 prepared statement \"pp\" does not exist")
+    );
+    // A SQL-prepared statement whose preparation fails where it is used:
+    // the error stands for the EXECUTE, which gets one ReadyForQuery.
+    cluster
+        .psql(
+            "app",
+            "create table gone (x int); grant select on gone to app",
+        )
+        .unwrap();
+    a.query("PREPARE g AS select x from gone").await;
+    a.query("EXECUTE s2").await;
+    cluster.psql("app", "drop table gone").unwrap();
+    let mut out = BytesMut::new();
+    frontend::query("EXECUTE g", &mut out).unwrap();
+    let got = a.pgwake.transcript(&out, 1).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with("E 42P01 relation \"gone\" does not exist"),
+        "{got:?}"
+    );
+    assert_eq!(a.query("EXECUTE s2").await[1], "D 2");
 }

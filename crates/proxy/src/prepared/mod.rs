@@ -22,6 +22,7 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -56,6 +57,19 @@ pub fn client_frame_read_whole(tag: u8) -> bool {
     matches!(tag, b'P' | b'B' | b'D' | b'C')
 }
 
+/// Like [`client_frame_read_whole`], for the client frame whose bytes (as
+/// far as they arrived) start at `frame[0]`: a simple Query is read whole
+/// when it may be a SQL `PREPARE`, `EXECUTE` or `DEALLOCATE`, which its
+/// first keyword tells.
+#[inline]
+pub fn client_frame_read_whole_at(frame: &[u8]) -> bool {
+    match frame.first() {
+        Some(b'Q') => sql::may_be_command(frame.get(5..).unwrap_or_default()),
+        Some(&tag) => client_frame_read_whole(tag),
+        None => false,
+    }
+}
+
 /// Server frames whose whole body the [`ReplyTracker`] needs: ErrorResponse
 /// (renamed statements), CommandComplete (`DISCARD ALL`) and ReadyForQuery
 /// (transaction status).
@@ -68,16 +82,39 @@ pub fn server_frame_read_whole(tag: u8) -> bool {
 /// of a pool must derive the same name from the same content. The key is
 /// random per process, so nobody can craft a statement whose name collides
 /// with another client's.
+///
+/// It also counts the schema changes the pool's connections reported
+/// ("cached plan must not change result type"): a server statement
+/// prepared before the last one is not used for a client statement
+/// prepared after it (see [`StatementSpec`]).
 #[derive(Clone, Default)]
-pub struct StatementHasher(RandomState);
+pub struct StatementHasher {
+    key: RandomState,
+    schema: Arc<AtomicU64>,
+}
 
 impl StatementHasher {
     pub fn new() -> Self {
-        StatementHasher(RandomState::new())
+        StatementHasher::default()
     }
 
     fn hash(&self, content: &[u8]) -> u64 {
-        self.0.hash_one(content)
+        self.key.hash_one(content)
+    }
+
+    /// The hash of a SQL `PREPARE`'s text after the name: never the same
+    /// input as a Parse's content, which is hashed as a plain slice.
+    fn hash_sql(&self, rest: &[u8]) -> u64 {
+        self.key.hash_one((b'S', rest))
+    }
+
+    /// Schema changes reported so far.
+    pub fn schema_epoch(&self) -> u64 {
+        self.schema.load(Ordering::Relaxed)
+    }
+
+    fn schema_changed(&self) {
+        self.schema.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -87,14 +124,23 @@ impl fmt::Debug for StatementHasher {
     }
 }
 
-/// A client's named statement: its Parse as the client sent it, which is
-/// all it takes to prepare it again on another server connection.
+/// A client's named statement: its Parse as the client sent it, or the
+/// text of its SQL `PREPARE`, which is all it takes to prepare it again on
+/// another server connection.
 pub struct StatementSpec {
-    /// The Parse body: name, NUL, query text, NUL, parameter count and types.
+    /// The Parse body: name, NUL, query text, NUL, parameter count and
+    /// types; for SQL: name, NUL, the `PREPARE` text after the name.
     parse: Box<[u8]>,
     name_len: usize,
     /// Hash of everything after the name.
     hash: u64,
+    /// Prepared by SQL `PREPARE` (parameter types by name, so it is
+    /// prepared on a connection by `PREPARE` too).
+    sql: bool,
+    /// The pool's schema epoch when the client prepared it: a server
+    /// statement prepared in an earlier one may return rows of another
+    /// shape than the client's statement would, and is prepared anew.
+    epoch: u64,
 }
 
 impl StatementSpec {
@@ -103,6 +149,23 @@ impl StatementSpec {
             hash: hasher.hash(&body[name_len + 1..]),
             parse: body.into(),
             name_len,
+            sql: false,
+            epoch: hasher.schema_epoch(),
+        }
+    }
+
+    /// The statement of `PREPARE name rest`.
+    fn new_sql(name: &[u8], rest: &[u8], hasher: &StatementHasher) -> Self {
+        let mut parse = Vec::with_capacity(name.len() + 1 + rest.len());
+        parse.extend_from_slice(name);
+        parse.push(0);
+        parse.extend_from_slice(rest);
+        StatementSpec {
+            hash: hasher.hash_sql(rest),
+            parse: parse.into(),
+            name_len: name.len(),
+            sql: true,
+            epoch: hasher.schema_epoch(),
         }
     }
 
@@ -263,6 +326,8 @@ struct Node {
     older: usize,
     /// The epoch of the last Bind: its portal may still be open.
     pinned: u64,
+    /// The pool's schema epoch when it was prepared.
+    schema: u64,
 }
 
 /// The statements pgwake prepared on one server connection, by content
@@ -348,36 +413,43 @@ impl ServerStatements {
         std::mem::take(&mut self.counts)
     }
 
-    /// Marks a use; false when not prepared.
-    fn touch(&mut self, hash: u64) -> bool {
+    /// Marks a use of a statement that must have been prepared in schema
+    /// epoch `since` or later.
+    fn touch(&mut self, hash: u64, since: u64) -> Lookup {
         let Some(&i) = self.index.get(&hash) else {
-            return false;
+            return Lookup::Missing;
         };
+        let schema = self.nodes[i].schema;
+        if schema < since {
+            self.remove(hash);
+            return Lookup::Stale(schema);
+        }
         self.unlink(i);
         self.link_newest(i);
-        true
+        Lookup::Ready
     }
 
     /// Adds a statement not yet present as the most recently used.
-    fn insert(&mut self, hash: u64) {
-        let i = self.new_node(hash);
+    fn insert(&mut self, hash: u64, schema: u64) {
+        let i = self.new_node(hash, schema);
         self.link_newest(i);
     }
 
     /// Puts back a statement whose Close the server ignored, as the least
     /// recently used.
-    fn restore(&mut self, hash: u64) {
+    fn restore(&mut self, hash: u64, schema: u64) {
         if !self.contains(hash) {
-            let i = self.new_node(hash);
+            let i = self.new_node(hash, schema);
             self.link_oldest(i);
         }
     }
 
-    fn remove(&mut self, hash: u64) {
-        if let Some(i) = self.index.remove(&hash) {
-            self.unlink(i);
-            self.free.push(i);
-        }
+    /// Forgets a statement; its schema epoch if it was there.
+    fn remove(&mut self, hash: u64) -> Option<u64> {
+        let i = self.index.remove(&hash)?;
+        self.unlink(i);
+        self.free.push(i);
+        Some(self.nodes[i].schema)
     }
 
     /// The statement to close before another is prepared, if the bound is
@@ -407,12 +479,13 @@ impl ServerStatements {
         self.epoch += 1;
     }
 
-    fn new_node(&mut self, hash: u64) -> usize {
+    fn new_node(&mut self, hash: u64, schema: u64) -> usize {
         let node = Node {
             hash,
             newer: NIL,
             older: NIL,
             pinned: 0,
+            schema,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -461,6 +534,16 @@ impl ServerStatements {
     }
 }
 
+/// A statement looked up on a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Ready,
+    Missing,
+    /// Prepared in this schema epoch, before a change the client's
+    /// statement postdates: forgotten, to be closed and prepared anew.
+    Stale(u64),
+}
+
 /// The replies that end a message's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -473,6 +556,9 @@ enum Expect {
     Sync,
     /// Query or FunctionCall: answered up to ReadyForQuery, errors included.
     Ready,
+    /// A query whose statement pgwake could not prepare first: the
+    /// preparation's error stood for it, so only its ReadyForQuery is given.
+    Doomed,
 }
 
 impl Expect {
@@ -483,12 +569,12 @@ impl Expect {
             Expect::Close => tag == b'3',
             Expect::DescribeStatement | Expect::DescribePortal => tag == b'T' || tag == b'n',
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
-            Expect::Sync | Expect::Ready => tag == b'Z',
+            Expect::Sync | Expect::Ready | Expect::Doomed => tag == b'Z',
         }
     }
 
     fn ends_with_ready(self) -> bool {
-        matches!(self, Expect::Sync | Expect::Ready)
+        matches!(self, Expect::Sync | Expect::Ready | Expect::Doomed)
     }
 }
 
@@ -515,13 +601,40 @@ enum Kind {
 enum Rename {
     Statement(Arc<StatementSpec>),
     Probe(Arc<StatementSpec>),
+    /// A SQL command whose statement name pgwake replaced.
+    Sql(Box<sql_commands::Spliced>),
+    /// The error is pgwake's own: the server's (for a query that fails
+    /// without side effects) only aborts the transaction as the client's
+    /// statement would have.
+    Replace(Box<[u8]>),
 }
 
 impl Rename {
     fn apply(&self, body: &[u8], out: &mut BytesMut) -> bool {
         match self {
-            Rename::Statement(s) => rename_error(body, &s.server_name(), s.name(), out),
-            Rename::Probe(s) => rename_error(body, PROBE_NAME, s.name(), out),
+            // Positions in an error of pgwake's own `PREPARE` mean nothing
+            // to the client.
+            Rename::Statement(s) if s.sql => {
+                edit_error(body, &s.server_name(), s.name(), Position::Drop, out)
+            }
+            Rename::Statement(s) => {
+                edit_error(body, &s.server_name(), s.name(), Position::Keep, out)
+            }
+            Rename::Probe(s) => edit_error(body, PROBE_NAME, s.name(), Position::Keep, out),
+            Rename::Sql(s) => s.apply(body, out),
+            Rename::Replace(frame) => {
+                out.extend_from_slice(frame);
+                true
+            }
+        }
+    }
+
+    /// The server statement the failed message used.
+    fn statement(&self) -> Option<u64> {
+        match self {
+            Rename::Statement(s) => Some(s.hash),
+            Rename::Sql(s) => s.hash,
+            Rename::Probe(_) | Rename::Replace(_) => None,
         }
     }
 }
@@ -553,8 +666,8 @@ enum ServerUndo {
     None,
     /// A Parse that failed or was ignored: not prepared.
     Unprepare(u64),
-    /// A Close that was ignored: still prepared.
-    Reprepare(u64),
+    /// A Close that was ignored: still prepared (in this schema epoch).
+    Reprepare(u64, u64),
     Unprobe,
 }
 
@@ -667,7 +780,7 @@ impl ReplyPlan {
                 self.syncs += 1;
                 self.changes_synced += std::mem::take(&mut self.changes_open);
             }
-            Kind::Forward(Expect::Ready) => self.queries += 1,
+            Kind::Forward(Expect::Ready | Expect::Doomed) => self.queries += 1,
             _ => {}
         }
         self.entries.push_back(e);
@@ -685,7 +798,7 @@ impl ReplyPlan {
         }
         match e.kind {
             Kind::Forward(Expect::Sync) => self.syncs -= 1,
-            Kind::Forward(Expect::Ready) => self.queries -= 1,
+            Kind::Forward(Expect::Ready | Expect::Doomed) => self.queries -= 1,
             _ => {}
         }
         Some(e)
@@ -704,6 +817,16 @@ impl ReplyPlan {
     /// fails (and then the server skips that message anyway).
     fn certainly_not_aborted(&self) -> bool {
         self.syncs == 0 && self.queries == 0 && self.status != b'E'
+    }
+
+    /// Whether the last message in the plan gets a ReadyForQuery, so that
+    /// every one before it will be answered.
+    fn ends_synced(&self) -> bool {
+        self.entries.back().is_none_or(|e| match e.kind {
+            Kind::Forward(x) => x.ends_with_ready(),
+            Kind::Swallow(x) => x == Expect::Sync,
+            _ => false,
+        })
     }
 
     /// Gives the answers that are due: pgwake's own at the head.
@@ -820,7 +943,8 @@ impl Rewriter<'_> {
             b'C' => self.close(body),
             b'E' => self.forward(Expect::Execute),
             b'S' => self.forward(Expect::Sync),
-            b'Q' | b'F' => self.forward(Expect::Ready),
+            b'Q' => self.query(body, to_server, to_client)?,
+            b'F' => self.forward(Expect::Ready),
             b'c' | b'f' => {
                 self.plan.push(Entry {
                     kind: Kind::CopyEnd,
@@ -874,8 +998,7 @@ impl Rewriter<'_> {
             name: spec.clone(),
             prev: None,
         });
-        if self.server.touch(hash) {
-            self.server.counts.hits += 1;
+        if self.use_statement(&spec, to_server) {
             if self.plan.certainly_not_aborted() {
                 self.plan.push(Entry {
                     kind: Kind::Answer(b'1'),
@@ -900,9 +1023,6 @@ impl Rewriter<'_> {
             }
             return Ok(Step::Replace);
         }
-        self.server.counts.misses += 1;
-        self.make_room(to_server);
-        self.server.insert(hash);
         put_header(to_server, b'P', len);
         put_cstr(to_server, &server_name(hash));
         self.plan.push(Entry {
@@ -1002,6 +1122,36 @@ impl Rewriter<'_> {
         Step::Replace
     }
 
+    /// Whether the connection has `spec`'s statement, prepared recently
+    /// enough for it (a hit). Otherwise it is recorded as prepared by the
+    /// message the caller sends next, after closing a stale one and making
+    /// room.
+    fn use_statement(&mut self, spec: &StatementSpec, to_server: &mut BytesMut) -> bool {
+        let hash = spec.hash;
+        match self.server.touch(hash, spec.epoch) {
+            Lookup::Ready => {
+                self.server.counts.hits += 1;
+                return true;
+            }
+            Lookup::Stale(schema) => {
+                put_close_statement(to_server, &server_name(hash));
+                self.plan.push(Entry {
+                    kind: Kind::Swallow(Expect::Close),
+                    rename: None,
+                    undo: Undo {
+                        client: None,
+                        server: ServerUndo::Reprepare(hash, schema),
+                    },
+                });
+            }
+            Lookup::Missing => {}
+        }
+        self.server.counts.misses += 1;
+        self.make_room(to_server);
+        self.server.insert(hash, self.client.hasher.schema_epoch());
+        false
+    }
+
     /// Prepares `spec` on the connection unless it is there.
     fn ensure_prepared(
         &mut self,
@@ -1009,15 +1159,19 @@ impl Rewriter<'_> {
         to_server: &mut BytesMut,
     ) -> Result<(), TooLarge> {
         let hash = spec.hash;
-        if self.server.touch(hash) {
-            self.server.counts.hits += 1;
-            return Ok(());
-        }
         let content = spec.content();
         let len = length(b'P', SERVER_NAME_LEN + 1 + content.len())?;
-        self.server.counts.misses += 1;
-        self.make_room(to_server);
-        self.server.insert(hash);
+        if spec.sql {
+            // Checked before anything is recorded.
+            sql_commands::check_prepare_len(content.len())?;
+        }
+        if self.use_statement(spec, to_server) {
+            return Ok(());
+        }
+        if spec.sql {
+            self.prepare_by_sql(spec, to_server);
+            return Ok(());
+        }
         put_header(to_server, b'P', len);
         put_cstr(to_server, &server_name(hash));
         to_server.put_slice(content);
@@ -1035,7 +1189,7 @@ impl Rewriter<'_> {
     /// Closes statements until one more fits.
     fn make_room(&mut self, to_server: &mut BytesMut) {
         while let Some(victim) = self.server.victim() {
-            self.server.remove(victim);
+            let schema = self.server.remove(victim).unwrap_or_default();
             self.server.counts.evictions += 1;
             put_close_statement(to_server, &server_name(victim));
             self.plan.push(Entry {
@@ -1043,7 +1197,7 @@ impl Rewriter<'_> {
                 rename: None,
                 undo: Undo {
                     client: None,
-                    server: ServerUndo::Reprepare(victim),
+                    server: ServerUndo::Reprepare(victim, schema),
                 },
             });
         }
@@ -1117,6 +1271,7 @@ impl ReplyTracker<'_> {
             return Verdict::Forward;
         };
         let (expect, verdict) = match head.kind {
+            Kind::Forward(Expect::Doomed) => (Expect::Doomed, Verdict::Drop),
             Kind::Forward(e) => (e, Verdict::Forward),
             Kind::Swallow(e) => (e, Verdict::Drop),
             Kind::Confirm => (Expect::DescribeStatement, Verdict::Drop),
@@ -1142,26 +1297,40 @@ impl ReplyTracker<'_> {
     fn error(&mut self, body: &[u8], to_client: &mut BytesMut) -> Verdict {
         let plan = &mut *self.plan;
         plan.copy_in = false;
-        if let Some(Entry {
-            kind: Kind::Forward(e),
-            ..
-        }) = plan.entries.front()
-        {
-            if e.ends_with_ready() {
-                // Query, FunctionCall, Sync: ReadyForQuery follows, no skipping.
-                return Verdict::Forward;
+        if let Some(head) = plan.entries.front() {
+            if let Kind::Forward(e) = head.kind {
+                if e.ends_with_ready() {
+                    // Query, FunctionCall, Sync: ReadyForQuery follows, no
+                    // skipping; what a failed query of pgwake's did is undone.
+                    if e == Expect::Doomed {
+                        return Verdict::Drop;
+                    }
+                    let verdict = self.failed(body, to_client);
+                    let head = self.plan.entries.front().expect("head");
+                    apply_undo(self.client, self.server, &head.undo);
+                    return verdict;
+                }
             }
         }
+        let verdict = self.failed(body, to_client);
+        let plan = &mut *self.plan;
         let Some(failed) = plan.pop() else {
-            return Verdict::Forward;
+            return verdict;
         };
-        let verdict = match &failed.rename {
-            Some(r) if r.apply(body, to_client) => Verdict::Drop,
-            _ => Verdict::Forward,
-        };
+        let injected = matches!(failed.kind, Kind::Swallow(_));
         plan.scratch.push(failed);
         while let Some(next) = plan.entries.front() {
             if matches!(next.kind, Kind::Forward(Expect::Sync)) {
+                break;
+            }
+            if matches!(next.kind, Kind::Swallow(Expect::Sync)) {
+                // pgwake's Sync before a query whose statement it was
+                // preparing: the error stood for the query.
+                if let Some(query) = plan.entries.get_mut(1) {
+                    if injected && matches!(query.kind, Kind::Forward(Expect::Ready)) {
+                        query.kind = Kind::Forward(Expect::Doomed);
+                    }
+                }
                 break;
             }
             let ignored = plan.pop();
@@ -1174,46 +1343,107 @@ impl ReplyTracker<'_> {
         verdict
     }
 
+    /// The error of the message at the head of the plan, as the client
+    /// sees it. A schema change it reports makes the pool prepare anew the
+    /// statements clients prepare from now on.
+    fn failed(&mut self, body: &[u8], to_client: &mut BytesMut) -> Verdict {
+        let Some(rename) = self.plan.entries.front().and_then(|e| e.rename.as_ref()) else {
+            return Verdict::Forward;
+        };
+        if rename.statement().is_some() && is_stale_plan(body) {
+            self.client.hasher.schema_changed();
+        }
+        if rename.apply(body, to_client) {
+            Verdict::Drop
+        } else {
+            Verdict::Forward
+        }
+    }
+
     fn ready(&mut self, body: &[u8], to_client: &mut BytesMut) -> Verdict {
         let plan = &mut *self.plan;
         let status = body.first().copied().unwrap_or(b'I');
         plan.status = status;
         plan.skipping = false;
         plan.copy_in = false;
+        let mut verdict = Verdict::Forward;
         while let Some(e) = plan.pop() {
-            if matches!(e.kind, Kind::Forward(x) if x.ends_with_ready()) {
-                break;
+            match e.kind {
+                Kind::Forward(x) if x.ends_with_ready() => break,
+                Kind::Swallow(Expect::Sync) => {
+                    verdict = Verdict::Drop;
+                    break;
+                }
+                // Answered by nothing: the server ignored it.
+                _ => plan.scratch.push(e),
             }
-            // Answered by nothing: the server ignored it.
-            plan.scratch.push(e);
         }
         self.undo_scratch();
         if status == b'I' && self.plan.entries.is_empty() {
             self.server.unpin_all();
         }
         self.plan.settle(to_client);
-        Verdict::Forward
+        verdict
     }
 
     /// Undoes the collected entries, newest first.
     fn undo_scratch(&mut self) {
         while let Some(e) = self.plan.scratch.pop() {
-            if let Some(c) = e.undo.client {
-                match c.prev {
-                    Some(prev) => self.client.put(prev),
-                    None => {
-                        self.client.take(c.name.name());
-                    }
-                }
-            }
-            match e.undo.server {
-                ServerUndo::None => {}
-                ServerUndo::Unprepare(h) => self.server.remove(h),
-                ServerUndo::Reprepare(h) => self.server.restore(h),
-                ServerUndo::Unprobe => self.server.probe = false,
+            apply_undo(self.client, self.server, &e.undo);
+        }
+    }
+}
+
+fn apply_undo(client: &mut ClientStatements, server: &mut ServerStatements, undo: &Undo) {
+    if let Some(c) = &undo.client {
+        match &c.prev {
+            Some(prev) => client.put(prev.clone()),
+            None => {
+                client.take(c.name.name());
             }
         }
     }
+    match undo.server {
+        ServerUndo::None => {}
+        ServerUndo::Unprepare(h) => {
+            server.remove(h);
+        }
+        ServerUndo::Reprepare(h, schema) => server.restore(h, schema),
+        ServerUndo::Unprobe => server.probe = false,
+    }
+}
+
+/// "cached plan must not change result type": a statement's result
+/// columns changed under it (`ALTER TABLE`, a changed `search_path`).
+/// Known by the routine reporting it, which messages in other languages
+/// keep.
+fn is_stale_plan(body: &[u8]) -> bool {
+    let mut code = false;
+    let mut routine = false;
+    for (f, v) in error_fields(body) {
+        match f {
+            b'C' => code = v == b"0A000",
+            b'R' => routine = v == b"RevalidateCachedQuery",
+            b'M' if v == b"cached plan must not change result type" => routine = true,
+            _ => {}
+        }
+    }
+    code && routine
+}
+
+/// The (code, value) fields of an ErrorResponse body.
+fn error_fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        let (&code, after) = rest.split_first()?;
+        if code == 0 {
+            return None;
+        }
+        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
+        let value = &after[..end];
+        rest = after.get(end + 1..).unwrap_or(&[]);
+        Some((code, value))
+    })
 }
 
 fn is_deallocate_all(body: &[u8]) -> bool {
@@ -1276,31 +1506,61 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// What becomes of an error's position (field `P`, 1-based, in characters)
+/// when the query text was changed on the way to the server.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    Keep,
+    /// It points into text pgwake wrote.
+    Drop,
+    /// `new` characters at offset `at` replaced `old` ones of the client's text.
+    Shift {
+        at: usize,
+        old: usize,
+        new: usize,
+    },
+}
+
+impl Position {
+    fn map(self, value: &[u8]) -> Option<Vec<u8>> {
+        let Position::Shift { at, old, new } = self else {
+            return matches!(self, Position::Keep).then(|| value.to_vec());
+        };
+        let p: usize = std::str::from_utf8(value).ok()?.parse().ok()?;
+        let p = match p.checked_sub(1)? {
+            i if i < at => p,
+            i if i < at + new => at + 1,
+            _ => p - new + old,
+        };
+        Some(p.to_string().into_bytes())
+    }
+}
+
 /// Writes the ErrorResponse `body` with every `from` replaced by `to`, as
-/// the client's own session would have named the statement; false (and
-/// nothing written) when `from` does not occur.
-fn rename_error(body: &[u8], from: &[u8], to: &[u8], out: &mut BytesMut) -> bool {
-    if find(body, from).is_none() {
+/// the client's own session would have named the statement, and its
+/// position mapped; false (and nothing written) when that changes nothing.
+fn edit_error(body: &[u8], from: &[u8], to: &[u8], position: Position, out: &mut BytesMut) -> bool {
+    if find(body, from).is_none() && matches!(position, Position::Keep) {
         return false;
     }
     let start = out.len();
     out.put_u8(b'E');
     out.put_i32(0);
-    let mut rest = body;
-    while let Some((&code, after)) = rest.split_first() {
-        if code == 0 {
-            break;
+    for (code, mut value) in error_fields(body) {
+        if code == b'P' {
+            if let Some(p) = position.map(value) {
+                out.put_u8(code);
+                put_cstr(out, &p);
+            }
+            continue;
         }
-        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
         out.put_u8(code);
-        let mut value = &after[..end];
         while let Some(at) = find(value, from) {
             out.put_slice(&value[..at]);
             out.put_slice(to);
             value = &value[at + from.len()..];
         }
         put_cstr(out, value);
-        rest = after.get(end + 1..).unwrap_or(&[]);
     }
     out.put_u8(0);
     match i32::try_from(out.len() - start - 1) {
@@ -1315,5 +1575,7 @@ fn rename_error(body: &[u8], from: &[u8], to: &[u8], out: &mut BytesMut) -> bool
     }
 }
 
+mod sql;
+mod sql_commands;
 #[cfg(test)]
 mod tests;

@@ -664,10 +664,10 @@ fn server_names_are_the_content_hash_in_hex() {
 #[test]
 fn lru_evicts_the_least_recently_used_unpinned_statement() {
     let mut s = ServerStatements::new(2);
-    s.insert(1);
-    s.insert(2);
+    s.insert(1, 0);
+    s.insert(2, 0);
     assert_eq!(s.victim(), Some(1));
-    assert!(s.touch(1));
+    assert_eq!(s.touch(1, 0), Lookup::Ready);
     assert_eq!(s.victim(), Some(2));
     s.pin(2);
     assert_eq!(s.victim(), Some(1));
@@ -677,12 +677,25 @@ fn lru_evicts_the_least_recently_used_unpinned_statement() {
     assert_eq!(s.victim(), Some(2));
     s.remove(2);
     assert_eq!(s.victim(), None);
-    s.insert(3);
-    s.restore(2);
+    s.insert(3, 0);
+    s.restore(2, 0);
     assert_eq!(s.iter().collect::<Vec<_>>(), [3, 1, 2]);
-    assert!(!s.touch(4));
+    assert_eq!(s.touch(4, 0), Lookup::Missing);
     s.invalidate();
     assert!(s.is_empty() && s.iter().next().is_none());
+}
+
+#[test]
+fn a_statement_prepared_before_a_reported_schema_change_is_not_used_for_newer_ones() {
+    let mut s = ServerStatements::new(4);
+    s.insert(1, 0);
+    s.insert(2, 1);
+    // A client statement from epoch 0 may use either; one from epoch 1 only
+    // the statement prepared in epoch 1.
+    assert_eq!(s.touch(1, 0), Lookup::Ready);
+    assert_eq!(s.touch(2, 1), Lookup::Ready);
+    assert_eq!(s.touch(1, 1), Lookup::Stale(0));
+    assert!(!s.contains(1), "forgotten, to be closed and prepared again");
 }
 
 #[test]
@@ -1425,5 +1438,233 @@ fn random_sessions_see_what_one_server_session_sends() {
                 run(&small).unwrap_err()
             );
         }
+    }
+}
+
+mod sql_text {
+    use super::super::sql::{self, Command, Parsed, RESERVED};
+
+    fn parse(text: &str) -> Parsed {
+        let mut body = text.as_bytes().to_vec();
+        body.push(0);
+        sql::parse(&body)
+    }
+
+    /// The folded name and the text as written, or the other outcomes.
+    fn name(text: &str) -> Result<(String, String), Parsed> {
+        let n = match parse(text) {
+            Parsed::Command(Command::Prepare { name, .. })
+            | Parsed::Command(Command::Execute { name })
+            | Parsed::Command(Command::Deallocate { name }) => name,
+            other => return Err(other),
+        };
+        Ok((
+            String::from_utf8(n.folded).unwrap(),
+            text[n.start..n.end].to_string(),
+        ))
+    }
+
+    fn ok(folded: &str, written: &str) -> Result<(String, String), Parsed> {
+        Ok((folded.into(), written.into()))
+    }
+
+    #[test]
+    fn names_fold_like_postgres_identifiers() {
+        assert_eq!(name("PREPARE Foo AS select 1"), ok("foo", "Foo"));
+        assert_eq!(name(r#"PREPARE "Foo" AS select 1"#), ok("Foo", r#""Foo""#));
+        assert_eq!(name(r#"execute "a""b"(1)"#), ok(r#"a"b"#, r#""a""b""#));
+        assert_eq!(name("EXECUTE x$1_2(3)"), ok("x$1_2", "x$1_2"));
+        assert_eq!(name("deallocate ÄBc"), ok("Äbc", "ÄBc"));
+        // PREPARE is an unreserved keyword: a valid name.
+        assert_eq!(
+            name("PREPARE prepare AS select 1"),
+            ok("prepare", "prepare")
+        );
+        assert_eq!(name("DEALLOCATE prepare"), ok("prepare", "prepare"));
+        assert_eq!(name("DEALLOCATE PREPARE foo"), ok("foo", "foo"));
+        assert_eq!(name("deallocate prepare \"ALL\""), ok("ALL", "\"ALL\""));
+        // Truncated to 63 bytes, as PostgreSQL's lexer does.
+        let long = "n".repeat(80);
+        assert_eq!(name(&format!("EXECUTE {long}")).unwrap().0, "n".repeat(63));
+        let wide = "é".repeat(40);
+        assert_eq!(name(&format!("EXECUTE {wide}")).unwrap().0, "é".repeat(31));
+    }
+
+    #[test]
+    fn whitespace_comments_and_semicolons_around_one_statement() {
+        assert_eq!(
+            name("  /* a /* nested */ comment */ -- line\n\tPrEpArE\n  foo(int, text) AS select $1; ; \n-- done"),
+            ok("foo", "foo")
+        );
+        assert_eq!(
+            parse("DEALLOCATE ALL"),
+            Parsed::Command(Command::DeallocateAll)
+        );
+        assert_eq!(
+            parse("deallocate prepare all ;"),
+            Parsed::Command(Command::DeallocateAll)
+        );
+        assert_eq!(
+            parse("DEALLOCATE ALL; ;"),
+            Parsed::Command(Command::DeallocateAll)
+        );
+        let Parsed::Command(Command::Prepare { rest, .. }) =
+            parse("PREPARE p(int) AS select $1 ;  -- end")
+        else {
+            panic!()
+        };
+        let text = "PREPARE p(int) AS select $1 ;  -- end";
+        assert_eq!(&text[rest.0..rest.1], "(int) AS select $1");
+    }
+
+    #[test]
+    fn a_semicolon_inside_a_string_or_comment_does_not_end_the_statement() {
+        for text in [
+            "PREPARE s AS select ';'",
+            "PREPARE s AS select 'it''s; fine'",
+            r"PREPARE s AS select E'\'; still'",
+            "PREPARE s AS select $$;$$",
+            "PREPARE s AS select $tag$ ; $ $tag$",
+            "PREPARE s AS select 1 /* ; */",
+            "PREPARE s AS select 1 -- ;\n",
+            r#"PREPARE s AS select 1 as ";""#,
+            "EXECUTE s(';')",
+        ] {
+            assert!(matches!(parse(text), Parsed::Command(_)), "{text}");
+        }
+        // A parameter is not a dollar quote.
+        assert!(matches!(
+            parse("PREPARE s AS select $1; select 2"),
+            Parsed::Multiple
+        ));
+    }
+
+    #[test]
+    fn more_than_one_statement_is_told_apart() {
+        for text in [
+            "PREPARE s AS select 1; select 2",
+            "EXECUTE s; EXECUTE t",
+            "DEALLOCATE s; select 1",
+            "DEALLOCATE ALL; DISCARD ALL",
+        ] {
+            assert_eq!(parse(text), Parsed::Multiple, "{text}");
+        }
+    }
+
+    #[test]
+    fn other_queries_and_syntax_errors_are_relayed() {
+        // Relayed either way.
+        for text in [
+            "select 1",
+            "PREPARED",
+            "EXECUTED s",
+            "prepare",
+            "EXECUTE",
+            "  ",
+            "",
+            "explain execute s",
+        ] {
+            assert_eq!(parse(text), Parsed::Other, "{text}");
+        }
+        for text in [
+            "PREPARE all AS select 1",
+            "PREPARE select AS select 1",
+            "PREPARE 1x AS select 1",
+            "EXECUTE ;",
+            r#"EXECUTE "unterminated"#,
+            r#"EXECUTE """#,
+            "DEALLOCATE foo bar",
+            "DEALLOCATE ALL now",
+        ] {
+            assert_eq!(parse(text), Parsed::Invalid, "{text}");
+        }
+        assert_eq!(
+            parse(r#"PREPARE U&"d\0061t" AS select 1"#),
+            Parsed::Unsupported
+        );
+    }
+
+    #[test]
+    fn only_a_query_body_with_its_one_final_nul_is_read() {
+        assert_eq!(sql::parse(b"EXECUTE s"), Parsed::Other);
+        assert_eq!(sql::parse(b"EXECUTE s\0x\0"), Parsed::Other);
+        assert_eq!(sql::parse(b""), Parsed::Other);
+    }
+
+    #[test]
+    fn the_prefix_check_reads_as_little_as_it_can() {
+        assert!(!sql::may_be_command(b"select 1"));
+        assert!(!sql::may_be_command(b"SELECT"));
+        assert!(!sql::may_be_command(b"  insert into"));
+        assert!(!sql::may_be_command(b"delete from t"));
+        assert!(sql::may_be_command(b"PREPARE foo"));
+        assert!(sql::may_be_command(b"  /* c */ execute"));
+        // Undecided: the keyword or a comment may go on.
+        assert!(sql::may_be_command(b"deallo"));
+        assert!(sql::may_be_command(b"/* long comment"));
+        assert!(sql::may_be_command(b""));
+        assert!(!sql::may_be_command(b"dealloc x"));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let pieces: &[&[u8]] = &[
+            b"PREPARE ",
+            b"EXECUTE ",
+            b"DEALLOCATE ",
+            b"ALL",
+            b"prepare",
+            b"\"",
+            b"'",
+            b"E'",
+            b"\\",
+            b"$$",
+            b"$a$",
+            b"$",
+            b"/*",
+            b"*/",
+            b"--",
+            b"\n",
+            b";",
+            b" ",
+            b"(",
+            b")",
+            b"x",
+            b"U&",
+            b"\xc3",
+            b"\xa9",
+            b"\xff",
+            b"\0",
+        ];
+        for _ in 0..20_000 {
+            let n = rng.random_range(0..12);
+            let mut body = Vec::new();
+            for _ in 0..n {
+                body.extend_from_slice(pieces[rng.random_range(0..pieces.len())]);
+            }
+            let _ = sql::may_be_command(&body);
+            body.push(0);
+            if let Parsed::Command(c) = sql::parse(&body) {
+                let text = &body[..body.len() - 1];
+                if let Command::Prepare { name, rest } = &c {
+                    assert!(name.start < name.end && name.end <= rest.0 && rest.0 <= rest.1);
+                    assert!(rest.1 <= text.len());
+                }
+                if let Command::Prepare { name, .. }
+                | Command::Execute { name }
+                | Command::Deallocate { name } = c
+                {
+                    assert!(name.end <= text.len() && !name.folded.is_empty());
+                    assert!(name.folded.len() <= sql::NAME_MAX);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_words_are_sorted_for_the_search() {
+        assert!(RESERVED.windows(2).all(|w| w[0] < w[1]));
     }
 }

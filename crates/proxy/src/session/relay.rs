@@ -216,13 +216,13 @@ impl<C: ClientStream> Session<C> {
         }
     }
 
-    /// Makes room for the next read: at least a few KiB, and a whole Parse
-    /// or Close frame, which is read in full.
+    /// Makes room for the next read: at least a few KiB, and a whole frame
+    /// of those read in full (Parse, Close, a query that may be `PREPARE`).
     fn reserve_client_buffer(&mut self) {
         let mut want = 8 * 1024;
         if self.cscan.at_boundary() {
             if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
-                if frame_read_whole(self.mode == PoolMode::Transaction)(self.cbuf[0]) {
+                if read_whole_at(self.mode == PoolMode::Transaction, &self.cbuf) {
                     want = want.max(len);
                 }
             }
@@ -271,7 +271,7 @@ impl<C: ClientStream> Session<C> {
         for _ in 0..tx.owed {
             backend::ready_for_query(&mut out, b'I');
         }
-        match self.client.write_all(&out).await {
+        match self.client.send(&out).await {
             Ok(()) => Stop::Released,
             Err(_) => Stop::ClientGone,
         }
@@ -290,7 +290,7 @@ impl<C: ClientStream> Session<C> {
         let track = self.mode == PoolMode::Transaction;
         // A first request on a fresh attachment, with no session state on the
         // connection, may go to another connection if this one proves dead.
-        let replayable = std::mem::take(&mut self.fresh) && server.tx.is_idle();
+        let mut replayable = std::mem::take(&mut self.fresh) && server.tx.is_idle();
         let mut capture = self.query_text.is_empty() && self.shared.timeouts.slow_query().is_some();
         // Rewritten output: empty unless a frame was changed, added or held
         // back; then it holds everything from the buffer's start to `pos`.
@@ -300,7 +300,9 @@ impl<C: ClientStream> Session<C> {
         let mut pos = 0;
         let mut terminate = false;
         loop {
-            let step = self.cscan.next(&self.cbuf, pos, frame_read_whole(track));
+            // Decided by the frame's tag, and for a Query its first keyword.
+            let whole = read_whole_at(track, &self.cbuf[pos..]);
+            let step = self.cscan.next(&self.cbuf, pos, |_| whole);
             let Some((item, next)) = step.map_err(|e| Stop::Fatal(too_large(&e)))? else {
                 break;
             };
@@ -317,6 +319,10 @@ impl<C: ClientStream> Session<C> {
                     (tag, &self.cbuf[pos + 5..next])
                 }
                 Scanned::Frame { tag, body } => {
+                    if capture && tag == b'Q' {
+                        capture = false;
+                        keep_text(&mut self.query_text, body);
+                    }
                     if capture && tag == b'P' {
                         capture = false;
                         let name_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
@@ -351,6 +357,12 @@ impl<C: ClientStream> Session<C> {
                 ))
             })?;
             if step == crate::prepared::Step::Wait {
+                if !to_server.is_empty() {
+                    // A Sync so that what is in flight gets answered.
+                    out.extend_from_slice(&self.cbuf[copied..pos]);
+                    out.extend_from_slice(&to_server);
+                    copied = pos;
+                }
                 // Offered again once the server has answered more.
                 tracing::debug!(peer = %self.peer, tag = %(tag as char), plan = server.prepared.plan.len(), owed = server.tx.owed, "holding a client message until the server answers");
                 self.held = true;
@@ -375,6 +387,9 @@ impl<C: ClientStream> Session<C> {
                     out.extend_from_slice(&body[k..]);
                     server.tx.sent(tag);
                 }
+                // A query pgwake answered itself: sent again on another
+                // connection, it would be answered twice.
+                _ if tag == b'Q' => replayable = false,
                 _ => {}
             }
             copied = next;
@@ -414,7 +429,7 @@ impl<C: ClientStream> Session<C> {
         } else {
             self.cbuf.advance(pos);
         }
-        if !to_client.is_empty() && self.client.write_all(&to_client).await.is_err() {
+        if !to_client.is_empty() && self.client.send(&to_client).await.is_err() {
             return Err(Stop::ClientGone);
         }
         if terminate {
@@ -615,7 +630,7 @@ impl<C: ClientStream> Session<C> {
             } else {
                 &server.buf[..pos]
             };
-            if !sending.is_empty() && self.client.write_all(sending).await.is_err() {
+            if !sending.is_empty() && self.client.send(sending).await.is_err() {
                 return Err(Stop::ClientGone);
             }
             PoolCounts::add(&self.pool.stats().sent, sending.len() as u64);
@@ -745,11 +760,12 @@ impl<C: ClientStream> Session<C> {
     }
 }
 
-/// Client frames whose bodies pgwake reads: in transaction mode, the ones
-/// that name prepared statements; in session mode, none.
+/// Whether pgwake reads the whole client frame starting at `frame[0]`: in
+/// transaction mode, the ones that name prepared statements; in session
+/// mode, none.
 #[inline]
-fn frame_read_whole(track: bool) -> impl Fn(u8) -> bool {
-    move |tag| track && crate::prepared::client_frame_read_whole(tag)
+fn read_whole_at(track: bool, frame: &[u8]) -> bool {
+    track && crate::prepared::client_frame_read_whole_at(frame)
 }
 
 #[cfg(test)]
