@@ -652,3 +652,52 @@ async fn sql_and_protocol_prepared_statements_share_one_namespace() {
     );
     assert_eq!(a.query("EXECUTE s2").await[1], "D 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_again_after_a_schema_change_sees_the_new_columns() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 1\nmin_idle = 1");
+    cluster
+        .psql(
+            "app",
+            "create table t (a int); insert into t values (1); grant all on t to app",
+        )
+        .unwrap();
+    let alter = |sql: &str| cluster.psql("app", sql).unwrap();
+
+    // Protocol level (tokio-postgres), as a driver that re-prepares on the
+    // error does.
+    let c = pg.client().await;
+    let old = c.prepare("select * from t").await.unwrap();
+    assert_eq!(c.query(&old, &[]).await.unwrap()[0].len(), 1);
+    alter("alter table t add column b int default 7");
+    let e = c.query(&old, &[]).await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|e| (e.code().code(), e.message())),
+        Some(("0A000", "cached plan must not change result type")),
+        "the client's own statement fails, as in its own session"
+    );
+    let new = c.prepare("select * from t").await.unwrap();
+    let row = &c.query(&new, &[]).await.unwrap()[0];
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
+    // Another client preparing the same text from now on gets it fresh too.
+    let other = pg.client().await;
+    let rows = other.query("select * from t", &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2);
+
+    // SQL level, compared with a direct session.
+    let mut s = Twin::connect(&pg, &cluster).await;
+    s.query("PREPARE q AS select * from t").await;
+    assert_eq!(s.query("EXECUTE q").await[..2], ["T a,b", "D 1,7"]);
+    alter("alter table t add column c int default 8");
+    assert!(s.query("EXECUTE q").await[0]
+        .starts_with("E 0A000 cached plan must not change result type"));
+    s.query("DEALLOCATE q").await;
+    s.query("PREPARE q AS select * from t").await;
+    assert_eq!(s.query("EXECUTE q").await[..2], ["T a,b,c", "D 1,7,8"]);
+    let row = &c
+        .query(&c.prepare("select * from t").await.unwrap(), &[])
+        .await
+        .unwrap()[0];
+    assert_eq!(row.len(), 3);
+}

@@ -97,13 +97,7 @@ impl Rewriter<'_> {
             if !self.plan.ends_synced() {
                 // Extended-protocol messages without a Sync would never be
                 // answered: end them, as the query would.
-                to_server.put_u8(b'S');
-                to_server.put_i32(4);
-                self.plan.push(Entry {
-                    kind: Kind::Swallow(Expect::Sync),
-                    rename: None,
-                    undo: Undo::default(),
-                });
+                self.sync_own(to_server);
             }
             return Ok(Step::Wait);
         }
@@ -171,13 +165,7 @@ impl Rewriter<'_> {
                 if self.plan.len() > before {
                     // If preparing fails, the server skips to this Sync and
                     // the query still gets its ReadyForQuery.
-                    to_server.put_u8(b'S');
-                    to_server.put_i32(4);
-                    self.plan.push(Entry {
-                        kind: Kind::Swallow(Expect::Sync),
-                        rename: None,
-                        undo: Undo::default(),
-                    });
+                    self.sync_own(to_server);
                 }
                 self.send_spliced(
                     text,
@@ -220,6 +208,17 @@ impl Rewriter<'_> {
                 Ok(Step::Tail(body.len()))
             }
         }
+    }
+
+    /// A Sync of pgwake's own: its ReadyForQuery is dropped.
+    fn sync_own(&mut self, to_server: &mut BytesMut) {
+        to_server.put_u8(b'S');
+        to_server.put_i32(4);
+        self.plan.push(Entry {
+            kind: Kind::Swallow(Expect::Sync),
+            rename: None,
+            undo: Undo::default(),
+        });
     }
 
     /// Sends the client's query `text` with `server` in place of the name,
