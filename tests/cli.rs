@@ -126,12 +126,25 @@ fn every_example_config_is_valid() {
         }
         // Password configs take theirs from the environment.
         let text = std::fs::read_to_string(&path).unwrap();
-        let env: &[(&str, &str)] = if text.contains("method = \"password\"") {
-            &[("PGWAKE_SERVER_AUTH_PASSWORD", "from-env")]
-        } else {
-            &[]
-        };
-        let (code, out, err) = pgwake(&["check", "--config", path.to_str().unwrap()], env);
+        let mut env: Vec<(&str, String)> = Vec::new();
+        if text.contains("method = \"password\"") {
+            env.push(("PGWAKE_SERVER_AUTH_PASSWORD", "from-env".into()));
+        }
+        // Files a shared service has mounted stand in as temporary ones.
+        let mounted = tempfile::tempdir().unwrap();
+        for (var, key) in [
+            ("PGWAKE_CLIENT_AUTH_FILE", "file = \"/etc/pgwake/users/"),
+            ("PGWAKE_LISTEN_CLIENT_TLS_CERT", "client_tls_cert = "),
+            ("PGWAKE_LISTEN_CLIENT_TLS_KEY", "client_tls_key = "),
+        ] {
+            if text.contains(key) {
+                let f = mounted.path().join(var);
+                std::fs::write(&f, "\"app\" \"example\"\n").unwrap();
+                env.push((var, f.display().to_string()));
+            }
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, out, err) = pgwake(&["check", "--config", path.to_str().unwrap()], &env);
         assert_eq!(code, 0, "{}: {err}", path.display());
         assert!(!out.contains("from-env"));
         n += 1;

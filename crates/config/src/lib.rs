@@ -32,6 +32,7 @@ pub struct Config {
     pub admin: Admin,
     pub timeouts: Timeouts,
     pub log: Log,
+    pub client_auth: ClientAuth,
 }
 
 /// The admin HTTP server (metrics, health) and who may use the admin console.
@@ -42,9 +43,12 @@ pub struct Admin {
     /// Empty: no HTTP server.
     pub addr: String,
     /// Users who may connect to the admin console (database `pgwake` or
-    /// `pgbouncer`). Empty: any user who can connect (the listener is
-    /// loopback-only).
+    /// `pgbouncer`) and run every command. When this and `stats_users` are
+    /// both empty, any client on loopback or the unix socket may; clients
+    /// from elsewhere never may.
     pub admin_users: Vec<String>,
+    /// Users who may connect to the admin console and run `SHOW` commands only.
+    pub stats_users: Vec<String>,
 }
 
 impl Admin {
@@ -62,6 +66,7 @@ impl Default for Admin {
         Admin {
             addr: "127.0.0.1:9930".into(),
             admin_users: Vec::new(),
+            stats_users: Vec::new(),
         }
     }
 }
@@ -99,7 +104,8 @@ pub struct Timeouts {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
-    /// TCP address. Must be loopback: clients are trusted without a password.
+    /// TCP address. Beyond loopback (`0.0.0.0:6432` for a shared service),
+    /// clients from elsewhere must authenticate: see `[client_auth]`.
     pub addr: String,
     /// Directory for a unix socket `.s.PGSQL.<port>` (as PostgreSQL names it,
     /// so `psql -h DIR -p PORT` works). Unset: no unix socket.
@@ -107,6 +113,26 @@ pub struct Listen {
     pub unix_socket_dir: Option<PathBuf>,
     /// Client connections beyond this get SQLSTATE 53300.
     pub max_client_conn: usize,
+    /// Client connections per client database name beyond this get SQLSTATE
+    /// 53300 (`[databases.NAME] max_client_conn` overrides it). 0: no limit.
+    pub max_client_conn_per_database: usize,
+    /// Client connections per user name beyond this get SQLSTATE 53300.
+    /// 0: no limit.
+    pub max_client_conn_per_user: usize,
+    /// A client that has not finished its startup (TLS and authentication
+    /// included) within this is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub client_login_timeout: Duration,
+    /// TLS for clients: `disable`, `allow`/`prefer` (encrypt when the client
+    /// asks) or `require` (refuse unencrypted TCP clients; the unix socket
+    /// is exempt).
+    pub client_tls_mode: ClientTlsMode,
+    /// PEM certificate chain presented to clients; re-read on reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// PEM private key of `client_tls_cert`; re-read on reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_key: Option<PathBuf>,
     /// Largest message a client may send, in bytes.
     pub max_message_size: u64,
     /// How long transactions in flight may run on after SIGTERM/SIGINT.
@@ -124,6 +150,12 @@ impl Default for Listen {
             addr: "127.0.0.1:6432".into(),
             unix_socket_dir: None,
             max_client_conn: 10_000,
+            max_client_conn_per_database: 0,
+            max_client_conn_per_user: 0,
+            client_login_timeout: Duration::from_secs(15),
+            client_tls_mode: ClientTlsMode::Disable,
+            client_tls_cert: None,
+            client_tls_key: None,
             max_message_size: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 1,
@@ -142,6 +174,202 @@ impl Listen {
             )
         })
     }
+}
+
+/// Whether clients may or must use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    /// Encryption requests are refused.
+    Disable,
+    /// Encryption requests are accepted; unencrypted clients too.
+    Allow,
+    /// As `allow` (the client decides; named as libpq names it).
+    Prefer,
+    /// Unencrypted TCP clients are refused (SQLSTATE 28000).
+    Require,
+}
+
+impl ClientTlsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "disable",
+            ClientTlsMode::Allow => "allow",
+            ClientTlsMode::Prefer => "prefer",
+            ClientTlsMode::Require => "require",
+        }
+    }
+}
+
+/// How clients prove who they are. Rules are tried in order, first match
+/// wins, as in `pg_hba.conf`. With no rules: clients on the unix socket and
+/// loopback are trusted and every other client must use SCRAM-SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientAuth {
+    /// Users and their passwords, in PgBouncer's `userlist.txt` format:
+    /// `"user" "SCRAM-SHA-256$…"` (a verifier, as in `pg_authid`) or
+    /// `"user" "plain password"`; re-read on reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Failed logins per client address per minute before that address is
+    /// refused (SQLSTATE 28000) for the rest of the minute. 0: no cap.
+    pub max_failures_per_minute: u32,
+    /// Allow `trust` rules for clients beyond loopback: anyone who can reach
+    /// the listener may then connect as any user.
+    pub insecure_trust_beyond_loopback: bool,
+    pub rules: Vec<ClientAuthRule>,
+}
+
+impl Default for ClientAuth {
+    fn default() -> Self {
+        ClientAuth {
+            file: None,
+            max_failures_per_minute: 20,
+            insecure_trust_beyond_loopback: false,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl ClientAuth {
+    /// The rules in force: the configured ones, or the defaults.
+    pub fn effective_rules(&self) -> Vec<ClientAuthRule> {
+        if !self.rules.is_empty() {
+            return self.rules.clone();
+        }
+        let rule = |address: &str, method| ClientAuthRule {
+            address: address.into(),
+            database: Names::all(),
+            user: Names::all(),
+            method,
+        };
+        vec![
+            rule("unix", ClientAuthMethod::Trust),
+            rule("loopback", ClientAuthMethod::Trust),
+            rule("all", ClientAuthMethod::ScramSha256),
+        ]
+    }
+}
+
+/// One rule: clients from `address` asking for `database` as `user` use `method`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthRule {
+    /// `all`, `loopback` (127.0.0.0/8 and ::1), `unix`, an address
+    /// (`10.1.2.3`) or a network (`10.0.0.0/8`, `fd00::/8`).
+    #[serde(default = "all")]
+    pub address: String,
+    /// `all`, a name, or a list of names.
+    #[serde(default = "Names::all")]
+    pub database: Names,
+    /// `all`, a name, or a list of names.
+    #[serde(default = "Names::all")]
+    pub user: Names,
+    pub method: ClientAuthMethod,
+}
+
+impl ClientAuthRule {
+    /// The parsed `address`; validated by [`load`].
+    pub fn client_address(&self) -> Result<ClientAddress, String> {
+        ClientAddress::parse(&self.address)
+    }
+}
+
+/// Which clients a rule covers, by where they connect from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddress {
+    All,
+    /// 127.0.0.0/8 and ::1.
+    Loopback,
+    /// The unix socket.
+    Unix,
+    Net(ipnet::IpNet),
+}
+
+impl ClientAddress {
+    pub fn parse(text: &str) -> Result<ClientAddress, String> {
+        Ok(match text {
+            "all" => ClientAddress::All,
+            "loopback" => ClientAddress::Loopback,
+            "unix" => ClientAddress::Unix,
+            _ => match text.parse::<ipnet::IpNet>() {
+                Ok(n) => ClientAddress::Net(n.trunc()),
+                Err(_) => match text.parse::<std::net::IpAddr>() {
+                    Ok(ip) => ClientAddress::Net(ipnet::IpNet::from(ip)),
+                    Err(_) => {
+                        return Err(format!(
+                            "{text:?} is not all, loopback, unix, an address or a network like 10.0.0.0/8"
+                        ))
+                    }
+                },
+            },
+        })
+    }
+
+    /// Whether a client from `peer` (`None`: the unix socket) is covered.
+    pub fn matches(&self, peer: Option<std::net::IpAddr>) -> bool {
+        match (self, peer) {
+            (ClientAddress::All, _) => true,
+            (ClientAddress::Unix, None) => true,
+            (ClientAddress::Loopback, Some(ip)) => ip.to_canonical().is_loopback(),
+            (ClientAddress::Net(n), Some(ip)) => n.contains(&ip.to_canonical()),
+            _ => false,
+        }
+    }
+
+    /// Whether some client beyond this machine is covered.
+    pub fn beyond_loopback(&self) -> bool {
+        match self {
+            ClientAddress::All => true,
+            ClientAddress::Loopback | ClientAddress::Unix => false,
+            ClientAddress::Net(n) => {
+                let loopback_only = match n {
+                    ipnet::IpNet::V4(v4) => v4.prefix_len() >= 8 && v4.network().octets()[0] == 127,
+                    ipnet::IpNet::V6(v6) => v6.prefix_len() == 128 && v6.addr().is_loopback(),
+                };
+                !loopback_only
+            }
+        }
+    }
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+/// `"all"`, one name or a list of names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Names {
+    pub fn all() -> Names {
+        Names::One("all".into())
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Names::One(n) => n == "all" || n == name,
+            Names::Many(v) => v.iter().any(|n| n == "all" || n == name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientAuthMethod {
+    /// No password.
+    #[serde(rename = "trust")]
+    Trust,
+    /// SCRAM-SHA-256 against `client_auth.file`.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// Always refused.
+    #[serde(rename = "reject")]
+    Reject,
 }
 
 /// libpq's `sslmode` for server connections.
@@ -401,6 +629,10 @@ pub struct Database {
     pub size: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_idle: Option<usize>,
+    /// Client connections to this database name beyond this get SQLSTATE
+    /// 53300. Unset: `listen.max_client_conn_per_database`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_client_conn: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

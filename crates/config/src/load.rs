@@ -7,7 +7,7 @@ use toml::{Table, Value};
 
 use std::time::Duration;
 
-use crate::{AuthMethod, Config, ServerAuth};
+use crate::{AuthMethod, ClientAuthMethod, ClientTlsMode, Config, ServerAuth};
 
 /// Every problem found, each naming the key (and the variable or file it came from).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("log_", &["log"]),
     ("admin_", &["admin"]),
     ("timeouts_", &["timeouts"]),
+    ("client_auth_", &["client_auth"]),
 ];
 
 /// Builds the configuration. `file` is `(name for messages, TOML text)`;
@@ -84,7 +85,7 @@ pub fn load<'a>(
             .find_map(|(p, path)| lower.strip_prefix(p).map(|k| (*path, k)))
         else {
             errors.push(format!(
-                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log)"
+                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth)"
             ));
             continue;
         };
@@ -400,6 +401,88 @@ fn check_lifecycle(l: &crate::Lifecycle, errors: &mut Vec<String>) {
     }
 }
 
+/// Client authentication: addresses parse, SCRAM has a user file, and a
+/// listener beyond loopback never trusts clients from elsewhere unless the
+/// operator says so by name.
+fn check_client_auth(c: &Config, loopback_listener: bool, errors: &mut Vec<String>) {
+    let auth = &c.client_auth;
+    let configured = !auth.rules.is_empty();
+    let mut needs_file = None;
+    for (i, rule) in auth.effective_rules().iter().enumerate() {
+        let key = if configured {
+            format!("client_auth.rules[{i}]")
+        } else {
+            "client_auth (default rules)".to_owned()
+        };
+        let address = match rule.client_address() {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(format!("{key}.address = {e}"));
+                continue;
+            }
+        };
+        match rule.method {
+            ClientAuthMethod::Trust
+                if !loopback_listener
+                    && address.beyond_loopback()
+                    && !auth.insecure_trust_beyond_loopback =>
+            {
+                errors.push(format!(
+                    "{key}.method = \"trust\" for address {:?}, but listen.addr = {:?} accepts clients beyond loopback: they would connect as any user without a password. Use method = \"scram-sha-256\" with client_auth.file, limit the rule to address = \"loopback\" or \"unix\", or set client_auth.insecure_trust_beyond_loopback = true if the network itself is trusted",
+                    rule.address, c.listen.addr
+                ));
+            }
+            // Default rules a loopback listener cannot reach need no file.
+            ClientAuthMethod::ScramSha256
+                if auth.file.is_none() && (configured || !loopback_listener) =>
+            {
+                needs_file.get_or_insert(key);
+            }
+            _ => {}
+        }
+    }
+    if let Some(key) = needs_file {
+        errors.push(if configured {
+            format!("{key}.method = \"scram-sha-256\" needs client_auth.file (users and their SCRAM verifiers or passwords, in PgBouncer's userlist.txt format)")
+        } else {
+            format!(
+                "listen.addr = {:?} accepts clients beyond loopback, and they must authenticate with SCRAM-SHA-256: set client_auth.file (users and their SCRAM verifiers or passwords, in PgBouncer's userlist.txt format), or add [[client_auth.rules]]",
+                c.listen.addr
+            )
+        });
+    }
+    if let Some(path) = &auth.file {
+        if !path.is_file() {
+            errors.push(format!(
+                "client_auth.file = {:?} is not a readable file",
+                path.display()
+            ));
+        }
+    }
+}
+
+fn check_client_tls(l: &crate::Listen, errors: &mut Vec<String>) {
+    if l.client_tls_mode == ClientTlsMode::Disable {
+        return;
+    }
+    for (key, path) in [
+        ("client_tls_cert", &l.client_tls_cert),
+        ("client_tls_key", &l.client_tls_key),
+    ] {
+        match path {
+            None => errors.push(format!(
+                "listen.client_tls_mode = {:?} needs listen.{key} (a PEM file)",
+                l.client_tls_mode.name()
+            )),
+            Some(p) if !p.is_file() => errors.push(format!(
+                "listen.{key} = {:?} is not a readable file",
+                p.display()
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
 fn validate(c: &Config, errors: &mut Vec<String>) {
     check_lifecycle(&c.lifecycle, errors);
     if c.server.host.is_empty() {
@@ -408,12 +491,12 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
         );
     }
     match c.listen.socket_addr() {
-        Ok(addr) if !addr.ip().is_loopback() => errors.push(format!(
-            "listen.addr = {:?} is not a loopback address: pgwake trusts its clients without a password, so it only listens on 127.0.0.1 or ::1 (client authentication for a shared service is not available in this version)",
-            c.listen.addr
-        )),
-        Ok(_) => {}
+        Ok(addr) => check_client_auth(c, addr.ip().is_loopback(), errors),
         Err(e) => errors.push(e),
+    }
+    check_client_tls(&c.listen, errors);
+    if c.listen.client_login_timeout.is_zero() {
+        errors.push("listen.client_login_timeout must be above zero".into());
     }
     if c.listen.max_client_conn == 0 {
         errors.push("listen.max_client_conn must be at least 1".into());
@@ -529,6 +612,53 @@ mod tests {
         assert_eq!(c.pool.size, 20);
         assert_eq!(c.server.port, 5432);
         assert_eq!(c.server.auth.effective_method(), AuthMethod::Trust);
+    }
+
+    #[test]
+    fn client_auth_rules_and_tls_are_checked_by_name() {
+        let e = errs(
+            "[server]\nhost = \"db\"\n[[client_auth.rules]]\naddress = \"10.0.0.0/33\"\nmethod = \"trust\"\n[[client_auth.rules]]\nuser = [\"a\", \"b\"]\nmethod = \"scram-sha-256\"\n[listen]\nclient_tls_mode = \"require\"\nclient_login_timeout = \"0s\"\n",
+            &[],
+        )
+        .join("\n");
+        assert!(
+            e.contains("client_auth.rules[0].address = \"10.0.0.0/33\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("client_auth.rules[1].method = \"scram-sha-256\" needs client_auth.file"),
+            "{e}"
+        );
+        assert!(e.contains("needs listen.client_tls_cert"), "{e}");
+        assert!(e.contains("needs listen.client_tls_key"), "{e}");
+        assert!(
+            e.contains("listen.client_login_timeout must be above zero"),
+            "{e}"
+        );
+        let e = errs(
+            "[server]\nhost = \"db\"\n[[client_auth.rules]]\nmethod = \"md5\"\n",
+            &[],
+        )
+        .join("\n");
+        assert!(e.contains("client_auth.rules"), "{e}");
+
+        // Loopback rules may trust on any listener; the default rules on a
+        // loopback listener need no user file.
+        let c = ok(
+            "[server]\nhost = \"db\"\n[listen]\naddr = \"[::]:6432\"\n[[client_auth.rules]]\naddress = \"127.0.0.0/8\"\nmethod = \"trust\"\n[[client_auth.rules]]\naddress = \"::1\"\nmethod = \"trust\"\n[[client_auth.rules]]\nmethod = \"reject\"\n",
+            &[],
+        );
+        let rules = c.client_auth.effective_rules();
+        let addr = |i: usize| rules[i].client_address().unwrap();
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        assert!(addr(0).matches(ip("127.0.0.9")) && !addr(0).matches(ip("10.0.0.1")));
+        assert!(addr(0).matches(ip("::ffff:127.0.0.1")), "v4-mapped peers");
+        assert!(addr(1).matches(ip("::1")) && !addr(1).matches(None));
+        assert!(addr(2).matches(None) && addr(2).matches(ip("192.0.2.1")));
+        assert!(ok("[server]\nhost = \"db\"\n", &[])
+            .client_auth
+            .rules
+            .is_empty());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use bytes::{BufMut, BytesMut};
 
 /// The one-byte answer to SSLRequest and GSSENCRequest when encryption is off.
 pub const ENCRYPTION_REFUSED: u8 = b'N';
+/// The answer to an SSLRequest that the server accepts: TLS starts next.
+pub const ENCRYPTION_ACCEPTED: u8 = b'S';
 
 /// Severity of an error or notice (both the localized `S` and the fixed `V` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +121,33 @@ fn frame(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
 /// AuthenticationOk.
 pub fn auth_ok(buf: &mut BytesMut) {
     frame(buf, b'R', |b| b.put_u32(0));
+}
+
+/// AuthenticationSASL: the SASL mechanisms the client may choose from.
+pub fn auth_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    frame(buf, b'R', |b| {
+        b.put_u32(10);
+        for m in mechanisms {
+            cstr(b, m);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationSASLContinue with the mechanism's challenge.
+pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    frame(buf, b'R', |b| {
+        b.put_u32(11);
+        b.put_slice(data);
+    });
+}
+
+/// AuthenticationSASLFinal with the mechanism's outcome.
+pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    frame(buf, b'R', |b| {
+        b.put_u32(12);
+        b.put_slice(data);
+    });
 }
 
 /// ParameterStatus.

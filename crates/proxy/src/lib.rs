@@ -8,6 +8,7 @@
 //! Terminate.
 
 mod admin;
+mod auth;
 mod cancel;
 mod clients;
 mod credentials;
@@ -60,6 +61,13 @@ pub struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clients: Arc<Clients>,
     pub(crate) timeouts: LiveTimeouts,
+    /// Client authentication (`[client_auth]`); its rules and users are
+    /// replaced on reload.
+    pub(crate) client_auth: auth::ClientAuth,
+    pub(crate) client_limits: Arc<auth::ClientLimits>,
+    /// TLS for clients when `listen.client_tls_mode` is not `disable`;
+    /// replaced on reload (new certificate files).
+    client_tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
     /// PAUSE from the admin console: no new transactions start.
     paused: AtomicBool,
     resumed: tokio::sync::Notify,
@@ -126,6 +134,19 @@ impl LiveTimeouts {
     }
 }
 
+/// The TLS acceptor for clients under `config`, `None` when TLS is off.
+fn client_tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    let l = &config.listen;
+    match (l.client_tls_mode, &l.client_tls_cert, &l.client_tls_key) {
+        (pgwake_config::ClientTlsMode::Disable, _, _) => Ok(None),
+        (_, Some(cert), Some(key)) => tls::acceptor(cert, key).map(Some),
+        (mode, _, _) => Err(format!(
+            "listen.client_tls_mode = {:?} needs listen.client_tls_cert and listen.client_tls_key",
+            mode.name()
+        )),
+    }
+}
+
 /// Pool settings for a route under `config`.
 fn pool_settings(config: &Config, route: &Route, prewarm: bool) -> PoolSettings {
     let p = &config.pool;
@@ -145,6 +166,14 @@ impl Shared {
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
         self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The TLS acceptor for clients, when TLS is on.
+    pub(crate) fn client_tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.client_tls
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -322,6 +351,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Tls(String),
+    #[error("{0}")]
+    ClientAuth(String),
     #[error("server.auth: {0}")]
     Credentials(String),
     #[error("{0}")]
@@ -365,7 +396,12 @@ impl Proxy {
         }
         let timeouts = LiveTimeouts::default();
         timeouts.set(&config);
+        let client_auth = auth::ClientAuth::new(&config).map_err(StartError::ClientAuth)?;
+        let client_tls = client_tls_acceptor(&config).map_err(StartError::Tls)?;
         let shared = Arc::new(Shared {
+            client_auth,
+            client_limits: Arc::new(auth::ClientLimits::default()),
+            client_tls: RwLock::new(client_tls),
             server: Mutex::new(ServerSide {
                 target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),
                 credentials: creds.source,
@@ -424,6 +460,13 @@ impl Proxy {
                 shared.spawn_until_stopped(wake::idle_stop(shared.clone(), l, after));
             }
         }
+        let users = shared.client_auth.user_count();
+        tracing::info!(
+            tls = config.listen.client_tls_mode.name(),
+            users,
+            rules = config.client_auth.rules.len(),
+            "client authentication"
+        );
         shared.warm_configured_pools(&config);
         Ok(Proxy {
             shared,

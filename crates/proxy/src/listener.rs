@@ -9,7 +9,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::{session, Shared, StartError};
+use crate::auth::ClientOrigin;
+use crate::session::{self, Peer};
+use crate::{Shared, StartError};
 
 pub(crate) struct Listeners {
     tcp: TcpListener,
@@ -68,9 +70,15 @@ impl Listeners {
                 _ = shared.shutdown.cancelled() => break,
                 r = self.tcp.accept() => r.map(|(s, peer)| {
                     let _ = s.set_nodelay(true);
-                    (Conn::Tcp(s), peer.to_string())
+                    (Conn::Tcp(s), Peer {
+                        text: peer.to_string(),
+                        origin: ClientOrigin { ip: Some(peer.ip()) },
+                    })
                 }),
-                r = accept_unix(&self.unix) => r.map(|s| (Conn::Unix(s), "unix socket".to_owned())),
+                r = accept_unix(&self.unix) => r.map(|s| (Conn::Unix(s), Peer {
+                    text: "unix socket".to_owned(),
+                    origin: ClientOrigin { ip: None },
+                })),
             };
             let (conn, peer) = match accepted {
                 Ok(c) => c,
@@ -86,8 +94,8 @@ impl Listeners {
             sessions.spawn(async move {
                 let admitted = permit.is_some();
                 match conn {
-                    Conn::Tcp(s) => session::serve(s, peer, shared, admitted).await,
-                    Conn::Unix(s) => session::serve(s, peer, shared, admitted).await,
+                    Conn::Tcp(s) => session::serve_tcp(s, peer, shared, admitted).await,
+                    Conn::Unix(s) => session::serve_unix(s, peer, shared, admitted).await,
                 }
                 drop(permit);
             });

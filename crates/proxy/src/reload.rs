@@ -66,8 +66,25 @@ impl Shared {
         let mut notes = Vec::new();
         let mut restart = Vec::new();
         let changed = |a: String, b: String| a != b;
-        if changed(format!("{:?}", old.listen), format!("{:?}", new.listen)) {
-            restart.push("listen");
+        let (ol, nl) = (&old.listen, &new.listen);
+        for (key, differs) in [
+            ("listen.addr", ol.addr != nl.addr),
+            (
+                "listen.unix_socket_dir",
+                ol.unix_socket_dir != nl.unix_socket_dir,
+            ),
+            (
+                "listen.max_client_conn",
+                ol.max_client_conn != nl.max_client_conn,
+            ),
+            (
+                "listen.worker_threads",
+                ol.worker_threads != nl.worker_threads,
+            ),
+        ] {
+            if differs {
+                restart.push(key);
+            }
         }
         if old.admin.addr != new.admin.addr {
             restart.push("admin.addr");
@@ -97,6 +114,19 @@ impl Shared {
         } else {
             None
         };
+        // Certificate and user files are read again even when their paths
+        // stay the same: rotating them in place is how they change.
+        let client_tls = crate::client_tls_acceptor(&new)?;
+        if old.listen.client_tls_mode != new.listen.client_tls_mode {
+            notes.push(format!(
+                "listen.client_tls_mode = {:?}",
+                new.listen.client_tls_mode.name()
+            ));
+        }
+        let client_auth = crate::auth::ClientAuth::prepare(&new)?;
+        if format!("{:?}", old.client_auth) != format!("{:?}", new.client_auth) {
+            notes.push("client_auth changed".into());
+        }
         if old.log.level != new.log.level {
             match &self.hooks.set_log_level {
                 Some(set) => {
@@ -109,6 +139,8 @@ impl Shared {
         // Apply.
         let new = Arc::new(new);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        *self.client_tls.write().unwrap_or_else(|e| e.into_inner()) = client_tls;
+        self.client_auth.install(client_auth);
         self.timeouts.set(&new);
         let mut side = None;
         if let Some((s, refresher)) = server {

@@ -47,6 +47,8 @@ const DESCRIPTIONS: &[(&str, char, &str)] = &[
     ("pgwake_idle_stops_total", 'c', "Stop requests sent to the provider (idle stop, SLEEP, stop on shutdown)"),
     ("pgwake_cancels_total", 'c', "Cancel requests forwarded to the server"),
     ("pgwake_timeouts_total", 'c', "Clients or queries ended by a timeout, by kind"),
+    ("pgwake_client_auth_failures_total", 'c', "Client logins refused, by reason: password (wrong password, unknown user or malformed exchange) or blocked (the address is over client_auth.max_failures_per_minute)"),
+    ("pgwake_client_limit_refusals_total", 'c', "Client connections refused by max_client_conn (global, per database or per user)"),
     ("pgwake_prepared_statement_hits_total", 'c', "Named statements a client used that the server connection had prepared already"),
     ("pgwake_prepared_statement_misses_total", 'c', "Named statements prepared on a server connection for a client"),
     ("pgwake_prepared_statement_evictions_total", 'c', "Server-side statements closed to stay within pool.max_prepared_statements"),
@@ -62,15 +64,17 @@ pub enum TimeoutKind {
     ClientIdle,
     PoolWait,
     ServerConnect,
+    ClientLogin,
 }
 
 impl TimeoutKind {
-    const ALL: [TimeoutKind; 5] = [
+    const ALL: [TimeoutKind; 6] = [
         TimeoutKind::Query,
         TimeoutKind::IdleTransaction,
         TimeoutKind::ClientIdle,
         TimeoutKind::PoolWait,
         TimeoutKind::ServerConnect,
+        TimeoutKind::ClientLogin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +84,7 @@ impl TimeoutKind {
             TimeoutKind::ClientIdle => "client_idle",
             TimeoutKind::PoolWait => "pool_wait",
             TimeoutKind::ServerConnect => "server_connect",
+            TimeoutKind::ClientLogin => "client_login",
         }
     }
 }
@@ -124,10 +129,16 @@ impl ConnectErrorKind {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    timeouts: [AtomicU64; 5],
+    timeouts: [AtomicU64; 6],
     connect_errors: [AtomicU64; 7],
     pub connects: AtomicU64,
     pub cancels: AtomicU64,
+    /// Client logins refused: wrong password or unknown user, and addresses
+    /// over `client_auth.max_failures_per_minute`.
+    pub client_auth_failures: AtomicU64,
+    pub client_auth_blocked: AtomicU64,
+    /// Client connections refused by a `max_client_conn` limit.
+    pub client_limit_refusals: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     connect_phase: [Histogram; 4],
@@ -176,6 +187,9 @@ impl Metrics {
             connect_errors: Default::default(),
             connects: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
+            client_auth_failures: AtomicU64::new(0),
+            client_auth_blocked: AtomicU64::new(0),
+            client_limit_refusals: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
         }
@@ -245,6 +259,18 @@ impl Metrics {
             .absolute(self.connects.load(Ordering::Relaxed));
         self.counter("pgwake_cancels_total", vec![])
             .absolute(self.cancels.load(Ordering::Relaxed));
+        for (reason, n) in [
+            ("password", &self.client_auth_failures),
+            ("blocked", &self.client_auth_blocked),
+        ] {
+            self.counter(
+                "pgwake_client_auth_failures_total",
+                vec![Label::new("reason", reason)],
+            )
+            .absolute(n.load(Ordering::Relaxed));
+        }
+        self.counter("pgwake_client_limit_refusals_total", vec![])
+            .absolute(self.client_limit_refusals.load(Ordering::Relaxed));
         for (result, n) in [("ok", &self.reloads_ok), ("failed", &self.reloads_failed)] {
             self.counter("pgwake_reloads_total", vec![Label::new("result", result)])
                 .absolute(n.load(Ordering::Relaxed));

@@ -236,3 +236,94 @@ impl ServerCertVerifier for Lenient {
             .supported_schemes()
     }
 }
+
+/// The TLS server settings for clients (`listen.client_tls_cert` and
+/// `client_tls_key`), read from their PEM files. Errors name the key and file.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let named =
+        |k: &str, p: &Path, e: &dyn std::fmt::Display| format!("listen.{k} {}: {e}", p.display());
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| named("client_tls_cert", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named("client_tls_cert", cert, &e))?;
+    if chain.is_empty() {
+        return Err(named("client_tls_cert", cert, &"holds no certificate"));
+    }
+    let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| named("client_tls_key", key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            named(
+                "client_tls_key",
+                key,
+                &format!("does not suit the certificate: {e}"),
+            )
+        })?;
+    // PostgreSQL 17's libpq offers this ALPN name; older clients offer none.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// An encrypted client connection.
+pub struct ClientTls(pub Box<tokio_rustls::server::TlsStream<TcpStream>>);
+
+impl ClientTls {
+    /// Whether decrypted bytes (or the peer's close) wait inside the TLS
+    /// state, where the socket's readiness cannot show them.
+    pub fn has_buffered(&mut self) -> bool {
+        let (_, conn) = self.0.get_mut();
+        match conn.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            // The next read reports the error.
+            Err(_) => true,
+        }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        self.0.get_ref().0
+    }
+
+    /// Reads what can be read without waiting (`WouldBlock` if nothing).
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.0).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl AsyncRead for ClientTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().0).poll_shutdown(cx)
+    }
+}

@@ -7,15 +7,42 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgwake_protocol::backend::{self, ErrorMessage, Severity};
 use pgwake_protocol::sqlstate;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::report;
-use crate::session::ClientStream;
+use crate::auth::ClientOrigin;
+use crate::session::{ClientStream, Peer};
 use crate::Shared;
 
 /// Client database names that reach the console.
 pub(crate) fn is_console(database: &str) -> bool {
     database == "pgwake" || database == "pgbouncer"
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Every command.
+    Admin,
+    /// `SHOW` commands only.
+    Stats,
+}
+
+/// What `user` from `origin` may do on the console, if anything.
+fn access(admin: &pgwake_config::Admin, user: &str, origin: ClientOrigin) -> Option<Access> {
+    let listed = |users: &[String]| users.iter().any(|u| u == user);
+    if listed(&admin.admin_users) {
+        Some(Access::Admin)
+    } else if listed(&admin.stats_users) {
+        Some(Access::Stats)
+    } else if admin.admin_users.is_empty()
+        && admin.stats_users.is_empty()
+        && origin.ip.is_none_or(|ip| ip.to_canonical().is_loopback())
+    {
+        Some(Access::Admin)
+    } else {
+        None
+    }
 }
 
 /// Largest message the console accepts.
@@ -27,23 +54,23 @@ const HELP: &str = "SHOW POOLS|STATS|STATS_TOTALS|CLIENTS|SERVERS|DATABASES|LIST
 pub(crate) async fn serve<C: ClientStream>(
     mut client: C,
     mut buf: BytesMut,
-    peer: &str,
+    peer: &Peer,
     shared: Arc<Shared>,
     user: &str,
 ) {
     let config = shared.config();
-    let allowed = &config.admin.admin_users;
-    if !allowed.is_empty() && !allowed.iter().any(|u| u == user) {
+    let Some(access) = access(&config.admin, user, peer.origin) else {
         let e = ErrorMessage::fatal(
             sqlstate::INVALID_AUTHORIZATION,
-            format!("user \"{user}\" may not use the admin console (admin.admin_users)"),
+            format!("user \"{user}\" may not use the admin console (admin.admin_users, admin.stats_users; with both empty, only clients on loopback or the unix socket may)"),
         );
         let mut out = BytesMut::new();
         e.write(&mut out);
-        let _ = client.write_all(&out).await;
+        let _ = client.send(&out).await;
         return;
-    }
-    tracing::info!(%peer, user, "admin console login");
+    };
+    let peer = peer.text.as_str();
+    tracing::info!(%peer, user, ?access, "admin console login");
     let mut out = BytesMut::with_capacity(1024);
     backend::auth_ok(&mut out);
     let version = shared
@@ -66,7 +93,7 @@ pub(crate) async fn serve<C: ClientStream>(
     }
     backend::backend_key_data(&mut out, 0, 0);
     backend::ready_for_query(&mut out, b'I');
-    if client.write_all(&out).await.is_err() {
+    if client.send(&out).await.is_err() {
         return;
     }
     // After an extended-protocol message: skip to Sync.
@@ -83,7 +110,7 @@ pub(crate) async fn serve<C: ClientStream>(
                     );
                     out.clear();
                     e.write(&mut out);
-                    let _ = client.write_all(&out).await;
+                    let _ = client.send(&out).await;
                     return;
                 }
                 Ok(Some(total)) if buf.len() >= total => break (buf[0], total),
@@ -107,16 +134,16 @@ pub(crate) async fn serve<C: ClientStream>(
             b'Q' => {
                 let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
                 let sql = String::from_utf8_lossy(&body[..end]).into_owned();
-                let stop = run(&shared, &sql, &mut out).await;
+                let stop = run(&shared, &sql, access, &mut out).await;
                 backend::ready_for_query(&mut out, b'I');
-                if client.write_all(&out).await.is_err() || stop {
+                if client.send(&out).await.is_err() || stop {
                     return;
                 }
             }
             b'S' => {
                 failed_extended = false;
                 backend::ready_for_query(&mut out, b'I');
-                if client.write_all(&out).await.is_err() {
+                if client.send(&out).await.is_err() {
                     return;
                 }
             }
@@ -129,7 +156,7 @@ pub(crate) async fn serve<C: ClientStream>(
                 )
                 .write(&mut out);
                 backend::ready_for_query(&mut out, b'I');
-                if client.write_all(&out).await.is_err() {
+                if client.send(&out).await.is_err() {
                     return;
                 }
             }
@@ -142,7 +169,7 @@ pub(crate) async fn serve<C: ClientStream>(
                     )
                     .with_hint(HELP)
                     .write(&mut out);
-                    if client.write_all(&out).await.is_err() {
+                    if client.send(&out).await.is_err() {
                         return;
                     }
                 }
@@ -152,7 +179,7 @@ pub(crate) async fn serve<C: ClientStream>(
 }
 
 /// Runs one console command, writing its replies. `true`: close the session.
-async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) -> bool {
+async fn run(shared: &Arc<Shared>, sql: &str, access: Access, out: &mut BytesMut) -> bool {
     let text = sql.trim().trim_end_matches(';').trim();
     if text.is_empty() {
         backend::empty_query(out);
@@ -166,6 +193,17 @@ async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) -> bool {
     let error = |out: &mut BytesMut, code: &str, m: String| {
         ErrorMessage::error(code, m).write(out);
     };
+    if access == Access::Stats && words.first() != Some(&"SHOW") {
+        error(
+            out,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "{} needs a user in admin.admin_users; admin.stats_users may run SHOW commands only",
+                words.first().copied().unwrap_or_default()
+            ),
+        );
+        return false;
+    }
     match words.as_slice() {
         ["SHOW", what] => match report::show(shared, what) {
             Some(t) => {

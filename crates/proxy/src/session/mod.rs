@@ -19,6 +19,7 @@ use pgwake_protocol::{sqlstate, FrameError, Scanned, Scanner};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ClientOrigin;
 use crate::cancel::CancelHandle;
 use crate::clients::{ClientState, Registered};
 use crate::params::{self, Params};
@@ -30,21 +31,30 @@ use pgwake_lifecycle::Lifecycle;
 
 mod relay;
 
-/// How long a client may take to send its startup packet.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long cleaning up after a departed client may take before the server
 /// connection is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on statements pgwake runs itself (settings, ROLLBACK, DISCARD ALL).
 const INTERNAL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A client byte stream: TCP or unix socket.
+/// A client byte stream: TCP, unix socket or TLS over TCP.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Waits until there is something to read (or EOF) without holding a
     /// buffer: an idle client then costs no buffer memory at all.
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
     /// Reads what is there without waiting (`WouldBlock` when nothing is).
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes all of `data` and pushes it out (TLS holds written bytes
+    /// until flushed; for sockets the flush costs nothing).
+    fn send<'a>(
+        &'a mut self,
+        data: &'a [u8],
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'a {
+        async move {
+            self.write_all(data).await?;
+            self.flush().await
+        }
+    }
 }
 
 /// Reads what is there; a read that did not fill `buf` emptied the socket,
@@ -52,7 +62,7 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 /// the next read a system call that would only say "would block".
 macro_rules! try_read_draining {
     ($stream:ty) => {
-        fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let cap = buf.len();
             let mut got = 0;
             let r = <$stream>::try_io(self, tokio::io::Interest::READABLE, || {
@@ -73,92 +83,331 @@ macro_rules! try_read_draining {
 }
 
 impl ClientStream for tokio::net::TcpStream {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         tokio::net::TcpStream::readable(self)
     }
     try_read_draining!(tokio::net::TcpStream);
 }
 
 impl ClientStream for tokio::net::UnixStream {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
         tokio::net::UnixStream::readable(self)
     }
     try_read_draining!(tokio::net::UnixStream);
 }
 
-/// Serves one client until it leaves. `admitted` is false when the client is
+impl ClientStream for crate::tls::ClientTls {
+    async fn readable(&mut self) -> io::Result<()> {
+        if self.has_buffered() {
+            return Ok(());
+        }
+        self.tcp().readable().await
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::tls::ClientTls::try_read(self, buf)
+    }
+}
+
+/// Where a client connects from.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// For logs and SHOW CLIENTS: `ip:port` or `unix socket`.
+    pub text: String,
+    pub origin: ClientOrigin,
+}
+
+/// Serves one TCP client until it leaves, encrypting when it asks and
+/// `listen.client_tls_mode` allows. `admitted` is false when the client is
 /// over `max_client_conn`: it is told so after the handshake and closed.
-pub async fn serve<C: ClientStream>(client: C, peer: String, shared: Arc<Shared>, admitted: bool) {
-    let mut buf = BytesMut::new();
-    let mut client = client;
-    let request =
-        match tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(handshake(&mut client, &mut buf))).await
-        {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e.message, "refused malformed startup");
+pub(crate) async fn serve_tcp(
+    client: tokio::net::TcpStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    admitted: bool,
+) {
+    // The login is boxed and freed once done: an idle client's task holds
+    // only its session.
+    match Box::pin(accept_tcp(client, peer, shared, admitted)).await {
+        Accepted::Plain(mut session) => session.run().await,
+        Accepted::Tls(mut session) => Box::pin(session.run()).await,
+        Accepted::Done => {}
+    }
+}
+
+/// Serves one unix-socket client until it leaves.
+pub(crate) async fn serve_unix(
+    mut client: tokio::net::UnixStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    admitted: bool,
+) {
+    let login = Box::pin(async move {
+        let deadline = login_deadline(&shared);
+        let mut buf = BytesMut::new();
+        let step = handshake(&mut client, &mut buf, false);
+        let request = match within_login(&shared, deadline, step).await {
+            Ok(Handshake::Request(r)) => r,
+            Ok(Handshake::Gone | Handshake::Tls) => return None,
+            Err(e) => {
+                tracing::debug!(peer = %peer.text, error = %e.message, "refused malformed startup");
                 let _ = send_fatal(&mut client, &e).await;
-                return;
-            }
-            Err(_) => {
-                let e = ErrorMessage::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "startup packet not received in time",
-                );
-                let _ = send_fatal(&mut client, &e).await;
-                return;
+                return None;
             }
         };
-    match request {
-        StartupRequest::Cancel { pid, key } => {
-            if let Some((addr, spid, skey)) = shared.cancels.lookup(pid, key) {
-                shared.metrics.cancels.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = Box::pin(send_cancel(addr, spid, skey)).await {
-                    tracing::warn!(%peer, error = %e, "could not forward cancel request");
+        let login = Login {
+            peer,
+            shared,
+            admitted,
+            deadline,
+            encrypted: false,
+        };
+        login.finish(client, buf, request).await
+    });
+    if let Some(mut session) = login.await {
+        session.run().await;
+    }
+}
+
+/// A client after its login. (The plain session is the common case and
+/// the one an idle client's task holds; TLS sessions are boxed.)
+#[allow(clippy::large_enum_variant)]
+enum Accepted {
+    Plain(Session<tokio::net::TcpStream>),
+    Tls(Box<Session<crate::tls::ClientTls>>),
+    /// Served already (cancel request, admin console) or refused.
+    Done,
+}
+
+async fn accept_tcp(
+    mut client: tokio::net::TcpStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    admitted: bool,
+) -> Accepted {
+    let deadline = login_deadline(&shared);
+    let mut buf = BytesMut::new();
+    let tls = shared.client_tls();
+    let step = handshake(&mut client, &mut buf, tls.is_some());
+    let request = match within_login(&shared, deadline, step).await {
+        Ok(Handshake::Request(r)) => r,
+        Ok(Handshake::Gone) => return Accepted::Done,
+        Ok(Handshake::Tls) => {
+            let Some(acceptor) = tls else {
+                return Accepted::Done;
+            };
+            let mut client = match tokio::time::timeout_at(deadline, acceptor.accept(client)).await
+            {
+                Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::info!(peer = %peer.text, error = %e, "client TLS handshake failed");
+                    return Accepted::Done;
                 }
-            }
+                Err(_) => {
+                    shared.metrics.timeout(TimeoutKind::ClientLogin);
+                    return Accepted::Done;
+                }
+            };
+            let step = handshake(&mut client, &mut buf, false);
+            let request = match within_login(&shared, deadline, step).await {
+                Ok(Handshake::Request(r)) => r,
+                Ok(Handshake::Gone | Handshake::Tls) => return Accepted::Done,
+                Err(e) => {
+                    let _ = send_fatal(&mut client, &e).await;
+                    return Accepted::Done;
+                }
+            };
+            let login = Login {
+                peer,
+                shared,
+                admitted,
+                deadline,
+                encrypted: true,
+            };
+            return match login.finish(client, buf, request).await {
+                Some(s) => Accepted::Tls(Box::new(s)),
+                None => Accepted::Done,
+            };
         }
-        StartupRequest::Startup {
+        Err(e) => {
+            tracing::debug!(peer = %peer.text, error = %e.message, "refused malformed startup");
+            let _ = send_fatal(&mut client, &e).await;
+            return Accepted::Done;
+        }
+    };
+    let login = Login {
+        peer,
+        shared,
+        admitted,
+        deadline,
+        encrypted: false,
+    };
+    match login.finish(client, buf, request).await {
+        Some(s) => Accepted::Plain(s),
+        None => Accepted::Done,
+    }
+}
+
+fn login_deadline(shared: &Shared) -> tokio::time::Instant {
+    tokio::time::Instant::now() + shared.config().listen.client_login_timeout
+}
+
+/// Runs a login step, failing it at `deadline` (`client_login_timeout`).
+async fn within_login<T>(
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+    step: impl std::future::Future<Output = Result<T, ErrorMessage>>,
+) -> Result<T, ErrorMessage> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(r) => r,
+        Err(_) => {
+            shared.metrics.timeout(TimeoutKind::ClientLogin);
+            Err(ErrorMessage::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "startup not completed within listen.client_login_timeout = {}",
+                    humantime::format_duration(shared.config().listen.client_login_timeout)
+                ),
+            ))
+        }
+    }
+}
+
+/// A client's login after its startup packet.
+struct Login {
+    peer: Peer,
+    shared: Arc<Shared>,
+    /// Under `max_client_conn`.
+    admitted: bool,
+    /// When `client_login_timeout` runs out.
+    deadline: tokio::time::Instant,
+    /// Over TLS.
+    encrypted: bool,
+}
+
+impl Login {
+    /// Forwards a cancel request; checks a login (TLS required?, limits,
+    /// authentication) and serves the admin console or starts a session.
+    /// `None`: nothing more to serve.
+    async fn finish<C: ClientStream>(
+        self,
+        mut client: C,
+        mut buf: BytesMut,
+        request: StartupRequest,
+    ) -> Option<Session<C>> {
+        let Login { peer, shared, .. } = &self;
+        let (minor, params, protocol_options) = match request {
+            StartupRequest::Cancel { pid, key } => {
+                if let Some((addr, spid, skey)) = shared.cancels.lookup(pid, key) {
+                    shared.metrics.cancels.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = send_cancel(addr, spid, skey).await {
+                        tracing::warn!(peer = %peer.text, error = %e, "could not forward cancel request");
+                    }
+                }
+                return None;
+            }
+            StartupRequest::Ssl | StartupRequest::GssEnc => return None,
+            StartupRequest::Startup {
+                minor,
+                params,
+                protocol_options,
+            } => (minor, params, protocol_options),
+        };
+        let checked = self.check(&mut client, &mut buf, &params);
+        let (user, database, admission) = match within_login(shared, self.deadline, checked).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = send_fatal(&mut client, &e).await;
+                return None;
+            }
+        };
+        let Login { peer, shared, .. } = self;
+        if admin::console::is_console(&database) {
+            admin::console::serve(client, buf, &peer, shared, &user).await;
+            return None;
+        }
+        let start = Session::start(
+            client,
+            buf,
+            peer.text,
+            shared,
             minor,
             params,
             protocol_options,
-        } => {
-            if !admitted {
-                let e = ErrorMessage::fatal(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    format!(
-                        "sorry, too many clients already (listen.max_client_conn = {})",
-                        shared.config().listen.max_client_conn
-                    ),
-                );
+            admission,
+        );
+        match start.await {
+            Ok(session) => Some(session),
+            Err((mut client, e)) => {
                 let _ = send_fatal(&mut client, &e).await;
-                return;
-            }
-            let get = |k: &str| {
-                params
-                    .iter()
-                    .find(|(pk, _)| pk == k)
-                    .map(|(_, v)| v.clone())
-            };
-            if let Some(user) = get("user").filter(|u| !u.is_empty()) {
-                let db = get("database").filter(|d| !d.is_empty());
-                if admin::console::is_console(db.as_deref().unwrap_or(&user)) {
-                    Box::pin(admin::console::serve(client, buf, &peer, shared, &user)).await;
-                    return;
-                }
-            }
-            // Boxed (as are the other rare paths below): the task of every
-            // idle client would otherwise be as large as its largest future.
-            let start = Session::start(client, buf, peer, shared, minor, params, protocol_options);
-            match Box::pin(start).await {
-                Ok(mut session) => session.run().await,
-                Err((mut client, e)) => {
-                    let _ = send_fatal(&mut client, &e).await;
-                }
+                None
             }
         }
-        StartupRequest::Ssl | StartupRequest::GssEnc => {}
+    }
+
+    /// Checks that a client may log in: under `max_client_conn`, encrypted
+    /// when TLS is required, allowed by `[client_auth]` and under the
+    /// per-database and per-user limits. Returns the user, the database and
+    /// the client's place under the limits (held until it leaves).
+    async fn check<C: ClientStream>(
+        &self,
+        client: &mut C,
+        buf: &mut BytesMut,
+        params: &[(String, String)],
+    ) -> Result<(String, String, crate::auth::Admission), ErrorMessage> {
+        let (peer, shared) = (&self.peer, &self.shared);
+        let config = shared.config();
+        let refuse = |e: ErrorMessage| {
+            shared
+                .metrics
+                .client_limit_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            e
+        };
+        if !self.admitted {
+            return Err(refuse(ErrorMessage::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!(
+                    "sorry, too many clients already (listen.max_client_conn = {})",
+                    config.listen.max_client_conn
+                ),
+            )));
+        }
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(user) = get("user") else {
+            return Err(ErrorMessage::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ));
+        };
+        let database = get("database").unwrap_or(user);
+        if config.listen.client_tls_mode == pgwake_config::ClientTlsMode::Require
+            && !self.encrypted
+            && peer.origin.ip.is_some()
+        {
+            return Err(ErrorMessage::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "pgwake requires TLS (listen.client_tls_mode = \"require\"): connect with sslmode=require or stricter (host \"{}\", user \"{user}\", database \"{database}\")",
+                    peer.origin.host()
+                ),
+            ));
+        }
+        shared
+            .client_auth
+            .authenticate(client, buf, peer.origin, database, user, &shared.metrics)
+            .await?;
+        let admission = shared
+            .client_limits
+            .admit(&config, database, user)
+            .map_err(refuse)?;
+        Ok((user.to_owned(), database.to_owned(), admission))
     }
 }
 
@@ -196,7 +445,7 @@ async fn notify_while_waiting<C: ClientStream, F: std::future::Future>(
             _ = tick.tick() => {
                 out.clear();
                 wake::waking_notice(l, began.elapsed(), &mut out);
-                if !out.is_empty() && client.write_all(&out).await.is_err() {
+                if !out.is_empty() && client.send(&out).await.is_err() {
                     // The client left; the checkout still completes, and the
                     // session then notices the closed socket.
                     return fut.await;
@@ -206,12 +455,23 @@ async fn notify_while_waiting<C: ClientStream, F: std::future::Future>(
     }
 }
 
-/// Reads startup packets, answering encryption requests with `N`, until a
-/// StartupMessage or CancelRequest arrives. `None`: the client left.
+/// What the client's first packets asked for.
+enum Handshake {
+    Request(StartupRequest),
+    /// An SSLRequest that was accepted (`S` sent): TLS starts now.
+    Tls,
+    /// The client left.
+    Gone,
+}
+
+/// Reads startup packets until a StartupMessage or CancelRequest arrives,
+/// answering GSSENCRequest with `N` and SSLRequest with `S` when `offer_tls`
+/// (else `N`).
 async fn handshake<C: ClientStream>(
     client: &mut C,
     buf: &mut BytesMut,
-) -> Result<Option<StartupRequest>, ErrorMessage> {
+    offer_tls: bool,
+) -> Result<Handshake, ErrorMessage> {
     let malformed = |e: startup::StartupError| ErrorMessage::fatal(e.sqlstate(), e.to_string());
     // SSLRequest and GSSENCRequest may each come once before the startup message.
     for _ in 0..3 {
@@ -220,30 +480,36 @@ async fn handshake<C: ClientStream>(
                 break len;
             }
             if !read_some(client, buf, 8).await? {
-                return Ok(None);
+                return Ok(Handshake::Gone);
             }
         };
         while buf.len() < len {
             if !read_some(client, buf, len).await? {
-                return Ok(None);
+                return Ok(Handshake::Gone);
             }
         }
         let packet = buf.split_to(len);
-        match startup::parse(&packet).map_err(malformed)? {
-            StartupRequest::Ssl | StartupRequest::GssEnc => {
-                if !buf.is_empty() {
-                    return Err(ErrorMessage::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "received unencrypted data after encryption request",
-                    ));
-                }
-                client
-                    .write_all(&[backend::ENCRYPTION_REFUSED])
-                    .await
-                    .map_err(|_| closed())?;
+        let request = startup::parse(&packet).map_err(malformed)?;
+        if matches!(request, StartupRequest::Ssl | StartupRequest::GssEnc) {
+            if !buf.is_empty() {
+                return Err(ErrorMessage::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "received unencrypted data after encryption request",
+                ));
             }
-            other => return Ok(Some(other)),
+            let tls = offer_tls && matches!(request, StartupRequest::Ssl);
+            let answer = if tls {
+                backend::ENCRYPTION_ACCEPTED
+            } else {
+                backend::ENCRYPTION_REFUSED
+            };
+            client.send(&[answer]).await.map_err(|_| closed())?;
+            if tls {
+                return Ok(Handshake::Tls);
+            }
+            continue;
         }
+        return Ok(Handshake::Request(request));
     }
     Err(ErrorMessage::fatal(
         sqlstate::PROTOCOL_VIOLATION,
@@ -272,7 +538,7 @@ async fn read_some<C: ClientStream>(
 async fn send_fatal<C: ClientStream>(client: &mut C, e: &ErrorMessage) -> io::Result<()> {
     let mut out = BytesMut::new();
     e.write(&mut out);
-    client.write_all(&out).await?;
+    client.send(&out).await?;
     client.shutdown().await
 }
 
@@ -342,6 +608,8 @@ struct Session<C> {
     query_text: Vec<u8>,
     /// The timer for timeouts, reset as deadlines move.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// This client's place under the per-database and per-user limits.
+    _admission: crate::auth::Admission,
 }
 
 impl<C: ClientStream> Session<C> {
@@ -355,6 +623,7 @@ impl<C: ClientStream> Session<C> {
         minor: u16,
         startup_params: Vec<(String, String)>,
         protocol_options: Vec<String>,
+        admission: crate::auth::Admission,
     ) -> Result<Self, (C, ErrorMessage)> {
         let get = |k: &str| {
             startup_params
@@ -418,7 +687,7 @@ impl<C: ClientStream> Session<C> {
         if pool.defaults().is_none() && lifecycle.is_some() {
             // The first login may wait for a wake: authenticate the client
             // now so that it can be sent notices while it waits.
-            if client.write_all(&out).await.is_err() {
+            if client.send(&out).await.is_err() {
                 return Err((client, closed()));
             }
             out.clear();
@@ -455,13 +724,14 @@ impl<C: ClientStream> Session<C> {
         }
         backend::backend_key_data(&mut out, cancel.pid(), cancel.key());
         backend::ready_for_query(&mut out, b'I');
-        if client.write_all(&out).await.is_err() {
+        if client.send(&out).await.is_err() {
             return Err((client, closed()));
         }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
         let prepared = crate::prepared::ClientStatements::new(pool.statement_hasher().clone());
         Ok(Session {
+            _admission: admission,
             registered,
             counted_active: false,
             query_start: None,
@@ -740,11 +1010,7 @@ impl<C: ClientStream> Session<C> {
                 let mut out = BytesMut::new();
                 err.write(&mut out);
                 backend::ready_for_query(&mut out, b'I');
-                return self
-                    .client
-                    .write_all(&out)
-                    .await
-                    .map_err(|_| Stop::ClientGone);
+                return self.client.send(&out).await.map_err(|_| Stop::ClientGone);
             }
             self.cbuf.reserve(8 * 1024);
             match self.client.read_buf(&mut self.cbuf).await {
@@ -816,7 +1082,11 @@ mod tests {
         cfg.listen.addr = "127.0.0.1:0".into();
         cfg.admin.addr = "127.0.0.1:0".into();
         let proxy = crate::Proxy::bind(cfg).await.unwrap();
-        let fut = super::serve(c, "test".into(), proxy.shared(), true);
+        let peer = super::Peer {
+            text: "test".into(),
+            origin: crate::auth::ClientOrigin { ip: None },
+        };
+        let fut = super::serve_tcp(c, peer, proxy.shared(), true);
         let size = std::mem::size_of_val(&fut);
         // The session's own state (buffers' handles, settings, the registry
         // entry, query timing for metrics and timeouts) is most of it.

@@ -1,0 +1,375 @@
+//! Client authentication (`[client_auth]`): which rule applies to a client,
+//! the SCRAM-SHA-256 exchange against the user file, the cap on failed
+//! logins per address, and the per-database and per-user connection limits.
+//!
+//! A failed login never says whether the user exists: unknown users go
+//! through the same exchange against a mock verifier and fail the same way.
+
+mod limits;
+pub(crate) mod scram;
+mod userlist;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use pgwake_config::{ClientAddress, ClientAuthMethod, Config};
+use pgwake_protocol::backend::{self, ErrorMessage};
+use pgwake_protocol::sqlstate;
+use tokio::io::AsyncReadExt;
+
+pub(crate) use limits::{Admission, ClientLimits};
+use scram::{Exchange, Failure, Verifier};
+use userlist::{Secret, Users};
+
+use crate::session::ClientStream;
+use crate::stats::Metrics;
+
+/// Largest SASL message a client may send.
+const MAX_SASL_MESSAGE: usize = 8 * 1024;
+/// Addresses whose failures are remembered at once; beyond this, expired
+/// windows are dropped first and new addresses are not tracked.
+const MAX_TRACKED_ADDRESSES: usize = 100_000;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The rules and users in force; replaced whole on reload.
+struct Rules {
+    rules: Vec<(ClientAddress, pgwake_config::ClientAuthRule)>,
+    /// Whether the rules are the configured ones (for naming them in errors).
+    configured: bool,
+    users: Users,
+    max_failures: u32,
+}
+
+/// Rules and users read for a reload, not yet in force.
+pub(crate) struct Prepared(Arc<Rules>);
+
+/// Where a client connects from, as the rules and messages see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientOrigin {
+    /// `None`: the unix socket.
+    pub ip: Option<IpAddr>,
+}
+
+impl ClientOrigin {
+    pub fn host(&self) -> String {
+        match self.ip {
+            Some(ip) => ip.to_canonical().to_string(),
+            None => "[local]".to_owned(),
+        }
+    }
+}
+
+pub(crate) struct ClientAuth {
+    current: RwLock<Arc<Rules>>,
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Salts the mock verifiers of unknown users.
+    mock_secret: [u8; 32],
+}
+
+impl ClientAuth {
+    /// Reads the user file and the rules. The error names the file and line.
+    pub fn new(config: &Config) -> Result<ClientAuth, String> {
+        Ok(ClientAuth {
+            current: RwLock::new(Arc::new(Rules::new(config)?)),
+            failures: Mutex::new(HashMap::new()),
+            mock_secret: rand::random(),
+        })
+    }
+
+    /// Reads the user file and rules of `config` again, for [`Self::install`].
+    pub fn prepare(config: &Config) -> Result<Prepared, String> {
+        Ok(Prepared(Arc::new(Rules::new(config)?)))
+    }
+
+    /// Puts prepared rules in force for the clients that log in next.
+    pub fn install(&self, rules: Prepared) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = rules.0;
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs the applicable method with the client. `Ok`: it may proceed
+    /// (AuthenticationOk not yet sent); `Err`: send the error and close.
+    pub async fn authenticate<C: ClientStream>(
+        &self,
+        client: &mut C,
+        buf: &mut BytesMut,
+        origin: ClientOrigin,
+        database: &str,
+        user: &str,
+        metrics: &Metrics,
+    ) -> Result<(), ErrorMessage> {
+        let rules = self.rules();
+        let host = origin.host();
+        let Some((i, rule)) = rules
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, (a, r))| {
+                a.matches(origin.ip) && r.database.matches(database) && r.user.matches(user)
+            })
+            .map(|(i, (_, r))| (i, r))
+        else {
+            return Err(ErrorMessage::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("no client_auth rule allows host \"{host}\", user \"{user}\", database \"{database}\""),
+            ));
+        };
+        match rule.method {
+            ClientAuthMethod::Trust => Ok(()),
+            ClientAuthMethod::Reject => {
+                let which = if rules.configured {
+                    format!("client_auth.rules[{i}]")
+                } else {
+                    "client_auth".to_owned()
+                };
+                Err(ErrorMessage::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!("{which} rejects connection for host \"{host}\", user \"{user}\", database \"{database}\""),
+                ))
+            }
+            ClientAuthMethod::ScramSha256 => {
+                if let Some(wait) = origin
+                    .ip
+                    .and_then(|ip| self.blocked(ip, rules.max_failures))
+                {
+                    metrics.client_auth_blocked.fetch_add(1, Ordering::Relaxed);
+                    return Err(ErrorMessage::fatal(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        format!(
+                            "too many failed logins from host \"{host}\"; try again in {} s (client_auth.max_failures_per_minute = {})",
+                            wait.as_secs().max(1),
+                            rules.max_failures
+                        ),
+                    ));
+                }
+                let verifier = match rules.users.get(user) {
+                    Some(Secret::Scram(v)) => Some(v),
+                    Some(Secret::Md5) | None => None,
+                };
+                let mock;
+                let (verifier, known) = match verifier {
+                    Some(v) => (v, true),
+                    None => {
+                        mock = Verifier::mock(user.as_bytes(), &self.mock_secret);
+                        (&mock, false)
+                    }
+                };
+                match scram_exchange(client, buf, verifier).await {
+                    Ok(server_final) if known => {
+                        let mut out = BytesMut::new();
+                        backend::auth_sasl_final(&mut out, server_final.as_bytes());
+                        client.send(&out).await.map_err(|_| closed())?;
+                        Ok(())
+                    }
+                    Err(Exchanged::Gone) => Err(closed()),
+                    Ok(_) | Err(Exchanged::Failed) => {
+                        metrics.client_auth_failures.fetch_add(1, Ordering::Relaxed);
+                        if let Some(ip) = origin.ip {
+                            self.record_failure(ip);
+                        }
+                        let detail = match rules.users.get(user) {
+                            None => "no such user in client_auth.file",
+                            Some(Secret::Md5) => "the user's entry in client_auth.file is an MD5 hash, which cannot check SCRAM-SHA-256",
+                            Some(Secret::Scram(_)) => "wrong password",
+                        };
+                        // Operators learn why; the client only that it failed.
+                        tracing::info!(%host, user, database, reason = detail, "client login failed");
+                        Err(ErrorMessage::fatal(
+                            sqlstate::INVALID_PASSWORD,
+                            format!("password authentication failed for user \"{user}\""),
+                        ))
+                    }
+                    Err(Exchanged::Protocol(e)) => {
+                        metrics.client_auth_failures.fetch_add(1, Ordering::Relaxed);
+                        if let Some(ip) = origin.ip {
+                            self.record_failure(ip);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long `ip` must still wait, when it is over the cap.
+    fn blocked(&self, ip: IpAddr, max: u32) -> Option<Duration> {
+        if max == 0 {
+            return None;
+        }
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, n) = failures.get(&ip.to_canonical())?;
+        let elapsed = since.elapsed();
+        (elapsed < FAILURE_WINDOW && *n >= max).then(|| FAILURE_WINDOW - elapsed)
+    }
+
+    fn record_failure(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= MAX_TRACKED_ADDRESSES {
+            failures.retain(|_, (since, _)| now.duration_since(*since) < FAILURE_WINDOW);
+        }
+        let ip = ip.to_canonical();
+        if failures.len() >= MAX_TRACKED_ADDRESSES && !failures.contains_key(&ip) {
+            return;
+        }
+        let entry = failures.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// Users in the file, for the start-up log line.
+    pub fn user_count(&self) -> usize {
+        self.rules().users.len()
+    }
+}
+
+impl Rules {
+    fn new(config: &Config) -> Result<Rules, String> {
+        let auth = &config.client_auth;
+        let mut rules = Vec::new();
+        for (i, r) in auth.effective_rules().into_iter().enumerate() {
+            let a = r
+                .client_address()
+                .map_err(|e| format!("client_auth.rules[{i}].address = {e}"))?;
+            rules.push((a, r));
+        }
+        let users = match &auth.file {
+            Some(path) => Users::load(path)?,
+            None => Users::default(),
+        };
+        let md5 = users.md5_users();
+        if !md5.is_empty() {
+            tracing::warn!(
+                users = ?md5,
+                "client_auth.file has MD5 hashes, which cannot check SCRAM-SHA-256: these users cannot log in until given a SCRAM verifier or a password"
+            );
+        }
+        Ok(Rules {
+            rules,
+            configured: !auth.rules.is_empty(),
+            users,
+            max_failures: auth.max_failures_per_minute,
+        })
+    }
+}
+
+enum Exchanged {
+    /// The client left (psql does, to ask for a password, then comes back).
+    Gone,
+    /// The exchange broke the protocol: tell the client so.
+    Protocol(ErrorMessage),
+    /// Wrong password (or unknown user).
+    Failed,
+}
+
+/// Runs SCRAM-SHA-256 up to the server-final message, which is returned.
+async fn scram_exchange<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    verifier: &Verifier,
+) -> Result<String, Exchanged> {
+    let mut out = BytesMut::new();
+    backend::auth_sasl(&mut out, &[scram::MECHANISM]);
+    client.send(&out).await.map_err(|_| Exchanged::Gone)?;
+    let mut initial = read_password_message(client, buf).await?;
+    // SASLInitialResponse: mechanism name, then the length-prefixed data.
+    let mechanism =
+        take_cstr(&mut initial).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
+    if mechanism != scram::MECHANISM.as_bytes() {
+        return Err(Exchanged::Protocol(ErrorMessage::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        )));
+    }
+    if initial.len() < 4 {
+        return Err(protocol("malformed SASLInitialResponse"));
+    }
+    let len = initial.get_i32();
+    if usize::try_from(len).ok() != Some(initial.len()) {
+        return Err(protocol("malformed SASLInitialResponse"));
+    }
+    let (exchange, server_first) =
+        Exchange::start(&initial, verifier, rand::random()).map_err(failure)?;
+    out.clear();
+    backend::auth_sasl_continue(&mut out, server_first.as_bytes());
+    client.send(&out).await.map_err(|_| Exchanged::Gone)?;
+    let last = read_password_message(client, buf).await?;
+    exchange.finish(&last, verifier).map_err(failure)
+}
+
+fn failure(f: Failure) -> Exchanged {
+    match f {
+        Failure::Malformed(m) => protocol(m),
+        Failure::ChannelBinding => Exchanged::Protocol(ErrorMessage::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "channel binding is not supported by pgwake; connect with channel_binding=prefer or disable",
+        )),
+        Failure::WrongPassword => Exchanged::Failed,
+    }
+}
+
+fn protocol(message: &str) -> Exchanged {
+    Exchanged::Protocol(ErrorMessage::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("malformed SCRAM message: {message}"),
+    ))
+}
+
+fn closed() -> ErrorMessage {
+    ErrorMessage::fatal(sqlstate::CONNECTION_FAILURE, "client closed the connection")
+}
+
+/// Reads one `p` message (PasswordMessage/SASLResponse) and returns its body.
+async fn read_password_message<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, Exchanged> {
+    loop {
+        match pgwake_protocol::frame::frame_len(buf, MAX_SASL_MESSAGE) {
+            Err(_) => return Err(protocol("message too long")),
+            Ok(Some(len)) if buf.len() >= len => {
+                let mut frame = buf.split_to(len);
+                return match frame[0] {
+                    b'p' => {
+                        frame.advance(pgwake_protocol::HEADER_LEN);
+                        Ok(frame)
+                    }
+                    // Terminate: the client gave up.
+                    b'X' => Err(Exchanged::Gone),
+                    other => Err(Exchanged::Protocol(ErrorMessage::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!(
+                            "expected SASL response, got message type {:?}",
+                            char::from(other)
+                        ),
+                    ))),
+                };
+            }
+            Ok(_) => {}
+        }
+        buf.reserve(512);
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(Exchanged::Gone),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn take_cstr(b: &mut BytesMut) -> Option<BytesMut> {
+    let end = b.iter().position(|&c| c == 0)?;
+    let s = b.split_to(end);
+    b.advance(1);
+    Some(s)
+}

@@ -1,0 +1,506 @@
+//! Shared-service mode: SCRAM-SHA-256 client authentication, client TLS,
+//! the login timeout against slowloris clients, per-database limits, the
+//! admin console's users, and the refusal to trust clients beyond loopback.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{cluster, code, config_for, http_get, metric, pki, Pgwake};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// pgwake for `cluster` with `listen` lines added to `[listen]` and `tail`
+/// (more sections) appended.
+fn start(cluster: &pgwake_testkit::Cluster, listen: &str, tail: &str) -> Pgwake {
+    let port = pgwake_testkit::free_port();
+    let toml = config_for(cluster, port, "min_idle = 1")
+        .replace("[listen]\n", &format!("[listen]\n{listen}"))
+        + tail;
+    Pgwake::start_config(&toml, port, &[])
+}
+
+/// The SQLSTATE and message of a failed connect.
+async fn connect_err(port: u16, user: &str, password: Option<&str>, db: &str) -> (String, String) {
+    match pgwake_testkit::connect("127.0.0.1", port, user, password, db).await {
+        Ok(_) => panic!("{user} logged in to {db} but should not have"),
+        Err(e) => {
+            let e = e
+                .downcast::<tokio_postgres::Error>()
+                .expect("a postgres error");
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| e.to_string());
+            (code(&e), msg)
+        }
+    }
+}
+
+/// Runs psql through pgwake with a libpq connection string; (success, output).
+fn psql(
+    cluster: &pgwake_testkit::Cluster,
+    conninfo: &str,
+    sql: &str,
+    env: &[(&str, &str)],
+) -> (bool, String) {
+    let mut cmd = Command::new(cluster.bin().path("psql"));
+    cmd.args(["-X", "-A", "-t", "-c", sql, conninfo])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSSLMODE")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run psql");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_logins_pass_with_the_right_password_and_fail_alike_otherwise() {
+    let cluster = cluster();
+    // A verifier exactly as PostgreSQL stores it.
+    let verifier = cluster
+        .psql(
+            "postgres",
+            "set password_encryption = 'scram-sha-256'; create role bob password 'bob-pw'; select rolpassword from pg_authid where rolname = 'bob'",
+        )
+        .unwrap();
+    let verifier = verifier.lines().last().unwrap().trim().to_owned();
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(
+        dir.path(),
+        "userlist.txt",
+        &format!("; users of the shared pgwake\n\"alice\" \"alice-pw\"\n\"bob\" \"{verifier}\"\n"),
+    );
+    let pg = start(
+        &cluster,
+        "",
+        &format!("[client_auth]\nfile = \"{users}\"\n[[client_auth.rules]]\naddress = \"all\"\nmethod = \"scram-sha-256\"\n"),
+    );
+
+    for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+        let c = pgwake_testkit::connect("127.0.0.1", pg.port, user, Some(password), "app")
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e:#}\n{}", pg.logs()));
+        // Served by the pool, which logs in to the server as `app`.
+        let row = c
+            .query_one("select current_user::text, 6 * 7", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, i32>(1)),
+            ("app".into(), 42)
+        );
+    }
+
+    let wrong = connect_err(pg.port, "alice", Some("not-it"), "app").await;
+    let unknown = connect_err(pg.port, "mallory", Some("not-it"), "app").await;
+    assert_eq!(wrong.0, "28P01", "{wrong:?}");
+    assert_eq!(unknown.0, "28P01", "{unknown:?}");
+    // The same words either way: nothing tells whether the user exists.
+    assert_eq!(
+        wrong.1.replace("alice", "U"),
+        unknown.1.replace("mallory", "U"),
+        "{wrong:?} vs {unknown:?}"
+    );
+    assert_eq!(wrong.1, "password authentication failed for user \"alice\"");
+
+    // libpq's SCRAM.
+    let conninfo = format!("host=127.0.0.1 port={} user=alice dbname=app", pg.port);
+    let (ok, out) = psql(
+        &cluster,
+        &conninfo,
+        "select 40 + 2",
+        &[("PGPASSWORD", "alice-pw")],
+    );
+    assert!(ok && out.trim() == "42", "{out}");
+    let (ok, out) = psql(&cluster, &conninfo, "select 1", &[("PGPASSWORD", "bad")]);
+    assert!(
+        !ok && out.contains("password authentication failed for user \"alice\""),
+        "{out}"
+    );
+
+    let (_, m) = http_get(pg.admin_port, "/metrics", Duration::from_secs(10));
+    assert!(
+        metric(&m, "pgwake_client_auth_failures_total{reason=\"password\"}") >= 3.0,
+        "{m}"
+    );
+    // The log says why, for the operator; never a password.
+    let logs = pg.logs();
+    assert!(logs.contains("no such user in client_auth.file"), "{logs}");
+    assert!(
+        !logs.contains("alice-pw") && !logs.contains("not-it"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_with_too_many_failures_is_refused_for_a_while() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(dir.path(), "userlist.txt", "\"alice\" \"alice-pw\"\n");
+    let pg = start(
+        &cluster,
+        "",
+        &format!("[client_auth]\nfile = \"{users}\"\nmax_failures_per_minute = 3\n[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"),
+    );
+    for _ in 0..3 {
+        let (c, _) = connect_err(pg.port, "alice", Some("guess"), "app").await;
+        assert_eq!(c, "28P01");
+    }
+    // Even the right password is refused from this address now.
+    let (c, m) = connect_err(pg.port, "alice", Some("alice-pw"), "app").await;
+    assert_eq!(c, "28000", "{m}");
+    assert!(
+        m.contains("too many failed logins")
+            && m.contains("client_auth.max_failures_per_minute = 3"),
+        "{m}"
+    );
+    let (_, m) = http_get(pg.admin_port, "/metrics", Duration::from_secs(10));
+    assert_eq!(
+        metric(&m, "pgwake_client_auth_failures_total{reason=\"blocked\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
+/// A tokio-postgres TLS connector trusting `ca_pem` and checking the host
+/// name: libpq's `verify-full`.
+fn verify_full(ca_pem: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_verify_full_works_and_require_refuses_plaintext() {
+    let cluster = cluster();
+    let first = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", &first.cert_pem);
+    let key = write(dir.path(), "key.pem", &first.key_pem);
+    let ca = write(dir.path(), "ca.pem", &first.ca_pem);
+    let users = write(dir.path(), "userlist.txt", "\"app\" \"tls-pw\"\n");
+    // SCRAM inside TLS: the exchange's messages go through the encryption.
+    let pg = start(
+        &cluster,
+        &format!("client_tls_mode = \"require\"\nclient_tls_cert = \"{cert}\"\nclient_tls_key = \"{key}\"\n"),
+        &format!("[client_auth]\nfile = \"{users}\"\n[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"),
+    );
+    let conninfo = |root: &str| {
+        format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user=app password=tls-pw dbname=app sslmode=verify-full sslrootcert={root}",
+            pg.port
+        )
+    };
+
+    // tokio-postgres over TLS, the certificate checked against the test CA
+    // and the name `localhost`.
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user=app password=tls-pw dbname=app sslmode=require",
+            pg.port
+        ),
+        verify_full(&first.ca_pem),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", pg.logs()));
+    tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("select count(*) from generate_series(1, 1000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+    // A result bigger than one TLS record comes through whole.
+    let big: String = client
+        .query_one("select repeat('x', 100000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(big.len(), 100_000);
+
+    // psql with verify-full; \conninfo reports the encryption.
+    let (ok, out) = psql(&cluster, &conninfo(&ca), "\\conninfo", &[]);
+    assert!(ok && out.contains("SSL connection"), "{out}");
+    let (ok, out) = psql(&cluster, &conninfo(&ca), "select 'over tls'", &[]);
+    assert!(ok && out.trim() == "over tls", "{out}");
+
+    // Plaintext is refused with a message naming the setting, before any
+    // password is asked for.
+    let (c, m) = connect_err(pg.port, "app", Some("tls-pw"), "app").await;
+    assert_eq!(c, "28000", "{m}");
+    assert!(m.contains("listen.client_tls_mode = \"require\""), "{m}");
+    let (ok, out) = psql(
+        &cluster,
+        &format!(
+            "host=127.0.0.1 port={} user=app dbname=app sslmode=disable",
+            pg.port
+        ),
+        "select 1",
+        &[],
+    );
+    assert!(!ok && out.contains("requires TLS"), "{out}");
+
+    // New certificate files (another CA) are picked up on SIGHUP.
+    let second = pki();
+    let ca2 = write(dir.path(), "ca2.pem", &second.ca_pem);
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    std::fs::write(&key, &second.key_pem).unwrap();
+    pg.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if pg.logs().contains("configuration reloaded") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "{}", pg.logs());
+    let (ok, out) = psql(&cluster, &conninfo(&ca2), "select 'new cert'", &[]);
+    assert!(ok && out.trim() == "new cert", "{out}");
+    let (ok, out) = psql(&cluster, &conninfo(&ca), "select 1", &[]);
+    // (Both test CAs have the same name, so OpenSSL reports a bad signature
+    // rather than an unknown issuer.)
+    assert!(
+        !ok && (out.contains("certificate verify failed") || out.contains("SSL error")),
+        "{out}"
+    );
+    // The client connected before the reload is still served.
+    let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// Runs `pgwake ARGS` to its end (killed after 30 s); exit code and output.
+fn pgwake_cmd(args: &[&str], dir: &Path) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwake"));
+    cmd.args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGWAKE_")) {
+        cmd.env_remove(k);
+    }
+    let mut p = common::proc::Proc::spawn("pgwake", cmd, dir.join("pgwake.log")).unwrap();
+    let status = p.wait(Duration::from_secs(30)).unwrap();
+    (status.code().unwrap_or(-1), p.output())
+}
+
+#[test]
+fn a_listener_beyond_loopback_never_trusts_clients_from_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(dir.path(), "userlist.txt", "\"alice\" \"pw\"\n");
+    let base = "[listen]\naddr = \"0.0.0.0:16432\"\n[server]\nhost = \"db.example.com\"\n[admin]\naddr = \"\"\n";
+    let run = |extra: &str, cmd: &str| {
+        let path = write(dir.path(), "pgwake.toml", &format!("{base}{extra}"));
+        pgwake_cmd(&[cmd, "--config", &path], dir.path())
+    };
+
+    let trust_all = "[[client_auth.rules]]\naddress = \"all\"\nmethod = \"trust\"\n";
+    for cmd in ["check", "run"] {
+        let (code, out) = run(trust_all, cmd);
+        assert_ne!(code, 0, "{cmd}: {out}");
+        assert!(
+            out.contains("client_auth.rules[0].method = \"trust\"")
+                && out.contains("listen.addr = \"0.0.0.0:16432\"")
+                && out.contains("insecure_trust_beyond_loopback"),
+            "{cmd}: {out}"
+        );
+    }
+    // A network is as open as `all`.
+    let (code, out) = run(
+        "[[client_auth.rules]]\naddress = \"10.0.0.0/8\"\nmethod = \"trust\"\n",
+        "check",
+    );
+    assert_ne!(code, 0, "{out}");
+    // The default rules ask for SCRAM from elsewhere, which needs a user file.
+    let (code, out) = run("", "check");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("set client_auth.file"), "{out}");
+
+    // What is accepted: SCRAM with a user file; trust limited to loopback;
+    // or trust with the override named.
+    for ok in [
+        format!("[client_auth]\nfile = \"{users}\"\n"),
+        format!("[client_auth]\nfile = \"{users}\"\n[[client_auth.rules]]\naddress = \"loopback\"\nmethod = \"trust\"\n[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"),
+        format!("[client_auth]\ninsecure_trust_beyond_loopback = true\n{trust_all}"),
+    ] {
+        let (code, out) = run(&ok, "check");
+        assert_eq!(code, 0, "{ok}\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_are_closed_at_the_login_timeout_and_others_are_served() {
+    const SLOW: usize = 2000;
+    // This process holds the slow sockets and more.
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let cluster = cluster();
+    let pg = start(&cluster, "client_login_timeout = \"3s\"\n", "");
+    let normal = pg.client().await;
+
+    // A startup packet, sent a byte every 500 ms: 20 s for the whole packet.
+    let mut packet = Vec::new();
+    let body = b"\x00\x03\x00\x00user\x00app\x00database\x00app\x00\x00";
+    packet.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    packet.extend_from_slice(body);
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        slow.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
+                .await
+                .unwrap(),
+        );
+    }
+    let rss_kib = pg.rss_kib();
+    let tasks: Vec<_> = slow
+        .into_iter()
+        .map(|mut s| {
+            let packet = packet.clone();
+            tokio::spawn(async move {
+                // Closed before the packet was done: a write fails, or a
+                // read sees the error message or EOF.
+                for &b in &packet {
+                    if s.write_all(&[b]).await.is_err() {
+                        return true;
+                    }
+                    let mut buf = [0u8; 256];
+                    match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return true,
+                        Ok(Ok(_)) => {
+                            // The FATAL; the close follows.
+                            let rest =
+                                tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                                    .await;
+                            return matches!(rest, Ok(Ok(0)) | Ok(Err(_)));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+
+    // A normal client is served all along.
+    let mut served = 0;
+    for _ in 0..40 {
+        let v: i32 = normal.query_one("select 7", &[]).await.unwrap().get(0);
+        assert_eq!(v, 7);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And a new one can log in while the slow ones hang on.
+    let fresh = pg.client().await;
+    fresh.simple_query("select 1").await.unwrap();
+
+    let mut closed = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, SLOW,
+        "every slow client was closed before it finished"
+    );
+    assert_eq!(served, 40);
+    assert!(
+        rss_kib < 64 * 1024,
+        "pgwake's RSS with {SLOW} slow clients: {rss_kib} KiB"
+    );
+    let (_, m) = http_get(pg.admin_port, "/metrics", Duration::from_secs(10));
+    assert!(
+        metric(&m, "pgwake_timeouts_total{kind=\"client_login\"}") >= SLOW as f64,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_over_its_client_limit_refuses_the_next_client_only() {
+    let cluster = cluster();
+    let pg = start(&cluster, "", "[databases.app]\nmax_client_conn = 2\n");
+    let a = pg.client().await;
+    let b = pg.client().await;
+    let (c, m) = connect_err(pg.port, "app", None, "app").await;
+    assert_eq!(c, "53300", "{m}");
+    assert!(m.contains("databases.app.max_client_conn = 2"), "{m}");
+    // The two admitted clients go on.
+    for c in [&a, &b] {
+        let v: i32 = c.query_one("select 5", &[]).await.unwrap().get(0);
+        assert_eq!(v, 5);
+    }
+    // A place freed is a place for the next client.
+    drop(a);
+    let mut admitted = None;
+    for _ in 0..100 {
+        match pgwake_testkit::connect("127.0.0.1", pg.port, "app", None, "app").await {
+            Ok(c) => {
+                admitted = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let c = admitted.expect("a client admitted after one left");
+    c.simple_query("select 1").await.unwrap();
+    let (_, m) = http_get(pg.admin_port, "/metrics", Duration::from_secs(10));
+    assert!(
+        metric(&m, "pgwake_client_limit_refusals_total") >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console_admits_only_its_users() {
+    let cluster = cluster();
+    let pg = start(
+        &cluster,
+        "",
+        "[admin]\nadmin_users = [\"boss\"]\nstats_users = [\"watcher\"]\n",
+    );
+    // Over TCP as a user in neither list.
+    let (c, m) = connect_err(pg.port, "app", None, "pgwake").await;
+    assert_eq!(c, "28000", "{m}");
+    assert!(m.contains("admin.admin_users"), "{m}");
+
+    let watcher = pgwake_testkit::connect("127.0.0.1", pg.port, "watcher", None, "pgbouncer")
+        .await
+        .unwrap();
+    let rows = watcher.simple_query("SHOW POOLS").await.unwrap();
+    assert!(rows.len() >= 2, "a pool row and the completion");
+    let e = watcher
+        .simple_query("PAUSE")
+        .await
+        .expect_err("stats user may not PAUSE");
+    assert_eq!(code(&e), "42501", "{e}");
+
+    let boss = pgwake_testkit::connect("127.0.0.1", pg.port, "boss", None, "pgwake")
+        .await
+        .unwrap();
+    boss.simple_query("RESUME").await.unwrap();
+}
