@@ -220,6 +220,43 @@ async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
     assert!(cluster.is_running());
 }
 
+/// Two replicas share one server: neither counts the other's warm (and
+/// regularly recycled) pool connections or its idle checks as use, so the
+/// server is stopped once both are idle, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_server_let_it_stop_when_all_are_idle() {
+    let (cluster, identity, arm) = azure_setup(false).await;
+    let lifecycle = azure_lifecycle(&arm, "idle_stop_after = \"3s\"\nstate_cache_ttl = \"1s\"");
+    let replicas: Vec<Pgwake> = (0..2)
+        .map(|_| {
+            let port = pgwake_testkit::free_port();
+            let toml = config(&cluster, port, &lifecycle)
+                .replace("min_idle = 1", "min_idle = 2\nmax_lifetime = \"2s\"");
+            start(&identity, &toml, port)
+        })
+        .collect();
+    for pg in &replicas {
+        query(pg).await.unwrap();
+    }
+    let began = Instant::now();
+    while arm.state() != "Stopped" {
+        assert!(
+            began.elapsed() < Duration::from_secs(40),
+            "no idle stop with two replicas:\n{}\n---\n{}",
+            replicas[0].logs(),
+            replicas[1].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(arm.stops(), 1, "{}", replicas[0].logs());
+    // Either replica wakes it again for its next client.
+    query(&replicas[1])
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", replicas[1].logs()));
+    assert!(cluster.is_running());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
     let (cluster, identity, arm) = azure_setup(true).await;

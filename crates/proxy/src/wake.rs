@@ -101,6 +101,9 @@ pub(crate) fn waking_notice(lifecycle: &Lifecycle, waited: Duration, out: &mut B
     }
 }
 
+/// Starts the statement with which pgwake asks whether others use the server.
+const IDLE_CHECK_MARK: &str = "/* pgwake idle check */";
+
 /// Stops the server after `after` without client activity, when the server
 /// itself shows no other client sessions active within that period.
 pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, after: Duration) {
@@ -134,11 +137,18 @@ pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, af
         let Ok(mut conn) = pool.checkout_quiet().await else {
             continue;
         };
+        // Sessions that count as someone else's use: any not idle (but not
+        // those still logging in, whose state is null), and idle ones that
+        // ran something within the period, except connections that never
+        // ran a query (another pgwake's warm or freshly recycled pool
+        // connections) and other pgwakes running this same check; otherwise
+        // replicas sharing a server would keep each other from stopping it.
         let sql = format!(
-            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_stat_activity \
+            "{IDLE_CHECK_MARK} DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_stat_activity \
              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
              AND NOT (pid = ANY ('{{{}}}'::int[])) \
-             AND (state IS DISTINCT FROM 'idle' OR state_change > now() - interval '{} seconds')) \
+             AND (coalesce(state, 'idle') <> 'idle' OR (state_change > now() - interval '{} seconds' \
+             AND query <> '' AND query NOT LIKE '{IDLE_CHECK_MARK}%'))) \
              THEN RAISE EXCEPTION 'busy'; END IF; END $$",
             mine.join(","),
             after.as_secs().max(1)
