@@ -434,15 +434,6 @@ impl Proxy {
         if let Some(cache) = arm_tokens {
             shared.spawn_until_stopped(cache.run());
         }
-        let metrics = shared.metrics.clone();
-        shared.spawn_until_stopped(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                metrics.upkeep();
-            }
-        });
         if let Some(l) = shared.lifecycle.clone() {
             tracing::info!(provider = %l.describe(), "server lifecycle: wake on connect{}", match config.lifecycle.idle_stop_after {
                 Some(d) => format!(", stop after {}s idle", d.as_secs()),

@@ -95,7 +95,9 @@ impl CheckoutError {
 /// connection and frees its place in the pool.
 #[derive(Debug)]
 pub struct Pooled {
-    pub conn: ServerConn,
+    /// Boxed: a checked-out connection moves by value through the pool,
+    /// the idle list and the client's session on every transaction.
+    pub conn: Box<ServerConn>,
     retire_at: Instant,
     /// The pool's server settings epoch when the connection was made.
     epoch: u64,
@@ -822,7 +824,7 @@ impl Inner {
         Pooled {
             retire_at: conn.created + (lifetime - jitter),
             epoch,
-            conn,
+            conn: Box::new(conn),
             slot,
         }
     }

@@ -2,16 +2,18 @@
 //!
 //! Counters live in plain atomics next to what they count (one relaxed add on
 //! the relay path, no lookup); they are copied into the Prometheus registry
-//! when `/metrics` is scraped. Histograms are recorded as events happen.
+//! when `/metrics` is scraped. Histograms are fixed buckets of atomics too
+//! (one search and three relaxed adds per observation), rendered at scrape.
 //! Each proxy has its own registry, so several can run in one process.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Histogram buckets (seconds): 100 µs to 2 min.
 const BUCKETS: &[f64] = &[
@@ -141,8 +143,78 @@ pub struct Metrics {
     pub client_limit_refusals: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
-    connect_phase: [Histogram; 4],
-    pub wake_seconds: Histogram,
+    connect_phase: [Arc<Histogram>; 4],
+    pub wake_seconds: Arc<Histogram>,
+    /// Every histogram: name, labels (rendered), the buckets.
+    histograms: Mutex<Vec<(&'static str, String, Arc<Histogram>)>>,
+}
+
+/// A Prometheus histogram over [`BUCKETS`], as plain atomics.
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations at or below each bound (not cumulative), then above all.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation, in seconds.
+    pub fn record(&self, seconds: f64) {
+        let i = BUCKETS.partition_point(|&b| b < seconds);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // Saturating float-to-integer conversion; negative becomes 0.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let nanos = (seconds * 1e9) as u64;
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of one series.
+    fn render(&self, name: &str, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        // The count as of the buckets read, so that `+Inf` equals it.
+        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
+    }
+}
+
+/// Label pairs as the text format writes them, values escaped.
+fn render_labels(labels: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = write!(out, "{k}=\"{v}\"");
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -153,10 +225,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-            .expect("non-empty buckets")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         for (name, kind, help) in DESCRIPTIONS {
             let (name, help) = (
                 metrics::KeyName::from(*name),
@@ -165,23 +234,28 @@ impl Metrics {
             match kind {
                 'c' => recorder.describe_counter(name, None, help),
                 'g' => recorder.describe_gauge(name, None, help),
-                _ => recorder.describe_histogram(name, None, help),
+                // Rendered by [`Histogram::render`].
+                _ => {}
             }
         }
-        let phase = |p: &'static str| {
-            recorder.register_histogram(
-                &Key::from_parts(
-                    "pgwake_server_connect_phase_seconds",
-                    vec![Label::new("phase", p)],
-                ),
-                &METADATA,
-            )
+        let histograms = Mutex::new(Vec::new());
+        let register = |name: &'static str, labels: &[(&str, &str)]| {
+            let h = Arc::new(Histogram::default());
+            histograms.lock().unwrap_or_else(|e| e.into_inner()).push((
+                name,
+                render_labels(labels),
+                h.clone(),
+            ));
+            h
         };
+        let phase = |p: &str| register("pgwake_server_connect_phase_seconds", &[("phase", p)]);
+        let connect_phase = [phase("dns"), phase("tcp"), phase("tls"), phase("auth")];
+        let wake_seconds = register("pgwake_wake_duration_seconds", &[]);
         Metrics {
             handle: recorder.handle(),
-            connect_phase: [phase("dns"), phase("tcp"), phase("tls"), phase("auth")],
-            wake_seconds: recorder
-                .register_histogram(&Key::from_name("pgwake_wake_duration_seconds"), &METADATA),
+            connect_phase,
+            wake_seconds,
+            histograms,
             recorder,
             timeouts: Default::default(),
             connect_errors: Default::default(),
@@ -220,10 +294,16 @@ impl Metrics {
     /// Histograms for one pool.
     pub fn pool_histograms(&self, database: &str, user: &str) -> PoolHistograms {
         let h = |name: &'static str| {
-            self.recorder.register_histogram(
-                &Key::from_parts(name, pool_labels(database, user)),
-                &METADATA,
-            )
+            let h = Arc::new(Histogram::default());
+            self.histograms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((
+                    name,
+                    render_labels(&[("database", database), ("user", user)]),
+                    h.clone(),
+                ));
+            h
         };
         PoolHistograms {
             wait: h("pgwake_pool_wait_seconds"),
@@ -277,16 +357,30 @@ impl Metrics {
         }
     }
 
-    /// Folds recorded histogram samples into their buckets. Samples queue
-    /// until then: run every second, so memory stays bounded between scrapes.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.handle.run_upkeep();
-        self.handle.render()
+        let mut out = self.handle.render();
+        let histograms = self.histograms.lock().unwrap_or_else(|e| e.into_inner());
+        // Each family once, its series together, in the order first registered.
+        let mut names: Vec<&'static str> = Vec::new();
+        for (name, _, _) in histograms.iter() {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        for name in names {
+            let help = DESCRIPTIONS
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map_or("", |(_, _, h)| *h);
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (_, labels, h) in histograms.iter().filter(|(n, _, _)| *n == name) {
+                h.render(name, labels, &mut out);
+            }
+            out.push('\n');
+        }
+        out
     }
 }
 
@@ -299,9 +393,9 @@ pub fn pool_labels(database: &str, user: &str) -> Vec<Label> {
 
 /// Histograms of one pool.
 pub struct PoolHistograms {
-    pub wait: Histogram,
-    pub xact: Histogram,
-    pub query: Histogram,
+    pub wait: Arc<Histogram>,
+    pub xact: Arc<Histogram>,
+    pub query: Arc<Histogram>,
 }
 
 /// Counts of one pool, shared by its sessions. Times in microseconds, as
@@ -354,5 +448,50 @@ pub fn error_kind(e: &crate::server::ConnectError) -> ConnectErrorKind {
         E::Asleep(_) => ConnectErrorKind::Asleep,
         e if e.is_auth() => ConnectErrorKind::Auth,
         _ => ConnectErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets_with_escaped_labels() {
+        let m = Metrics::new();
+        let h = m.pool_histograms("app\"db", "u\\ser");
+        for v in [0.00005, 0.0003, 0.0003, 7.0, 500.0] {
+            h.query.record(v);
+        }
+        let text = m.render();
+        let labels = r#"database="app\"db",user="u\\ser""#;
+        let line = |suffix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("pgwake_query_duration_seconds{suffix}")))
+                .unwrap_or_else(|| panic!("{suffix} missing:\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(
+            line(&format!("_bucket{{{labels},le=\"0.0001\"}}")),
+            format!("pgwake_query_duration_seconds_bucket{{{labels},le=\"0.0001\"}} 1")
+        );
+        assert!(line(&format!("_bucket{{{labels},le=\"0.0005\"}}")).ends_with(" 3"));
+        assert!(line(&format!("_bucket{{{labels},le=\"10\"}}")).ends_with(" 4"));
+        assert!(line(&format!("_bucket{{{labels},le=\"+Inf\"}}")).ends_with(" 5"));
+        assert!(line(&format!("_count{{{labels}}}")).ends_with(" 5"));
+        let sum: f64 = line(&format!("_sum{{{labels}}}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 507.00065).abs() < 1e-6, "{sum}");
+        assert_eq!(
+            text.matches("# TYPE pgwake_query_duration_seconds histogram")
+                .count(),
+            1
+        );
+        // Server-wide histograms have no labels.
+        m.wake_seconds.record(42.0);
+        assert!(m.render().contains("pgwake_wake_duration_seconds_count 1"));
     }
 }

@@ -87,6 +87,9 @@ pub fn may_be_command(prefix: &[u8]) -> bool {
 
 /// Reads a whole Query body (query text and its terminating NUL).
 pub fn parse(body: &[u8]) -> Parsed {
+    if !may_be_command(body) {
+        return Parsed::Other;
+    }
     // Exactly one NUL, at the end; anything else is for the server to reject.
     let Some((&0, text)) = body.split_last() else {
         return Parsed::Other;

@@ -542,6 +542,42 @@ async fn send_fatal<C: ClientStream>(client: &mut C, e: &ErrorMessage) -> io::Re
     client.shutdown().await
 }
 
+/// Read buffers of clients between transactions, kept for the next client
+/// that needs one: an idle client holds none, and a busy one does not pay
+/// for an allocation on every transaction. A few per thread at most.
+mod spare_buffers {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    const SIZE: usize = 8 * 1024;
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for `SIZE` bytes.
+    pub(super) fn take() -> BytesMut {
+        let mut b = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        // Reclaims the whole allocation when it is this buffer's alone.
+        b.reserve(SIZE);
+        b
+    }
+
+    /// Keeps an emptied buffer, or frees it when enough are kept.
+    pub(super) fn give_back(b: BytesMut) {
+        if b.is_empty() && b.capacity() > 0 {
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < KEEP {
+                    s.push(b);
+                }
+            });
+        }
+    }
+}
+
 /// Why the relay stopped.
 enum Stop {
     /// The transaction ended; the server connection can go back.
@@ -850,7 +886,7 @@ impl<C: ClientStream> Session<C> {
                 // for readability holding none. Readiness can be stale (the
                 // last read emptied the socket without seeing WouldBlock), so
                 // probe with a small stack buffer before taking a real one.
-                self.cbuf = BytesMut::new();
+                spare_buffers::give_back(std::mem::take(&mut self.cbuf));
                 let idle_limit = self.shared.timeouts.client_idle();
                 loop {
                     tokio::select! {
@@ -865,7 +901,7 @@ impl<C: ClientStream> Session<C> {
                     match self.client.try_read(&mut probe) {
                         Ok(0) => return Ok(None),
                         Ok(n) => {
-                            self.cbuf.reserve(8 * 1024);
+                            self.cbuf = spare_buffers::take();
                             self.cbuf.extend_from_slice(&probe[..n]);
                             break;
                         }
