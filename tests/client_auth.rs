@@ -152,6 +152,55 @@ async fn scram_logins_pass_with_the_right_password_and_fail_alike_otherwise() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_missing_from_the_file_are_looked_up_with_the_auth_query() {
+    let cluster = cluster();
+    // As PgBouncer's docs suggest: a SECURITY DEFINER function over
+    // pg_authid, which pgwake's own server role may call.
+    cluster
+        .psql(
+            "app",
+            "set password_encryption = 'scram-sha-256'; \
+             create role carol password 'carol-pw'; \
+             create function public.user_lookup(u text, out usename name, out passwd text) \
+               returns record language sql security definer \
+               as $$ select rolname, rolpassword from pg_authid where rolname = u $$; \
+             revoke all on function public.user_lookup(text) from public; \
+             grant execute on function public.user_lookup(text) to app",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(dir.path(), "userlist.txt", "\"alice\" \"alice-pw\"\n");
+    let pg = start(
+        &cluster,
+        "",
+        &format!(
+            "[client_auth]\nfile = \"{users}\"\nquery = \"SELECT usename, passwd FROM public.user_lookup($1)\"\n[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"
+        ),
+    );
+    // From the server's catalog.
+    let c = pgwake_testkit::connect("127.0.0.1", pg.port, "carol", Some("carol-pw"), "app")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", pg.logs()));
+    let v: i32 = c.query_one("select 3", &[]).await.unwrap().get(0);
+    assert_eq!(v, 3);
+    // The file still answers first.
+    pgwake_testkit::connect("127.0.0.1", pg.port, "alice", Some("alice-pw"), "app")
+        .await
+        .unwrap();
+    let wrong = connect_err(pg.port, "carol", Some("nope"), "app").await;
+    let unknown = connect_err(pg.port, "dave", Some("nope"), "app").await;
+    assert_eq!((wrong.0.as_str(), unknown.0.as_str()), ("28P01", "28P01"));
+    assert_eq!(
+        wrong.1.replace("carol", "U"),
+        unknown.1.replace("dave", "U")
+    );
+    // A role with no password (NULL) cannot log in either.
+    cluster.psql("app", "create role erin").unwrap();
+    let (code, _) = connect_err(pg.port, "erin", Some(""), "app").await;
+    assert_eq!(code, "28P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_with_too_many_failures_is_refused_for_a_while() {
     let cluster = cluster();
     let dir = tempfile::tempdir().unwrap();

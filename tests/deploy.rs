@@ -37,6 +37,14 @@ fn deploy() -> PathBuf {
     workspace().join("deploy")
 }
 
+/// What makes the validators' virtualenv ready (as `.ci/run` asks too).
+const VENV_ARGS: [&str; 4] = [
+    "--check",
+    "import hcl2, yaml",
+    "--tools",
+    "kubernetes-validate,hadolint,yamllint,checkov",
+];
+
 /// The validators' virtualenv, made once per test process (its script's
 /// lock file keeps concurrent processes from installing at the same time).
 fn venv_bin(tool: &str) -> PathBuf {
@@ -45,9 +53,17 @@ fn venv_bin(tool: &str) -> PathBuf {
         let venv = workspace().join("target").join("deployenv");
         let logs = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("python3");
-        cmd.arg(deploy().join("validate").join("ensure_venv.py"))
-            .arg(&venv)
-            .env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd.arg(
+            workspace()
+                .join("tests")
+                .join("python")
+                .join("ensure_venv.py"),
+        )
+        .arg(&venv)
+        .args(VENV_ARGS)
+        .arg("--requirements")
+        .arg(deploy().join("requirements.txt"))
+        .env("PYTHONDONTWRITEBYTECODE", "1");
         run("ensure_venv.py", cmd, logs.path(), VENV_TIMEOUT)
             .unwrap_or_else(|e| panic!("setting up the validators' virtualenv: {e:#}"));
         venv

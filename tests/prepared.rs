@@ -701,3 +701,39 @@ async fn a_statement_prepared_again_after_a_schema_change_sees_the_new_columns()
         .unwrap()[0];
     assert_eq!(row.len(), 3);
 }
+
+/// The same text under another `search_path` names other tables: clients
+/// whose startup settings differ get server statements of their own, so
+/// neither sees the other's plan (nor "cached plan must not change result
+/// type" when the tables' columns differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_other_search_paths_get_their_own_statements() {
+    let cluster = cluster();
+    cluster
+        .psql(
+            "app",
+            "create schema s1 authorization app; create schema s2 authorization app; \
+             create table s1.t (v int); insert into s1.t values (1); \
+             create table s2.t (v text); insert into s2.t values ('two'); \
+             alter table s1.t owner to app; alter table s2.t owner to app",
+        )
+        .unwrap();
+    // One server connection: both clients' statements land on it.
+    let pg = Pgwake::start(&cluster, "size = 1\nmin_idle = 1");
+    let connect = |schema: &str| {
+        let url = format!(
+            "host=127.0.0.1 port={} user=app dbname=app options=-csearch_path={schema}",
+            pg.port
+        );
+        async move { pgwake_testkit::connect_url(&url).await.unwrap() }
+    };
+    let a = connect("s1").await;
+    let b = connect("s2").await;
+    let sa = a.prepare("select v from t").await.unwrap();
+    let sb = b.prepare("select v from t").await.unwrap();
+    for _ in 0..3 {
+        let x: i32 = a.query_one(&sa, &[]).await.unwrap().get(0);
+        let y: String = b.query_one(&sb, &[]).await.unwrap().get(0);
+        assert_eq!((x, y.as_str()), (1, "two"));
+    }
+}

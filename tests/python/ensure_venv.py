@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Creates or reuses the virtualenv that the Python client tests run in.
+"""Creates or reuses a virtualenv of pinned Python packages.
 
-Usage: python3 ensure_venv.py VENV_DIR
+Usage: python3 ensure_venv.py VENV_DIR [--requirements FILE] [--check CODE]
+                                       [--tools NAME,...]
 
-Installs requirements.txt (next to this file) into VENV_DIR with
-`python3 -m venv` and pip, unless VENV_DIR already holds exactly that set.
-An exclusive lock on VENV_DIR.lock keeps concurrent callers (parallel tests,
-.ci/run) from installing at the same time; the later ones find the work done.
+Installs FILE (default: requirements.txt next to this file, the Python
+client tests' packages) into VENV_DIR with `python3 -m venv` and pip, unless
+VENV_DIR already holds exactly that set and CODE runs there and every tool
+in --tools is in its bin/. An exclusive lock on VENV_DIR.lock keeps
+concurrent callers (parallel tests, .ci/run) from installing at the same
+time; the later ones find the work done.
 """
 
+import argparse
 import fcntl
 import os
 import subprocess
@@ -16,11 +20,16 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REQUIREMENTS = os.path.join(HERE, "requirements.txt")
 STAMP_NAME = "pgwake-requirements.txt"
-CHECK = "import psycopg, django, gunicorn, asyncpg"
-PIP_TIMEOUT = 900
-LOCK_TIMEOUT = 1200
+PIP_TIMEOUT = 1200
+LOCK_TIMEOUT = 1500
+
+ARGS = argparse.ArgumentParser(description="Creates or reuses a virtualenv of pinned packages.")
+ARGS.add_argument("venv_dir")
+ARGS.add_argument("--requirements", default=os.path.join(HERE, "requirements.txt"))
+ARGS.add_argument("--check", default="import psycopg, django, gunicorn, asyncpg")
+ARGS.add_argument("--tools", default="", help="comma-separated programs the venv must have")
+OPTS = None
 
 
 def log(msg):
@@ -39,10 +48,14 @@ def is_ready(venv_dir, wanted):
 
 
 def imports_work(venv_dir):
-    python = os.path.join(venv_dir, "bin", "python")
+    bindir = os.path.join(venv_dir, "bin")
+    tools = [t for t in OPTS.tools.split(",") if t]
+    if not all(os.access(os.path.join(bindir, t), os.X_OK) for t in tools):
+        return False
+    python = os.path.join(bindir, "python")
     try:
         done = subprocess.run(
-            [python, "-c", CHECK],
+            [python, "-c", OPTS.check],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -73,10 +86,11 @@ def lock(path):
 
 
 def main():
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: ensure_venv.py VENV_DIR")
-    venv_dir = os.path.abspath(sys.argv[1])
-    with open(REQUIREMENTS, encoding="utf-8") as f:
+    global OPTS
+    OPTS = ARGS.parse_args()
+    venv_dir = os.path.abspath(OPTS.venv_dir)
+    requirements = os.path.abspath(OPTS.requirements)
+    with open(requirements, encoding="utf-8") as f:
         wanted = f.read()
     os.makedirs(os.path.dirname(venv_dir), exist_ok=True)
 
@@ -103,11 +117,13 @@ def main():
             run([sys.executable, "-m", "venv", *fresh, venv_dir], 300)
         run(
             [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             "-r", REQUIREMENTS],
+             "-r", requirements],
             PIP_TIMEOUT,
         )
         if not imports_work(venv_dir):
-            raise SystemExit(f"ensure_venv: `{CHECK}` fails in {venv_dir} after pip install")
+            raise SystemExit(
+                f"ensure_venv: `{OPTS.check}` or the tools {OPTS.tools!r} fail in {venv_dir} after pip install"
+            )
         stamp = os.path.join(venv_dir, STAMP_NAME)
         with open(stamp + ".tmp", "w", encoding="utf-8") as f:
             f.write(wanted)

@@ -212,6 +212,20 @@ pub struct ClientAuth {
     /// `"user" "plain password"`; re-read on reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// Looks up users missing from `file` on the server, as PgBouncer's
+    /// `auth_query` does: `$1` is the user name, and the last column of the
+    /// first row is the password as `pg_authid` holds it (a SCRAM verifier)
+    /// or NULL. E.g. `SELECT usename, passwd FROM pg_shadow WHERE usename = $1`
+    /// (superuser only) or a SECURITY DEFINER function over `pg_authid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The server role that runs `query`, with pgwake's credentials. Unset:
+    /// `server.auth.user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_user: Option<String>,
+    /// The database `query` runs in. Unset: `server.dbname`, else `postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_database: Option<String>,
     /// Failed logins per client address per minute before that address is
     /// refused (SQLSTATE 28000) for the rest of the minute. 0: no cap.
     pub max_failures_per_minute: u32,
@@ -225,6 +239,9 @@ impl Default for ClientAuth {
     fn default() -> Self {
         ClientAuth {
             file: None,
+            query: None,
+            query_user: None,
+            query_database: None,
             max_failures_per_minute: 20,
             insecure_trust_beyond_loopback: false,
             rules: Vec::new(),

@@ -434,7 +434,9 @@ fn check_client_auth(c: &Config, loopback_listener: bool, errors: &mut Vec<Strin
             }
             // Default rules a loopback listener cannot reach need no file.
             ClientAuthMethod::ScramSha256
-                if auth.file.is_none() && (configured || !loopback_listener) =>
+                if auth.file.is_none()
+                    && auth.query.is_none()
+                    && (configured || !loopback_listener) =>
             {
                 needs_file.get_or_insert(key);
             }
@@ -443,13 +445,21 @@ fn check_client_auth(c: &Config, loopback_listener: bool, errors: &mut Vec<Strin
     }
     if let Some(key) = needs_file {
         errors.push(if configured {
-            format!("{key}.method = \"scram-sha-256\" needs client_auth.file (users and their SCRAM verifiers or passwords, in PgBouncer's userlist.txt format)")
+            format!("{key}.method = \"scram-sha-256\" needs client_auth.file (users and their SCRAM verifiers or passwords, in PgBouncer's userlist.txt format) or client_auth.query")
         } else {
             format!(
                 "listen.addr = {:?} accepts clients beyond loopback, and they must authenticate with SCRAM-SHA-256: set client_auth.file (users and their SCRAM verifiers or passwords, in PgBouncer's userlist.txt format), or add [[client_auth.rules]]",
                 c.listen.addr
             )
         });
+    }
+    if auth.query.is_some() && auth.query_user.is_none() && c.server.auth.user.is_none() {
+        errors.push(
+            "client_auth.query needs client_auth.query_user (or server.auth.user): the server role that runs it".into(),
+        );
+    }
+    if auth.query.as_deref().is_some_and(|q| !q.contains("$1")) {
+        errors.push("client_auth.query must use $1 for the user name".into());
     }
     if let Some(path) = &auth.file {
         if !path.is_file() {

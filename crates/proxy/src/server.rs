@@ -516,20 +516,87 @@ impl ServerConn {
         self.drain().await
     }
 
+    /// Runs `sql` with text parameters `params` (extended protocol, the
+    /// unnamed statement) and returns its first row, each column as text.
+    pub(crate) async fn query_row(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        timeout: Duration,
+    ) -> io::Result<Result<Option<Row>, ErrorMessage>> {
+        let invalid =
+            |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        let mut out = BytesMut::new();
+        frontend::parse("", sql, std::iter::empty(), &mut out)?;
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty(),
+            params.iter(),
+            |p, buf| {
+                buf.extend_from_slice(p.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            Some(0),
+            &mut out,
+        )
+        .map_err(|e| match e {
+            frontend::BindError::Conversion(e) => invalid(&e),
+            frontend::BindError::Serialization(e) => e,
+        })?;
+        frontend::execute("", 0, &mut out)?;
+        frontend::sync(&mut out);
+        let mut rows = Vec::new();
+        let run = async {
+            self.tx.sent(b'S');
+            self.stream.write_all(&out).await?;
+            self.drain_collecting(Some(&mut rows)).await
+        };
+        let error = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r.inspect_err(|_| self.broken = true)?,
+            Err(_) => {
+                self.broken = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "server did not answer in time",
+                ));
+            }
+        };
+        Ok(match error {
+            Some(e) => Err(e),
+            None => Ok(rows.into_iter().next()),
+        })
+    }
+
     /// Reads and discards server output until every owed ReadyForQuery has
     /// arrived; returns the first error seen.
     pub(crate) async fn drain(&mut self) -> io::Result<Option<ErrorMessage>> {
+        self.drain_collecting(None).await
+    }
+
+    /// As [`Self::drain`], keeping the first DataRow in `rows` when given.
+    async fn drain_collecting(
+        &mut self,
+        mut rows: Option<&mut Vec<Row>>,
+    ) -> io::Result<Option<ErrorMessage>> {
         let mut first_error = None;
+        let collect = rows.is_some();
         while self.tx.owed > 0 {
             let mut pos = 0;
             loop {
                 let step = self
                     .scan
-                    .next(&self.buf, pos, inspected_server_frame)
+                    .next(&self.buf, pos, |t| {
+                        inspected_server_frame(t) || (collect && t == b'D')
+                    })
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 let Some((item, next)) = step else { break };
                 if let Scanned::Frame { tag, body } = item {
-                    if tag == b'E' {
+                    if tag == b'D' {
+                        if let Some(rows) = rows.as_deref_mut().filter(|r| r.is_empty()) {
+                            rows.push(parse_data_row(body));
+                        }
+                    } else if tag == b'E' {
                         if first_error.is_none() {
                             first_error = Some(parse_error(body));
                         }
@@ -566,6 +633,35 @@ pub(crate) fn split_param(body: &[u8]) -> Option<(&str, &str)> {
 }
 
 /// Parses the body of an ErrorResponse or NoticeResponse.
+/// A row's columns as text (`None`: NULL).
+pub(crate) type Row = Vec<Option<String>>;
+
+/// A DataRow body, columns as (lossy) text; malformed rows end early.
+fn parse_data_row(body: &[u8]) -> Row {
+    let mut cols = Vec::new();
+    let Some((count, mut rest)) = body.split_first_chunk::<2>() else {
+        return cols;
+    };
+    for _ in 0..u16::from_be_bytes(*count) {
+        let Some((len, after)) = rest.split_first_chunk::<4>() else {
+            break;
+        };
+        let len = i32::from_be_bytes(*len);
+        rest = after;
+        if len < 0 {
+            cols.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let Some((value, after)) = rest.split_at_checked(len) else {
+            break;
+        };
+        cols.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = after;
+    }
+    cols
+}
+
 pub fn parse_error(body: &[u8]) -> ErrorMessage {
     let mut e = ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, "(no message)");
     let mut rest = body;

@@ -99,7 +99,9 @@ impl ClientAuth {
 
     /// Runs the applicable method with the client. `Ok`: it may proceed
     /// (AuthenticationOk not yet sent); `Err`: send the error and close.
-    pub async fn authenticate<C: ClientStream>(
+    /// `lookup` asks `client_auth.query` for a user missing from the file.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn authenticate<C: ClientStream, L: std::future::Future<Output = Option<String>>>(
         &self,
         client: &mut C,
         buf: &mut BytesMut,
@@ -107,6 +109,7 @@ impl ClientAuth {
         database: &str,
         user: &str,
         metrics: &Metrics,
+        lookup: impl FnOnce() -> L,
     ) -> Result<(), ErrorMessage> {
         let rules = self.rules();
         let host = origin.host();
@@ -152,7 +155,25 @@ impl ClientAuth {
                         ),
                     ));
                 }
-                let verifier = match rules.users.get(user) {
+                let queried;
+                let secret = match rules.users.get(user) {
+                    Some(s) => Some(s),
+                    None => {
+                        queried = match lookup().await.map(|t| Secret::from_text(&t)) {
+                            Some(Ok(s)) => Some(s),
+                            Some(Err(e)) => {
+                                tracing::warn!(
+                                    user,
+                                    "client_auth.query returned {e} for this user"
+                                );
+                                None
+                            }
+                            None => None,
+                        };
+                        queried.as_ref()
+                    }
+                };
+                let verifier = match secret {
                     Some(Secret::Scram(v)) => Some(v),
                     Some(Secret::Md5) | None => None,
                 };
@@ -177,9 +198,9 @@ impl ClientAuth {
                         if let Some(ip) = origin.ip {
                             self.record_failure(ip);
                         }
-                        let detail = match rules.users.get(user) {
-                            None => "no such user in client_auth.file",
-                            Some(Secret::Md5) => "the user's entry in client_auth.file is an MD5 hash, which cannot check SCRAM-SHA-256",
+                        let detail = match secret {
+                            None => "no such user in client_auth.file or client_auth.query",
+                            Some(Secret::Md5) => "the user's password is an MD5 hash, which cannot check SCRAM-SHA-256",
                             Some(Secret::Scram(_)) => "wrong password",
                         };
                         // Operators learn why; the client only that it failed.
@@ -232,6 +253,59 @@ impl ClientAuth {
     /// Users in the file, for the start-up log line.
     pub fn user_count(&self) -> usize {
         self.rules().users.len()
+    }
+}
+
+/// The password `client_auth.query` gives for `user`, if it is configured
+/// and finds one. Failures are logged (naming the setting) and count as no
+/// such user.
+pub(crate) async fn query_secret(shared: &crate::Shared, user: &str) -> Option<String> {
+    let config = shared.config();
+    let auth = &config.client_auth;
+    let sql = auth.query.as_deref()?;
+    let role = auth
+        .query_user
+        .clone()
+        .or_else(|| config.server.auth.user.clone())?;
+    let dbname = auth
+        .query_database
+        .clone()
+        .or_else(|| config.server.dbname.clone())
+        .unwrap_or_else(|| "postgres".to_owned());
+    let route = pgwake_config::Route {
+        dbname: dbname.clone(),
+        user: Some(role.clone()),
+        mode: pgwake_config::PoolMode::Transaction,
+        size: 2,
+        min_idle: 0,
+    };
+    let key = crate::pool::PoolKey {
+        dbname: dbname.clone(),
+        user: role,
+    };
+    let pool = shared.pool(key, &dbname, &route, false);
+    let mut conn = match pool.checkout_quiet().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "client_auth.query: no server connection");
+            return None;
+        }
+    };
+    let row = conn
+        .conn
+        .query_row(sql, &[user], std::time::Duration::from_secs(10))
+        .await;
+    pool.checkin(conn);
+    match row {
+        Ok(Ok(row)) => row?.pop().flatten(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e.message, code = %e.code, "client_auth.query failed on the server");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "client_auth.query failed");
+            None
+        }
     }
 }
 

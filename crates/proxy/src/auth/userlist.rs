@@ -19,6 +19,27 @@ pub(crate) enum Secret {
     Md5,
 }
 
+impl Secret {
+    /// A password as `pg_authid` or a user file holds it: a SCRAM verifier,
+    /// an MD5 hash or a plain password. The error never repeats the text.
+    pub fn from_text(text: &str) -> Result<Secret, &'static str> {
+        if text.starts_with("SCRAM-SHA-256$") {
+            Verifier::parse(text)
+                .map(Secret::Scram)
+                .ok_or("a malformed SCRAM-SHA-256 verifier")
+        } else if text.len() == 35
+            && text.starts_with("md5")
+            && text[3..].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            Ok(Secret::Md5)
+        } else if text.is_empty() {
+            Err("an empty password")
+        } else {
+            Ok(Secret::Scram(Verifier::from_password(text)))
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Users {
     map: HashMap<String, Secret>,
@@ -64,20 +85,8 @@ impl Users {
             if user.is_empty() {
                 return Err(format!("line {n}: the user name is empty"));
             }
-            let secret = if secret.starts_with("SCRAM-SHA-256$") {
-                Secret::Scram(Verifier::parse(&secret).ok_or_else(|| {
-                    format!("line {n}: user {user:?} has a malformed SCRAM-SHA-256 verifier")
-                })?)
-            } else if secret.len() == 35
-                && secret.starts_with("md5")
-                && secret[3..].bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                Secret::Md5
-            } else if secret.is_empty() {
-                return Err(format!("line {n}: user {user:?} has an empty password"));
-            } else {
-                Secret::Scram(Verifier::from_password(&secret))
-            };
+            let secret = Secret::from_text(&secret)
+                .map_err(|e| format!("line {n}: user {user:?} has {e}"))?;
             if map.insert(user.clone(), secret).is_some() {
                 return Err(format!("line {n}: user {user:?} is listed twice"));
             }

@@ -91,6 +91,10 @@ pub fn server_frame_read_whole(tag: u8) -> bool {
 pub struct StatementHasher {
     key: RandomState,
     schema: Arc<AtomicU64>,
+    /// The client's `search_path` (a fingerprint; 0: the server's): the
+    /// same text under another one may mean other tables, so it is another
+    /// server statement.
+    settings: u64,
 }
 
 impl StatementHasher {
@@ -98,14 +102,22 @@ impl StatementHasher {
         StatementHasher::default()
     }
 
+    /// This hasher for a client whose `search_path` has fingerprint `settings`.
+    pub fn for_settings(&self, settings: u64) -> Self {
+        StatementHasher {
+            settings,
+            ..self.clone()
+        }
+    }
+
     fn hash(&self, content: &[u8]) -> u64 {
-        self.key.hash_one(content)
+        self.key.hash_one((self.settings, content))
     }
 
     /// The hash of a SQL `PREPARE`'s text after the name: never the same
-    /// input as a Parse's content, which is hashed as a plain slice.
+    /// input as a Parse's content.
     fn hash_sql(&self, rest: &[u8]) -> u64 {
-        self.key.hash_one((b'S', rest))
+        self.key.hash_one((self.settings, b'S', rest))
     }
 
     /// Schema changes reported so far.

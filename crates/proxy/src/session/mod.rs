@@ -137,33 +137,19 @@ pub(crate) async fn serve_tcp(
 
 /// Serves one unix-socket client until it leaves.
 pub(crate) async fn serve_unix(
-    mut client: tokio::net::UnixStream,
+    client: tokio::net::UnixStream,
     peer: Peer,
     shared: Arc<Shared>,
     admitted: bool,
 ) {
-    let login = Box::pin(async move {
-        let deadline = login_deadline(&shared);
-        let mut buf = BytesMut::new();
-        let step = handshake(&mut client, &mut buf, false);
-        let request = match within_login(&shared, deadline, step).await {
-            Ok(Handshake::Request(r)) => r,
-            Ok(Handshake::Gone | Handshake::Tls) => return None,
-            Err(e) => {
-                tracing::debug!(peer = %peer.text, error = %e.message, "refused malformed startup");
-                let _ = send_fatal(&mut client, &e).await;
-                return None;
-            }
-        };
-        let login = Login {
-            peer,
-            shared,
-            admitted,
-            deadline,
-            encrypted: false,
-        };
-        login.finish(client, buf, request).await
-    });
+    let login = Login {
+        deadline: login_deadline(&shared),
+        peer,
+        shared,
+        admitted,
+        encrypted: false,
+    };
+    let login = Box::pin(login.run(client, BytesMut::new()));
     if let Some(mut session) = login.await {
         session.run().await;
     }
@@ -196,8 +182,7 @@ async fn accept_tcp(
             let Some(acceptor) = tls else {
                 return Accepted::Done;
             };
-            let mut client = match tokio::time::timeout_at(deadline, acceptor.accept(client)).await
-            {
+            let client = match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
                 Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s)),
                 Ok(Err(e)) => {
                     tracing::info!(peer = %peer.text, error = %e, "client TLS handshake failed");
@@ -208,15 +193,6 @@ async fn accept_tcp(
                     return Accepted::Done;
                 }
             };
-            let step = handshake(&mut client, &mut buf, false);
-            let request = match within_login(&shared, deadline, step).await {
-                Ok(Handshake::Request(r)) => r,
-                Ok(Handshake::Gone | Handshake::Tls) => return Accepted::Done,
-                Err(e) => {
-                    let _ = send_fatal(&mut client, &e).await;
-                    return Accepted::Done;
-                }
-            };
             let login = Login {
                 peer,
                 shared,
@@ -224,7 +200,7 @@ async fn accept_tcp(
                 deadline,
                 encrypted: true,
             };
-            return match login.finish(client, buf, request).await {
+            return match login.run(client, buf).await {
                 Some(s) => Accepted::Tls(Box::new(s)),
                 None => Accepted::Done,
             };
@@ -286,6 +262,22 @@ struct Login {
 }
 
 impl Login {
+    /// Reads the startup packet (refusing encryption requests: the stream
+    /// is encrypted already, or cannot be) and finishes the login.
+    async fn run<C: ClientStream>(self, mut client: C, mut buf: BytesMut) -> Option<Session<C>> {
+        let step = handshake(&mut client, &mut buf, false);
+        let request = match within_login(&self.shared, self.deadline, step).await {
+            Ok(Handshake::Request(r)) => r,
+            Ok(Handshake::Gone | Handshake::Tls) => return None,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer.text, error = %e.message, "refused malformed startup");
+                let _ = send_fatal(&mut client, &e).await;
+                return None;
+            }
+        };
+        self.finish(client, buf, request).await
+    }
+
     /// Forwards a cancel request; checks a login (TLS required?, limits,
     /// authentication) and serves the admin console or starts a session.
     /// `None`: nothing more to serve.
@@ -399,9 +391,18 @@ impl Login {
                 ),
             ));
         }
+        let lookup = || crate::auth::query_secret(shared, user);
         shared
             .client_auth
-            .authenticate(client, buf, peer.origin, database, user, &shared.metrics)
+            .authenticate(
+                client,
+                buf,
+                peer.origin,
+                database,
+                user,
+                &shared.metrics,
+                lookup,
+            )
             .await?;
         let admission = shared
             .client_limits
@@ -765,7 +766,16 @@ impl<C: ClientStream> Session<C> {
         }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
-        let prepared = crate::prepared::ClientStatements::new(pool.statement_hasher().clone());
+        // Statement text means other tables under another search_path (the
+        // one setting parse analysis depends on): such clients do not share
+        // server statements.
+        let search_path = want
+            .get("search_path")
+            .map(|v| params::fingerprint(&Params::from([("search_path".to_owned(), v.clone())])))
+            .unwrap_or(0);
+        let prepared = crate::prepared::ClientStatements::new(
+            pool.statement_hasher().for_settings(search_path),
+        );
         Ok(Session {
             _admission: admission,
             registered,
