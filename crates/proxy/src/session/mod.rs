@@ -171,56 +171,50 @@ async fn accept_tcp(
     shared: Arc<Shared>,
     admitted: bool,
 ) -> Accepted {
-    let deadline = login_deadline(&shared);
+    let mut login = Login {
+        deadline: login_deadline(&shared),
+        peer,
+        shared,
+        admitted,
+        encrypted: false,
+    };
     let mut buf = BytesMut::new();
-    let tls = shared.client_tls();
+    let tls = login.shared.client_tls();
     let step = handshake(&mut client, &mut buf, tls.is_some());
-    let request = match within_login(&shared, deadline, step).await {
-        Ok(Handshake::Request(r)) => r,
-        Ok(Handshake::Gone) => return Accepted::Done,
+    match within_login(&login.shared, login.deadline, step).await {
+        Ok(Handshake::Request(request)) => match login.finish(client, buf, request).await {
+            Some(s) => Accepted::Plain(s),
+            None => Accepted::Done,
+        },
+        Ok(Handshake::Gone) => Accepted::Done,
         Ok(Handshake::Tls) => {
             let Some(acceptor) = tls else {
                 return Accepted::Done;
             };
-            let client = match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
+            let client = match tokio::time::timeout_at(login.deadline, acceptor.accept(client))
+                .await
+            {
                 Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s)),
                 Ok(Err(e)) => {
-                    tracing::info!(peer = %peer.text, error = %e, "client TLS handshake failed");
+                    tracing::info!(peer = %login.peer.text, error = %e, "client TLS handshake failed");
                     return Accepted::Done;
                 }
                 Err(_) => {
-                    shared.metrics.timeout(TimeoutKind::ClientLogin);
+                    login.shared.metrics.timeout(TimeoutKind::ClientLogin);
                     return Accepted::Done;
                 }
             };
-            let login = Login {
-                peer,
-                shared,
-                admitted,
-                deadline,
-                encrypted: true,
-            };
-            return match login.run(client, buf).await {
+            login.encrypted = true;
+            match login.run(client, buf).await {
                 Some(s) => Accepted::Tls(Box::new(s)),
                 None => Accepted::Done,
-            };
+            }
         }
         Err(e) => {
-            tracing::debug!(peer = %peer.text, error = %e.message, "refused malformed startup");
+            tracing::debug!(peer = %login.peer.text, error = %e.message, "refused malformed startup");
             let _ = send_fatal(&mut client, &e).await;
-            return Accepted::Done;
+            Accepted::Done
         }
-    };
-    let login = Login {
-        peer,
-        shared,
-        admitted,
-        deadline,
-        encrypted: false,
-    };
-    match login.finish(client, buf, request).await {
-        Some(s) => Accepted::Plain(s),
-        None => Accepted::Done,
     }
 }
 
