@@ -553,3 +553,115 @@ async fn the_admin_console_admits_only_its_users() {
         .unwrap();
     boss.simple_query("RESUME").await.unwrap();
 }
+
+/// Reads one backend message: its tag and body.
+async fn read_message(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len.checked_sub(4)?];
+    s.read_exact(&mut body).await.ok()?;
+    Some((head[0], body))
+}
+
+/// The SQLSTATE field of an ErrorResponse body.
+fn sqlstate_of(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_scram_messages_get_protocol_errors_and_harm_no_one() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(dir.path(), "userlist.txt", "\"alice\" \"alice-pw\"\n");
+    let pg = start(
+        &cluster,
+        "",
+        &format!("[client_auth]\nfile = \"{users}\"\n[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"),
+    );
+    let mut startup = Vec::new();
+    let body = b"\x00\x03\x00\x00user\x00alice\x00database\x00app\x00\x00";
+    startup.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    startup.extend_from_slice(body);
+    let frame = |tag: u8, body: &[u8]| {
+        let mut f = vec![tag];
+        f.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    };
+    let mut initial_sha1 = b"SCRAM-SHA-1\x00".to_vec();
+    initial_sha1.extend_from_slice(&4i32.to_be_bytes());
+    initial_sha1.extend_from_slice(b"n,,n");
+    let mut bad_first = b"SCRAM-SHA-256\x00".to_vec();
+    bad_first.extend_from_slice(&7i32.to_be_bytes());
+    bad_first.extend_from_slice(b"garbage");
+    let mut wrong_length = b"SCRAM-SHA-256\x00".to_vec();
+    wrong_length.extend_from_slice(&1000i32.to_be_bytes());
+    wrong_length.extend_from_slice(b"n,,n=,r=abc");
+    // A header claiming 100 MB: refused from the header alone.
+    let mut huge = vec![b'p'];
+    huge.extend_from_slice(&100_000_000u32.to_be_bytes());
+    for (what, bytes, message) in [
+        (
+            "another mechanism",
+            frame(b'p', &initial_sha1),
+            "invalid SASL authentication mechanism",
+        ),
+        (
+            "no mechanism name",
+            frame(b'p', b"no terminator"),
+            "malformed SASLInitialResponse",
+        ),
+        (
+            "a garbage client-first-message",
+            frame(b'p', &bad_first),
+            "malformed SCRAM message",
+        ),
+        (
+            "a wrong data length",
+            frame(b'p', &wrong_length),
+            "malformed SASLInitialResponse",
+        ),
+        (
+            "a query instead of a SASL response",
+            frame(b'Q', b"select 1\x00"),
+            "expected SASL response",
+        ),
+        ("a huge message", huge, "message too long"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
+            .await
+            .unwrap();
+        s.write_all(&startup).await.unwrap();
+        let (tag, body) = read_message(&mut s).await.expect("AuthenticationSASL");
+        assert_eq!(
+            (tag, &body[..4]),
+            (b'R', &10u32.to_be_bytes()[..]),
+            "{what}"
+        );
+        s.write_all(&bytes).await.unwrap();
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut s))
+            .await
+            .expect("an answer")
+            .expect("an ErrorResponse");
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(tag, b'E', "{what}: {text}");
+        assert_eq!(sqlstate_of(&body), "08P01", "{what}: {text}");
+        assert!(text.contains(message), "{what}: {text}");
+        // Then the connection is closed.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(matches!(closed, Ok(Ok(_))), "{what}: closed");
+    }
+    // Nobody else was harmed.
+    let c = pgwake_testkit::connect("127.0.0.1", pg.port, "alice", Some("alice-pw"), "app")
+        .await
+        .unwrap();
+    let v: i32 = c.query_one("select 11", &[]).await.unwrap().get(0);
+    assert_eq!(v, 11);
+    let logs = pg.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
