@@ -101,6 +101,10 @@ fn report(errors: &pgwake_config::ConfigErrors) -> ExitCode {
 fn check(src: &Source) -> anyhow::Result<ExitCode> {
     match src.load()? {
         Ok(config) => {
+            let problems = pgwake_proxy::check_client_files(&config);
+            if !problems.is_empty() {
+                return Ok(report(&pgwake_config::ConfigErrors(problems)));
+            }
             println!("# pgwake: configuration is valid; effective settings (secrets redacted):");
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)

@@ -132,14 +132,27 @@ fn every_example_config_is_valid() {
         }
         // Files a shared service has mounted stand in as temporary ones.
         let mounted = tempfile::tempdir().unwrap();
-        for (var, key) in [
-            ("PGWAKE_CLIENT_AUTH_FILE", "file = \"/etc/pgwake/users/"),
-            ("PGWAKE_LISTEN_CLIENT_TLS_CERT", "client_tls_cert = "),
-            ("PGWAKE_LISTEN_CLIENT_TLS_KEY", "client_tls_key = "),
+        let pki = common::pki();
+        for (var, key, content) in [
+            (
+                "PGWAKE_CLIENT_AUTH_FILE",
+                "file = \"/etc/pgwake/users/",
+                "\"app\" \"example\"\n",
+            ),
+            (
+                "PGWAKE_LISTEN_CLIENT_TLS_CERT",
+                "client_tls_cert = ",
+                pki.cert_pem.as_str(),
+            ),
+            (
+                "PGWAKE_LISTEN_CLIENT_TLS_KEY",
+                "client_tls_key = ",
+                pki.key_pem.as_str(),
+            ),
         ] {
             if text.contains(key) {
                 let f = mounted.path().join(var);
-                std::fs::write(&f, "\"app\" \"example\"\n").unwrap();
+                std::fs::write(&f, content).unwrap();
                 env.push((var, f.display().to_string()));
             }
         }
@@ -276,4 +289,35 @@ async fn clients_connect_over_the_unix_socket() {
         pg.logs()
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over unix");
+}
+
+#[test]
+fn check_reads_the_client_files_as_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let users = write("userlist.txt", "\"alice\" \"s3cret-pw\"\nbob hunter2\n");
+    let cert = write("cert.pem", "not a certificate");
+    let key = write("key.pem", &common::pki().key_pem);
+    let config = write(
+        "pgwake.toml",
+        &format!(
+            "[listen]\nclient_tls_mode = \"require\"\nclient_tls_cert = \"{cert}\"\nclient_tls_key = \"{key}\"\n\
+             [server]\nhost = \"db.example\"\n[client_auth]\nfile = \"{users}\"\n"
+        ),
+    );
+    let (code, _, err) = pgwake(&["check", "--config", &config], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("listen.client_tls_cert {cert}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("client_auth.file {users}: line 2")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
 }

@@ -134,6 +134,20 @@ impl LiveTimeouts {
     }
 }
 
+/// Reads the files `config` names for clients (the TLS certificate and key,
+/// the user file) as `pgwake run` would, so that `pgwake check` finds their
+/// problems too. Each problem names its key and file, never a secret.
+pub fn check_client_files(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = client_tls_acceptor(config) {
+        problems.push(e);
+    }
+    if let Err(e) = auth::ClientAuth::prepare(config) {
+        problems.push(e);
+    }
+    problems
+}
+
 /// The TLS acceptor for clients under `config`, `None` when TLS is off.
 fn client_tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
     let l = &config.listen;
