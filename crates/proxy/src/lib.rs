@@ -67,7 +67,7 @@ pub struct Shared {
     pub(crate) client_limits: Arc<auth::ClientLimits>,
     /// TLS for clients when `listen.client_tls_mode` is not `disable`;
     /// replaced on reload (new certificate files).
-    client_tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
+    client_tls: RwLock<Option<tls::ClientTlsConfig>>,
     /// PAUSE from the admin console: no new transactions start.
     paused: AtomicBool,
     resumed: tokio::sync::Notify,
@@ -149,7 +149,7 @@ pub fn check_client_files(config: &Config) -> Vec<String> {
 }
 
 /// The TLS acceptor for clients under `config`, `None` when TLS is off.
-fn client_tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+fn client_tls_acceptor(config: &Config) -> Result<Option<tls::ClientTlsConfig>, String> {
     let l = &config.listen;
     match (l.client_tls_mode, &l.client_tls_cert, &l.client_tls_key) {
         (pgwake_config::ClientTlsMode::Disable, _, _) => Ok(None),
@@ -186,7 +186,7 @@ impl Shared {
     }
 
     /// The TLS acceptor for clients, when TLS is on.
-    pub(crate) fn client_tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+    pub(crate) fn client_tls(&self) -> Option<tls::ClientTlsConfig> {
         self.client_tls
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -237,9 +237,47 @@ impl ServerCertVerifier for Lenient {
     }
 }
 
+/// TLS for clients: the acceptor, and the certificate's channel-binding
+/// data for SCRAM-SHA-256-PLUS.
+#[derive(Clone)]
+pub struct ClientTlsConfig {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// RFC 5929 `tls-server-end-point` data; `None` when the certificate's
+    /// signature algorithm leaves it undefined (PLUS is then not offered).
+    pub end_point: Option<Arc<[u8]>>,
+}
+
+/// The `tls-server-end-point` channel-binding data of a certificate: its
+/// hash under its signature's hash function (SHA-256 for MD5 and SHA-1).
+pub fn server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use const_oid::db::rfc5912::{
+        ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, SHA_1_WITH_RSA_ENCRYPTION,
+        SHA_256_WITH_RSA_ENCRYPTION, SHA_384_WITH_RSA_ENCRYPTION, SHA_512_WITH_RSA_ENCRYPTION,
+    };
+    use sha2::Digest;
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
+    let oid = cert.signature_algorithm.oid;
+    if [
+        SHA_1_WITH_RSA_ENCRYPTION,
+        SHA_256_WITH_RSA_ENCRYPTION,
+        ECDSA_WITH_SHA_256,
+    ]
+    .contains(&oid)
+    {
+        Some(sha2::Sha256::digest(cert_der).to_vec())
+    } else if [SHA_384_WITH_RSA_ENCRYPTION, ECDSA_WITH_SHA_384].contains(&oid) {
+        Some(sha2::Sha384::digest(cert_der).to_vec())
+    } else if [SHA_512_WITH_RSA_ENCRYPTION, ECDSA_WITH_SHA_512].contains(&oid) {
+        Some(sha2::Sha512::digest(cert_der).to_vec())
+    } else {
+        None
+    }
+}
+
 /// The TLS server settings for clients (`listen.client_tls_cert` and
 /// `client_tls_key`), read from their PEM files. Errors name the key and file.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn acceptor(cert: &Path, key: &Path) -> Result<ClientTlsConfig, String> {
     let named =
         |k: &str, p: &Path, e: &dyn std::fmt::Display| format!("listen.{k} {}: {e}", p.display());
     let chain = CertificateDer::pem_file_iter(cert)
@@ -249,6 +287,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, St
     if chain.is_empty() {
         return Err(named("client_tls_cert", cert, &"holds no certificate"));
     }
+    let end_point = server_end_point(chain[0].as_ref()).map(Arc::from);
     let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
         .map_err(|e| named("client_tls_key", key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -266,11 +305,18 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, St
         })?;
     // PostgreSQL 17's libpq offers this ALPN name; older clients offer none.
     config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(ClientTlsConfig {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        end_point,
+    })
 }
 
-/// An encrypted client connection.
-pub struct ClientTls(pub Box<tokio_rustls::server::TlsStream<TcpStream>>);
+/// An encrypted client connection, and the channel-binding data of the
+/// certificate it was accepted with.
+pub struct ClientTls(
+    pub Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    pub Option<Arc<[u8]>>,
+);
 
 impl ClientTls {
     /// Whether decrypted bytes (or the peer's close) wait inside the TLS

@@ -22,7 +22,7 @@ use pgwake_protocol::sqlstate;
 use tokio::io::AsyncReadExt;
 
 pub(crate) use limits::{Admission, ClientLimits};
-use scram::{Exchange, Failure, Verifier};
+use scram::{Binding, Exchange, Failure, Verifier};
 use userlist::{Secret, Users};
 
 use crate::session::ClientStream;
@@ -355,18 +355,30 @@ async fn scram_exchange<C: ClientStream>(
     verifier: &Verifier,
 ) -> Result<String, Exchanged> {
     let mut out = BytesMut::new();
-    backend::auth_sasl(&mut out, &[scram::MECHANISM]);
+    // Over TLS, the exchange can also be bound to the certificate.
+    let end_point = client.channel_binding().map(<[u8]>::to_vec);
+    if end_point.is_some() {
+        backend::auth_sasl(&mut out, &[scram::MECHANISM_PLUS, scram::MECHANISM]);
+    } else {
+        backend::auth_sasl(&mut out, &[scram::MECHANISM]);
+    }
     client.send(&out).await.map_err(|_| Exchanged::Gone)?;
     let mut initial = read_password_message(client, buf).await?;
     // SASLInitialResponse: mechanism name, then the length-prefixed data.
     let mechanism =
         take_cstr(&mut initial).ok_or_else(|| protocol("malformed SASLInitialResponse"))?;
-    if mechanism != scram::MECHANISM.as_bytes() {
+    let binding = match (&mechanism[..], &end_point) {
+        (m, None) if m == scram::MECHANISM.as_bytes() => Some(Binding::NotOffered),
+        (m, Some(_)) if m == scram::MECHANISM.as_bytes() => Some(Binding::Declined),
+        (m, Some(data)) if m == scram::MECHANISM_PLUS.as_bytes() => Some(Binding::Plus(data)),
+        _ => None,
+    };
+    let Some(binding) = binding else {
         return Err(Exchanged::Protocol(ErrorMessage::fatal(
             sqlstate::PROTOCOL_VIOLATION,
             "client selected an invalid SASL authentication mechanism",
         )));
-    }
+    };
     if initial.len() < 4 {
         return Err(protocol("malformed SASLInitialResponse"));
     }
@@ -375,7 +387,7 @@ async fn scram_exchange<C: ClientStream>(
         return Err(protocol("malformed SASLInitialResponse"));
     }
     let (exchange, server_first) =
-        Exchange::start(&initial, verifier, rand::random()).map_err(failure)?;
+        Exchange::start(&initial, verifier, rand::random(), binding).map_err(failure)?;
     out.clear();
     backend::auth_sasl_continue(&mut out, server_first.as_bytes());
     client.send(&out).await.map_err(|_| Exchanged::Gone)?;
@@ -388,7 +400,11 @@ fn failure(f: Failure) -> Exchanged {
         Failure::Malformed(m) => protocol(m),
         Failure::ChannelBinding => Exchanged::Protocol(ErrorMessage::fatal(
             sqlstate::PROTOCOL_VIOLATION,
-            "channel binding is not supported by pgwake; connect with channel_binding=prefer or disable",
+            "channel binding requested on a connection that does not offer it: pgwake offers SCRAM-SHA-256-PLUS over TLS only",
+        )),
+        Failure::Downgrade => Exchanged::Protocol(ErrorMessage::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "SCRAM channel binding negotiation error: the client supports channel binding but thinks the server does not, yet this connection offered it",
         )),
         Failure::WrongPassword => Exchanged::Failed,
     }

@@ -1,6 +1,7 @@
 //! The server's side of SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL
 //! runs it: the user name comes from the startup packet (the SCRAM `n=` is
-//! ignored) and channel binding is not offered.
+//! ignored); over TLS, SCRAM-SHA-256-PLUS binds the exchange to the
+//! server's certificate (`tls-server-end-point`, RFC 5929).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -9,6 +10,18 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub(crate) const MECHANISM: &str = "SCRAM-SHA-256";
+pub(crate) const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// Channel binding: what was offered and what the client chose.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Binding<'a> {
+    /// Only SCRAM-SHA-256 was offered (no TLS).
+    NotOffered,
+    /// SCRAM-SHA-256-PLUS was offered; the client chose SCRAM-SHA-256.
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS: the certificate's end-point data.
+    Plus(&'a [u8]),
+}
 /// Nonce bytes pgwake adds to the client's (as PostgreSQL does, 18).
 const NONCE_LEN: usize = 18;
 
@@ -80,8 +93,11 @@ impl Verifier {
 pub(crate) enum Failure {
     /// The client's messages do not follow the protocol.
     Malformed(&'static str),
-    /// The client asked for channel binding, which is not offered.
+    /// The client asked for channel binding that is not offered.
     ChannelBinding,
+    /// The client supports channel binding but thinks the server does not,
+    /// though it was offered: a downgrade.
+    Downgrade,
     /// The proof does not match: wrong password or unknown user.
     WrongPassword,
 }
@@ -90,7 +106,8 @@ pub(crate) enum Failure {
 pub(crate) struct Exchange {
     client_first_bare: String,
     server_first: String,
-    gs2_header: String,
+    /// What the client-final message's `c=` must decode to.
+    cbind: Vec<u8>,
     nonce: String,
 }
 
@@ -100,6 +117,7 @@ impl Exchange {
         client_first: &[u8],
         verifier: &Verifier,
         random: [u8; NONCE_LEN],
+        binding: Binding<'_>,
     ) -> Result<(Exchange, String), Failure> {
         let text = std::str::from_utf8(client_first)
             .map_err(|_| Failure::Malformed("client-first-message is not UTF-8"))?;
@@ -107,11 +125,20 @@ impl Exchange {
         let (flag, rest) = text
             .split_once(',')
             .ok_or(Failure::Malformed("client-first-message has no GS2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(Failure::ChannelBinding),
+        let end_point = match (flag, binding) {
+            ("n", Binding::NotOffered | Binding::Declined) | ("y", Binding::NotOffered) => None,
+            ("y", Binding::Declined) => return Err(Failure::Downgrade),
+            ("p=tls-server-end-point", Binding::Plus(data)) => Some(data),
+            (f, Binding::NotOffered | Binding::Declined) if f.starts_with("p=") => {
+                return Err(Failure::ChannelBinding)
+            }
+            (_, Binding::Plus(_)) => {
+                return Err(Failure::Malformed(
+                    "SCRAM-SHA-256-PLUS needs channel binding type tls-server-end-point",
+                ))
+            }
             _ => return Err(Failure::Malformed("unexpected channel-binding flag")),
-        }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(Failure::Malformed("client-first-message has no GS2 header"))?;
@@ -137,12 +164,13 @@ impl Exchange {
             B64.encode(&verifier.salt),
             verifier.iterations
         );
-        let gs2_header = format!("{flag},{authzid},");
+        let mut cbind = format!("{flag},{authzid},").into_bytes();
+        cbind.extend_from_slice(end_point.unwrap_or_default());
         Ok((
             Exchange {
                 client_first_bare: bare.to_owned(),
                 server_first: server_first.clone(),
-                gs2_header,
+                cbind,
                 nonce,
             },
             server_first,
@@ -164,9 +192,9 @@ impl Exchange {
             .ok_or(Failure::Malformed(
                 "client-final-message has no channel binding",
             ))?;
-        if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+        if B64.decode(binding).ok().as_deref() != Some(self.cbind.as_slice()) {
             return Err(Failure::Malformed(
-                "channel binding does not match the GS2 header",
+                "channel binding does not match the GS2 header or the server certificate",
             ));
         }
         if parts.next().and_then(|p| p.strip_prefix("r=")) != Some(self.nonce.as_str()) {
@@ -211,8 +239,23 @@ mod tests {
 
     /// Runs a whole exchange with rust-postgres's client side.
     fn login(password: &str, verifier: &Verifier) -> Result<(), Failure> {
-        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unrequested());
-        let (exchange, server_first) = Exchange::start(client.message(), verifier, [7; NONCE_LEN])?;
+        login_bound(
+            password,
+            verifier,
+            ChannelBinding::unrequested(),
+            Binding::NotOffered,
+        )
+    }
+
+    fn login_bound(
+        password: &str,
+        verifier: &Verifier,
+        client_binding: ChannelBinding,
+        binding: Binding<'_>,
+    ) -> Result<(), Failure> {
+        let mut client = ScramSha256::new(password.as_bytes(), client_binding);
+        let (exchange, server_first) =
+            Exchange::start(client.message(), verifier, [7; NONCE_LEN], binding)?;
         client
             .update(server_first.as_bytes())
             .map_err(|_| Failure::Malformed("client rejected server-first"))?;
@@ -242,6 +285,43 @@ mod tests {
     }
 
     #[test]
+    fn channel_binding_ties_the_exchange_to_the_certificate() {
+        let v = Verifier::from_password("pw");
+        let cert = [5u8; 32];
+        let plus = |data: &[u8]| ChannelBinding::tls_server_end_point(data.to_vec());
+        assert_eq!(
+            login_bound("pw", &v, plus(&cert), Binding::Plus(&cert)),
+            Ok(())
+        );
+        // Another certificate (a man in the middle) fails.
+        assert!(matches!(
+            login_bound("pw", &v, plus(&[6; 32]), Binding::Plus(&cert)),
+            Err(Failure::Malformed(_))
+        ));
+        // A client able to bind that thinks nothing was offered (flag `y`)
+        // although it was: a downgrade.
+        assert_eq!(
+            login_bound("pw", &v, ChannelBinding::unrequested(), Binding::Declined),
+            Err(Failure::Downgrade)
+        );
+        // Without TLS, `y` is what such a client says.
+        assert_eq!(
+            login_bound("pw", &v, ChannelBinding::unrequested(), Binding::NotOffered),
+            Ok(())
+        );
+        // A client that cannot bind (flag `n`) may decline what was offered.
+        assert_eq!(
+            login_bound("pw", &v, ChannelBinding::unsupported(), Binding::Declined),
+            Ok(())
+        );
+        // Binding data on a connection that offered none.
+        assert_eq!(
+            login_bound("pw", &v, plus(&cert), Binding::Declined),
+            Err(Failure::ChannelBinding)
+        );
+    }
+
+    #[test]
     fn a_mock_verifier_matches_no_password_and_is_stable_per_user() {
         let secret = [9; 32];
         let a = Verifier::mock(b"alice", &secret);
@@ -265,12 +345,18 @@ mod tests {
             b"\xff\xfe",
         ] {
             assert!(matches!(
-                Exchange::start(first, &v, [0; NONCE_LEN]),
+                Exchange::start(first, &v, [0; NONCE_LEN], Binding::NotOffered),
                 Err(Failure::Malformed(_))
             ));
         }
         assert_eq!(
-            Exchange::start(b"p=tls-server-end-point,,n=,r=abc", &v, [0; NONCE_LEN]).err(),
+            Exchange::start(
+                b"p=tls-server-end-point,,n=,r=abc",
+                &v,
+                [0; NONCE_LEN],
+                Binding::NotOffered
+            )
+            .err(),
             Some(Failure::ChannelBinding)
         );
         for last in [
@@ -279,7 +365,8 @@ mod tests {
             b"c=biws,r=wrong,p=AAAA",
             b"c=eSws,r=abc,p=AAAA",
         ] {
-            let (ex, _) = Exchange::start(b"n,,n=,r=abc", &v, [0; NONCE_LEN]).expect("first");
+            let (ex, _) = Exchange::start(b"n,,n=,r=abc", &v, [0; NONCE_LEN], Binding::NotOffered)
+                .expect("first");
             assert!(matches!(ex.finish(last, &v), Err(Failure::Malformed(_))));
         }
         for bad in [

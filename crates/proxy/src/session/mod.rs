@@ -44,6 +44,11 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
     /// Reads what is there without waiting (`WouldBlock` when nothing is).
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The `tls-server-end-point` channel-binding data of an encrypted
+    /// connection, for SCRAM-SHA-256-PLUS.
+    fn channel_binding(&self) -> Option<&[u8]> {
+        None
+    }
     /// Writes all of `data` and pushes it out (TLS holds written bytes
     /// until flushed; for sockets the flush costs nothing).
     fn send<'a>(
@@ -106,6 +111,10 @@ impl ClientStream for crate::tls::ClientTls {
 
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         crate::tls::ClientTls::try_read(self, buf)
+    }
+
+    fn channel_binding(&self) -> Option<&[u8]> {
+        self.1.as_deref()
     }
 }
 
@@ -188,13 +197,12 @@ async fn accept_tcp(
         },
         Ok(Handshake::Gone) => Accepted::Done,
         Ok(Handshake::Tls) => {
-            let Some(acceptor) = tls else {
+            let Some(tls) = tls else {
                 return Accepted::Done;
             };
-            let client = match tokio::time::timeout_at(login.deadline, acceptor.accept(client))
-                .await
-            {
-                Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s)),
+            let accept = tls.acceptor.accept(client);
+            let client = match tokio::time::timeout_at(login.deadline, accept).await {
+                Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s), tls.end_point),
                 Ok(Err(e)) => {
                     tracing::info!(peer = %login.peer.text, error = %e, "client TLS handshake failed");
                     return Accepted::Done;
