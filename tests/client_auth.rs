@@ -65,6 +65,30 @@ fn psql(
     )
 }
 
+/// pgwake asking every client for SCRAM, with user alice (password
+/// `alice-pw`) in its user file and `client_auth` lines `extra`.
+fn scram_for_alice(cluster: &pgwake_testkit::Cluster, extra: &str) -> (Pgwake, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(dir.path(), "userlist.txt", "\"alice\" \"alice-pw\"\n");
+    let pg = start(
+        cluster,
+        "",
+        &format!("[client_auth]\nfile = \"{users}\"\n{extra}[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"),
+    );
+    (pg, dir)
+}
+
+/// A protocol 3.0 StartupMessage for `user` and database `app`.
+fn startup_packet(user: &str) -> Vec<u8> {
+    let body = format!("\x00\x03\x00\x00user\x00{user}\x00database\x00app\x00\x00");
+    let mut packet = u32::try_from(body.len() + 4)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    packet.extend_from_slice(body.as_bytes());
+    packet
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -203,13 +227,7 @@ async fn users_missing_from_the_file_are_looked_up_with_the_auth_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_with_too_many_failures_is_refused_for_a_while() {
     let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let users = write(dir.path(), "userlist.txt", "\"alice\" \"alice-pw\"\n");
-    let pg = start(
-        &cluster,
-        "",
-        &format!("[client_auth]\nfile = \"{users}\"\nmax_failures_per_minute = 3\n[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"),
-    );
+    let (pg, _dir) = scram_for_alice(&cluster, "max_failures_per_minute = 3\n");
     for _ in 0..3 {
         let (c, _) = connect_err(pg.port, "alice", Some("guess"), "app").await;
         assert_eq!(c, "28P01");
@@ -417,10 +435,7 @@ async fn slowloris_clients_are_closed_at_the_login_timeout_and_others_are_served
     let normal = pg.client().await;
 
     // A startup packet, sent a byte every 500 ms: 20 s for the whole packet.
-    let mut packet = Vec::new();
-    let body = b"\x00\x03\x00\x00user\x00app\x00database\x00app\x00\x00";
-    packet.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
-    packet.extend_from_slice(body);
+    let packet = startup_packet("app");
     let mut slow = Vec::with_capacity(SLOW);
     for _ in 0..SLOW {
         slow.push(
@@ -579,17 +594,8 @@ fn sqlstate_of(body: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_scram_messages_get_protocol_errors_and_harm_no_one() {
     let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let users = write(dir.path(), "userlist.txt", "\"alice\" \"alice-pw\"\n");
-    let pg = start(
-        &cluster,
-        "",
-        &format!("[client_auth]\nfile = \"{users}\"\n[[client_auth.rules]]\nmethod = \"scram-sha-256\"\n"),
-    );
-    let mut startup = Vec::new();
-    let body = b"\x00\x03\x00\x00user\x00alice\x00database\x00app\x00\x00";
-    startup.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
-    startup.extend_from_slice(body);
+    let (pg, _dir) = scram_for_alice(&cluster, "");
+    let startup = startup_packet("alice");
     let frame = |tag: u8, body: &[u8]| {
         let mut f = vec![tag];
         f.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
