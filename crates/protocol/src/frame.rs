@@ -32,6 +32,18 @@ pub enum Scanned<'a> {
     Body,
 }
 
+/// Whether a connection between requests has buffered enough to begin the
+/// next one (see [`Scanner::next_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextRequest {
+    /// Read more: at least `want` bytes must be buffered (a whole header,
+    /// or the whole of a frame the caller reads whole).
+    NeedMore { want: usize },
+    /// The frame with this tag can be forwarded now: [`Scanner::next`] with
+    /// the same `whole` answer consumes at least one byte of it.
+    Ready { tag: u8 },
+}
+
 /// Walks frames across reads. Cheap to keep per connection direction: two words.
 #[derive(Debug, Clone)]
 pub struct Scanner {
@@ -87,6 +99,29 @@ impl Scanner {
         let n = total.min(avail);
         self.skip = total - n;
         Ok(Some((Scanned::Start { tag }, pos + n)))
+    }
+
+    /// Whether the request that starts at `buf[0]` can begin. `whole` says,
+    /// from the frame's bytes as far as they arrived, whether the caller
+    /// reads that frame whole; such a frame is ready only once complete.
+    ///
+    /// A proxy that takes a server connection only for a ready request, and
+    /// reads the socket otherwise, can never hold a connection without
+    /// moving a byte: a frame it must see whole is never half-forwarded.
+    #[inline]
+    pub fn next_request(
+        &self,
+        buf: &[u8],
+        whole: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<NextRequest, FrameError> {
+        debug_assert!(self.at_boundary(), "next_request inside a frame");
+        let Some(total) = self.frame_len(buf)? else {
+            return Ok(NextRequest::NeedMore { want: HEADER_LEN });
+        };
+        if buf.len() < total && whole(buf) {
+            return Ok(NextRequest::NeedMore { want: total });
+        }
+        Ok(NextRequest::Ready { tag: buf[0] })
     }
 
     /// The total length (header included) of the frame starting at `buf[0]`,

@@ -13,7 +13,7 @@ pub mod frame;
 pub mod sqlstate;
 pub mod startup;
 
-pub use frame::{FrameError, Scanned, Scanner};
+pub use frame::{FrameError, NextRequest, Scanned, Scanner};
 pub use startup::{StartupError, StartupRequest};
 
 /// Size of a message header: one tag byte and a four-byte length.

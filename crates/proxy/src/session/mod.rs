@@ -15,7 +15,7 @@ use bytes::{Buf, BytesMut};
 use pgwake_config::PoolMode;
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::startup::{self, StartupRequest};
-use pgwake_protocol::{sqlstate, FrameError, Scanned, Scanner};
+use pgwake_protocol::{sqlstate, FrameError, NextRequest, Scanned, Scanner};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -846,6 +846,10 @@ impl<C: ClientStream> Session<C> {
 
     async fn serve_loop(&mut self) -> Stop {
         loop {
+            // Every turn spends from tokio's cooperative budget: should a
+            // turn ever move no bytes, this session still yields, and
+            // other clients, signals and the admin server go on.
+            tokio::task::consume_budget().await;
             if self.server.is_none() {
                 // Idle: wait for the client's next message.
                 match self.await_first_frame().await {
@@ -879,20 +883,26 @@ impl<C: ClientStream> Session<C> {
         }
     }
 
-    /// Waits until a whole frame header is buffered. `None`: the client left
-    /// (EOF or Terminate). An idle client is told when pgwake shuts down.
+    /// Waits until the client's next request can begin: a whole frame
+    /// header, and the whole frame when the relay reads that frame whole (a
+    /// Parse, say). `None`: the client left (EOF or Terminate). An idle
+    /// client is told when pgwake shuts down.
+    ///
+    /// Only a request that [`Scanner::next_request`] calls ready takes a
+    /// server connection, so the relay always moves a byte of it: a session
+    /// never attaches and releases without reading.
     async fn await_first_frame(&mut self) -> Result<Option<()>, Stop> {
+        let track = self.mode == PoolMode::Transaction;
         loop {
-            match self.cscan.frame_len(&self.cbuf) {
+            let want = match self
+                .cscan
+                .next_request(&self.cbuf, |f| relay::read_whole_at(track, f))
+            {
                 Err(e) => return Err(Stop::Fatal(too_large(&e))),
-                Ok(Some(_)) => {
-                    if self.cbuf[0] == b'X' {
-                        return Ok(None);
-                    }
-                    return Ok(Some(()));
-                }
-                Ok(None) => {}
-            }
+                Ok(NextRequest::Ready { tag: b'X' }) => return Ok(None),
+                Ok(NextRequest::Ready { .. }) => return Ok(Some(())),
+                Ok(NextRequest::NeedMore { want }) => want,
+            };
             if self.cbuf.is_empty() {
                 // Idle between transactions: give the buffer back and wait
                 // for readability holding none. Readiness can be stale (the
@@ -923,8 +933,11 @@ impl<C: ClientStream> Session<C> {
                 }
                 continue;
             }
-            if self.cbuf.capacity() - self.cbuf.len() < 64 {
-                self.cbuf.reserve(8 * 1024);
+            // Room for the rest of the frame (bounded by max_message_size,
+            // which `next_request` checked), and at least a few KiB.
+            let missing = want.saturating_sub(self.cbuf.len());
+            if self.cbuf.capacity() - self.cbuf.len() < missing.max(1024) {
+                self.cbuf.reserve(missing.max(8 * 1024));
             }
             let read = tokio::select! {
                 biased;

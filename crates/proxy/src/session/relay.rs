@@ -764,7 +764,7 @@ impl<C: ClientStream> Session<C> {
 /// transaction mode, the ones that name prepared statements; in session
 /// mode, none.
 #[inline]
-fn read_whole_at(track: bool, frame: &[u8]) -> bool {
+pub(super) fn read_whole_at(track: bool, frame: &[u8]) -> bool {
     track && crate::prepared::client_frame_read_whole_at(frame)
 }
 
