@@ -1,7 +1,8 @@
 #![forbid(unsafe_code)]
 //! `pgwake run` with the sidecar quick start configuration, driven by real Python
 //! clients: psycopg 3 from several threads, and a Django site served by
-//! gunicorn with `CONN_MAX_AGE = 0`.
+//! gunicorn with `CONN_MAX_AGE = 0`, with psycopg's default client-side
+//! binding and with `server_side_binding = True`.
 //!
 //! The Python side lives in `tests/python/`. Its virtualenv is
 //! `target/pyenv`, created here (or by `.ci/run`) from
@@ -36,6 +37,10 @@ const PSYCOPG_THREADS: u32 = 8;
 const PSYCOPG_ITERATIONS: u32 = 40;
 const HTTP_REQUESTS: u32 = 300;
 const GUNICORN_WORKERS: u32 = 4;
+/// Every request of the Django site sends one parameterised query longer
+/// than this, so that under server-side binding its extended-protocol batch
+/// (Parse, Bind, Describe, Execute, Sync) is larger too.
+const LONG_SQL_BYTES: usize = 512;
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -107,8 +112,8 @@ fn python_cmd(program: &Path) -> Command {
     cmd
 }
 
-/// A throwaway cluster with SCRAM auth for `app`, and `pgwake run` in front
-/// of it with the sidecar configuration.
+/// A throwaway cluster with SCRAM auth for `app` and the given extra
+/// settings, and `pgwake run` in front of it with the sidecar configuration.
 struct Stack {
     pgwake: Proc,
     port: u16,
@@ -118,13 +123,15 @@ struct Stack {
 }
 
 impl Stack {
-    fn start(name: &str) -> Result<Stack> {
+    fn start(name: &str, server_settings: &[(&str, &str)]) -> Result<Stack> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("pgwake-py-{name}-"))
             .tempdir()?;
         ensure_venv(dir.path())?;
 
-        let cluster = Cluster::builder()
+        let cluster = server_settings
+            .iter()
+            .fold(Cluster::builder(), |b, (key, value)| b.setting(key, value))
             .auth(HostAuth::Scram)
             .user(USER, PASSWORD)
             .database(DB, USER)
@@ -223,7 +230,7 @@ fn multiples(n: u32, m: u32) -> u32 {
 
 #[test]
 fn psycopg3_threads_through_pgwake() -> Result<()> {
-    let mut stack = Stack::start("psycopg")?;
+    let mut stack = Stack::start("psycopg", &[])?;
 
     let mut cmd = python_cmd(&venv_bin("python"));
     cmd.arg(python_dir().join("psycopg_load.py"))
@@ -263,15 +270,34 @@ fn psycopg3_threads_through_pgwake() -> Result<()> {
 
 #[test]
 fn django_under_gunicorn_through_pgwake() -> Result<()> {
-    let mut stack = Stack::start("django")?;
+    django_under_gunicorn("django", false)
+}
+
+/// Under psycopg 3 server-side binding every query with parameters is sent
+/// with the extended protocol, including the site's long IN-list query and
+/// Django's own statements during `migrate`.
+#[test]
+fn django_with_server_side_binding_through_pgwake() -> Result<()> {
+    django_under_gunicorn("django-ssb", true)
+}
+
+/// Migrates the Django site through pgwake, serves it with gunicorn and
+/// sends it HTTP_REQUESTS requests, each of which must succeed and leave
+/// its row on the server exactly once.
+fn django_under_gunicorn(name: &str, server_side_binding: bool) -> Result<()> {
+    // The server log then shows which protocol carried each statement:
+    // `execute <name>: ...` for the extended one, `statement: ...` otherwise.
+    let mut stack = Stack::start(name, &[("log_statement", "all")])?;
     let site = python_dir().join("django_site");
+    let binding_flag = if server_side_binding { "1" } else { "0" };
     let django_env = |mut cmd: Command, port: u16| {
         cmd.current_dir(&site)
             .env("DJANGO_SETTINGS_MODULE", "site_conf.settings")
             .env("DJANGO_DB_HOST", "127.0.0.1")
             .env("DJANGO_DB_PORT", port.to_string())
             .env("DJANGO_DB_NAME", DB)
-            .env("DJANGO_DB_USER", USER);
+            .env("DJANGO_DB_USER", USER)
+            .env("DJANGO_DB_SERVER_SIDE_BINDING", binding_flag);
         cmd
     };
 
@@ -312,6 +338,57 @@ fn django_under_gunicorn_through_pgwake() -> Result<()> {
     assert!(summary.starts_with("http: ok"), "{out}");
     eprintln!("{summary}");
     drop(gunicorn);
+
+    // What the site says it sent: each request ran its long query with
+    // parameters, bound as configured.
+    let field = |key: &str| {
+        summary
+            .split(' ')
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_default()
+    };
+    let binding = if server_side_binding {
+        "server"
+    } else {
+        "client"
+    };
+    assert_eq!(field("binding"), binding, "{summary}");
+    let shortest: usize = field("longest_param_sql_min")
+        .parse()
+        .with_context(|| format!("longest_param_sql_min in {summary:?}"))?;
+    assert!(
+        shortest > LONG_SQL_BYTES,
+        "a request ran no parameterised SQL over {LONG_SQL_BYTES} bytes: {summary}"
+    );
+    // What the server says it received with the extended protocol: the long
+    // query with $n placeholders once per request, and migrate's record of
+    // the migration it applied; with client-side binding, neither.
+    let log = fs::read_to_string(stack.cluster.log_file()).context("reading the server log")?;
+    let executed: Vec<&str> = log
+        .lines()
+        .filter_map(|line| Some(line.split_once("LOG:  execute ")?.1.split_once(": ")?.1))
+        .collect();
+    let long_queries = executed
+        .iter()
+        .filter(|sql| {
+            sql.len() > LONG_SQL_BYTES && sql.contains("\"notes_note\"") && sql.contains("$1")
+        })
+        .count();
+    let migration_records = executed
+        .iter()
+        .filter(|sql| sql.starts_with("INSERT INTO \"django_migrations\"") && sql.contains("$1"))
+        .count();
+    let (long_expected, records_expected) = if server_side_binding {
+        (HTTP_REQUESTS as usize, 1)
+    } else {
+        (0, 0)
+    };
+    assert_eq!(
+        (long_queries, migration_records),
+        (long_expected, records_expected),
+        "extended-protocol statements in the server log: parameterised over \
+         {LONG_SQL_BYTES} bytes on notes_note, and inserts into django_migrations"
+    );
 
     // Every request's row is on the server, exactly once.
     let rows = stack.psql(&format!(

@@ -4,6 +4,10 @@ The database is pgwake's listener: no password (pgwake trusts local clients
 and logs in to the server itself), and CONN_MAX_AGE = 0 so every request opens
 and closes its own connection, as many deployments do in front of a pooler.
 Host, port, database and user come from DJANGO_DB_* environment variables.
+
+DJANGO_DB_SERVER_SIDE_BINDING=1 turns on psycopg 3 server-side binding: every
+query with parameters then goes out as Parse/Bind/Execute with $n
+placeholders instead of having its values inlined by the client.
 """
 
 import os
@@ -29,6 +33,13 @@ DATABASES = {
         "OPTIONS": {"connect_timeout": 10},
     }
 }
+
+_binding = os.environ.get("DJANGO_DB_SERVER_SIDE_BINDING", "0")
+if _binding not in ("0", "1"):
+    # A typo must not silently test the default binding instead.
+    raise ValueError(f"DJANGO_DB_SERVER_SIDE_BINDING must be 0 or 1, not {_binding!r}")
+if _binding == "1":
+    DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
