@@ -76,7 +76,7 @@ pub fn load<'a>(
         let Some(rest) = name.strip_prefix("PGWAKE_") else {
             continue;
         };
-        if NOT_KEYS.contains(&name) {
+        if NOT_KEYS.contains(&name) || injected_service_link(name, value) {
             continue;
         }
         let lower = rest.to_ascii_lowercase();
@@ -84,8 +84,14 @@ pub fn load<'a>(
             .iter()
             .find_map(|(p, path)| lower.strip_prefix(p).map(|k| (*path, k)))
         else {
+            let hint = closest(
+                &lower,
+                SECTIONS.iter().map(|(p, _)| *p),
+            )
+            .map(|p| format!("; did you mean PGWAKE_{}…?", p.to_ascii_uppercase()))
+            .unwrap_or_default();
             errors.push(format!(
-                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth)"
+                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth){hint}"
             ));
             continue;
         };
@@ -139,7 +145,11 @@ pub fn load<'a>(
                     .find(|(p, _)| *p == path)
                     .map(|(_, var)| var.as_str())
                     .unwrap_or(file_name);
-                errors.push(format!("{path}: {} (in {origin})", e.inner()));
+                let mut message = format!("{path}: {} (in {origin})", e.inner());
+                if origin != file_name {
+                    message.push_str(&did_you_mean(origin, &e.inner().to_string()));
+                }
+                errors.push(message);
                 let parts: Vec<&str> = path.split('.').collect();
                 if path == "." || !remove(&mut value, &parts) {
                     break;
@@ -156,6 +166,70 @@ pub fn load<'a>(
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Whether `name=value` is one of the variables Kubernetes injects for a
+/// Service whose name maps to `PGWAKE_…` (service links: `X_SERVICE_HOST`,
+/// `X_SERVICE_PORT`, `X_SERVICE_PORT_<PORT NAME>`, `X_PORT=tcp://…`,
+/// `X_PORT_<N>_TCP`, and its `_PROTO`, `_PORT`, `_ADDR`). They are not
+/// overrides, and a pod in a namespace with a Service named `pgwake` (or
+/// `pgwake-server`, whose `PGWAKE_SERVER_PORT` is `tcp://…`) gets them
+/// whatever its manifest says.
+fn injected_service_link(name: &str, value: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    let words: Vec<&str> = upper.split('_').collect();
+    let is_proto = |w: &str| matches!(w, "TCP" | "UDP" | "SCTP");
+    let is_port_number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    // X_SERVICE_HOST, X_SERVICE_PORT, X_SERVICE_PORT_<NAME>
+    if let Some(i) = words.iter().position(|w| *w == "SERVICE") {
+        if matches!(words.get(i + 1..), Some(["HOST"] | ["PORT", ..])) {
+            return true;
+        }
+    }
+    // X_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]
+    for (i, w) in words.iter().enumerate() {
+        if *w == "PORT"
+            && words.get(i + 1).is_some_and(|n| is_port_number(n))
+            && words.get(i + 2).is_some_and(|p| is_proto(p))
+        {
+            match words.get(i + 3..) {
+                Some([]) | Some(["PROTO"]) | Some(["PORT"]) | Some(["ADDR"]) => return true,
+                _ => {}
+            }
+        }
+    }
+    // X_PORT=tcp://10.0.0.7:6432
+    upper.ends_with("_PORT")
+        && ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|p| value.to_ascii_lowercase().starts_with(p))
+}
+
+/// The candidate nearest to `word`, when it is near enough to be a typo.
+fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// For an override naming a key its section does not have (serde's
+/// "unknown field `x`, expected one of `a`, `b`"), the variable it resembles.
+fn did_you_mean(var: &str, message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return String::new();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return String::new();
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let Some(best) = closest(unknown, known.iter().copied()) else {
+        return String::new();
+    };
+    let prefix = &var[..var.len().saturating_sub(unknown.len())];
+    format!("; did you mean {prefix}{}?", best.to_ascii_uppercase())
 }
 
 fn lookup<'v>(v: &'v Value, path: &[&str]) -> Option<&'v Value> {
@@ -701,11 +775,49 @@ mod tests {
 
         let e = errs("[server]\nhost = \"db\"\n", &[("PGWAKE_POOL_SISE", "3")]).join("\n");
         assert!(e.contains("PGWAKE_POOL_SISE"), "{e}");
+        let e = errs("[server]\nhost = \"db\"\n", &[("PGWAKE_POOL_SIZ", "5")]).join("\n");
+        assert!(
+            e.contains("PGWAKE_POOL_SIZ") && e.contains("did you mean PGWAKE_POOL_SIZE?"),
+            "{e}"
+        );
         let e = errs("[server]\nhost = \"db\"\n", &[("PGWAKE_POOL_SIZE", "lots")]).join("\n");
         assert!(
             e.contains("PGWAKE_POOL_SIZE") && e.contains("whole number"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_overrides() {
+        // What the kubelet injects for Services named pgwake, pgwake-admin
+        // and pgwake-server, next to real overrides.
+        let mut env = vec![("PGWAKE_POOL_SIZE", "7"), ("PGWAKE_SERVER_PORT", "5433")];
+        let links = [
+            ("PGWAKE_SERVICE_HOST", "10.0.0.7"),
+            ("PGWAKE_SERVICE_PORT", "6432"),
+            ("PGWAKE_SERVICE_PORT_POSTGRES", "6432"),
+            ("PGWAKE_SERVICE_PORT_ADMIN", "9930"),
+            ("PGWAKE_PORT", "tcp://10.0.0.7:6432"),
+            ("PGWAKE_PORT_6432_TCP", "tcp://10.0.0.7:6432"),
+            ("PGWAKE_PORT_6432_TCP_PROTO", "tcp"),
+            ("PGWAKE_PORT_6432_TCP_PORT", "6432"),
+            ("PGWAKE_PORT_6432_TCP_ADDR", "10.0.0.7"),
+            ("PGWAKE_ADMIN_SERVICE_HOST", "10.0.0.8"),
+            ("PGWAKE_ADMIN_PORT", "tcp://10.0.0.8:9930"),
+            ("PGWAKE_ADMIN_PORT_9930_TCP_ADDR", "10.0.0.8"),
+            ("PGWAKE_SERVER_SERVICE_PORT", "6432"),
+            ("PGWAKE_POOL_PORT_53_UDP", "udp://10.0.0.9:53"),
+        ];
+        env.extend(links);
+        let c = ok("[server]\nhost = \"db\"\n", &env);
+        assert_eq!(c.pool.size, 7);
+        assert_eq!(c.server.port, 5433);
+        // A Service named pgwake-server: its PGWAKE_SERVER_PORT is a link.
+        let c = ok(
+            "[server]\nhost = \"db\"\nport = 5434\n",
+            &[("PGWAKE_SERVER_PORT", "tcp://10.0.0.9:6432")],
+        );
+        assert_eq!(c.server.port, 5434);
     }
 
     #[test]
