@@ -6,6 +6,7 @@ mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -192,8 +193,61 @@ fn run(src: &Source) -> anyhow::Result<ExitCode> {
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
             }
         });
-        proxy.run(shutdown_signal()).await;
+        let stop = watch_stop_signals(proxy.shared())?;
+        proxy.run(stop).await;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Handles SIGTERM and SIGINT on a thread of their own, so that they are
+/// obeyed whatever the runtime is doing. The first begins the graceful stop
+/// (after `listen.shutdown_delay`, during which pgwake serves as usual);
+/// a second stops pgwake at once, as PgBouncer's second SIGINT does. Should
+/// the graceful stop not finish well after its grace period, the process
+/// ends anyway. Returns what `Proxy::run` waits on.
+fn watch_stop_signals(
+    shared: std::sync::Arc<pgwake_proxy::Shared>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install the SIGTERM/SIGINT handlers")?;
+    let requested = tokio_util::sync::CancellationToken::new();
+    let on_signal = requested.clone();
+    let settings = shared.clone();
+    let listen = move || settings.config().listen.clone();
+    std::thread::Builder::new()
+        .name("pgwake-signals".into())
+        .spawn(move || {
+            let mut received = false;
+            for sig in signals.forever() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if received {
+                    tracing::warn!("{name} received again: stopping at once");
+                    std::process::exit(0);
+                }
+                received = true;
+                let listen = listen();
+                tracing::info!(delay = ?listen.shutdown_delay, grace = ?listen.shutdown_grace, "{name} received: stopping gracefully (send it again to stop at once)");
+                on_signal.cancel();
+                // A last resort, for a stop that cannot finish on its own.
+                let limit = listen.shutdown_delay + listen.shutdown_grace + Duration::from_secs(10);
+                let _ = std::thread::Builder::new()
+                    .name("pgwake-stop-limit".into())
+                    .spawn(move || {
+                        std::thread::sleep(limit);
+                        tracing::error!("pgwake did not stop within {limit:?} of the signal; exiting");
+                        std::process::exit(1);
+                    });
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(async move {
+        requested.cancelled().await;
+        let delay = shared.config().listen.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "still accepting clients for listen.shutdown_delay");
+            tokio::time::sleep(delay).await;
+        }
     })
 }
 
@@ -245,10 +299,16 @@ pub(crate) fn init_logging(config: &Config) -> Option<pgwake_proxy::LogLevelSett
             reload(EnvFilter::new(level))
         })
     };
+    // Colour only for a person at a terminal: container runtimes, the
+    // journal and log collectors read a pipe or a file, where escape codes
+    // are noise. NO_COLOR (any non-empty value) turns it off everywhere.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // The text and JSON builders differ in type: one body for both.
     macro_rules! install {
         ($fmt:expr) => {{
             let builder = $fmt
+                .with_ansi(colour)
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .with_filter_reloading();

@@ -243,6 +243,83 @@ async fn sigterm_lets_transactions_finish_then_exits() {
     assert_eq!(left, 0, "server connections left open");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_at_once() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let mut pg = Pgwake::start_config(
+        &config_for(&cluster, port, "size = 5\nmin_idle = 1"),
+        port,
+        &[],
+    );
+    // A transaction left open would hold the graceful stop for the whole
+    // grace period (10 s in the test config).
+    let mut busy = pg.client().await;
+    let tx = busy.transaction().await.unwrap();
+    tx.query_one("select 1", &[]).await.unwrap();
+
+    pg.signal("TERM");
+    pg.wait_for_log("stopping gracefully", Duration::from_secs(5));
+    assert!(
+        pg.wait_exit(Duration::from_millis(500)).is_none(),
+        "the first SIGTERM waits for the transaction"
+    );
+    pg.signal("TERM");
+    let status = pg.wait_exit(Duration::from_secs(1));
+    assert!(
+        status.is_some(),
+        "still running 1 s after the second SIGTERM\n{}",
+        pg.logs()
+    );
+    assert!(pg.logs().contains("stopping at once"), "{}", pg.logs());
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_keeps_serving_after_sigterm() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let toml = config_for(&cluster, port, "size = 5\nmin_idle = 1")
+        .replace("[listen]\n", "[listen]\nshutdown_delay = \"5s\"\n");
+    let mut pg = Pgwake::start_config(&toml, port, &[]);
+    let idle = pg.client().await;
+    idle.query_one("select 1", &[]).await.unwrap();
+
+    pg.signal("TERM");
+    pg.wait_for_log("still accepting clients", Duration::from_secs(5));
+    // An app signalled at the same moment still drains its requests: a
+    // client that connects two seconds later is served, and so is one
+    // connected before.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late = pg.client().await;
+    let v: i32 = late.query_one("select 2", &[]).await.unwrap().get(0);
+    assert_eq!(v, 2);
+    let v: i32 = idle.query_one("select 3", &[]).await.unwrap().get(0);
+    assert_eq!(v, 3);
+    // Then the graceful stop runs as usual.
+    let status = pg
+        .wait_exit(Duration::from_secs(20))
+        .expect("stops after the delay");
+    assert!(status.success(), "{status:?}\n{}", pg.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_read_through_a_pipe_have_no_escape_codes() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 2\nmin_idle = 1");
+    let c = pg.client().await;
+    c.query_one("select 1", &[]).await.unwrap();
+    // What a container runtime or the journal collects: pgwake's stderr is
+    // a pipe here.
+    let logs = pg.logs();
+    assert!(logs.contains("INFO"), "no log lines read: {logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape codes in piped logs: {:?}",
+        logs.lines().find(|l| l.contains('\u{1b}'))
+    );
+}
+
 #[test]
 fn demo_runs_its_workload_and_cleans_up() {
     let (code, out, err) = pgwake(

@@ -83,7 +83,10 @@ def check_probe(where, probe):
 
 
 def shutdown_grace(toml_text):
-    return seconds(tomllib.loads(toml_text).get("listen", {}).get("shutdown_grace", "30s"))
+    """How long pgwake may take to stop after SIGTERM: its shutdown delay
+    (still serving) and then its grace period."""
+    listen = tomllib.loads(toml_text).get("listen", {})
+    return seconds(listen.get("shutdown_delay", "0s")) + seconds(listen.get("shutdown_grace", "30s"))
 
 
 def write_config(out, name, toml_text, env):
@@ -185,8 +188,9 @@ def containerapp(out):
             env[e["name"]] = e.get("value", "placeholder-secret")
         write_config(out, "azure-containerapp", image_toml, env)
         grace = seconds(env.get("PGWAKE_LISTEN_SHUTDOWN_GRACE", "30s"))
+        grace += seconds(env.get("PGWAKE_LISTEN_SHUTDOWN_DELAY", "0s"))
         if template.get("terminationGracePeriodSeconds", 30) <= grace:
-            problem(f"{rel(path)}: terminationGracePeriodSeconds does not exceed PGWAKE_LISTEN_SHUTDOWN_GRACE")
+            problem(f"{rel(path)}: terminationGracePeriodSeconds does not exceed PGWAKE_LISTEN_SHUTDOWN_DELAY + PGWAKE_LISTEN_SHUTDOWN_GRACE")
     if not found:
         problem(f"{rel(path)}: no pgwake container")
 

@@ -111,6 +111,21 @@ impl Pgwake {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits (bounded) until pgwake has logged `text`.
+    pub fn wait_for_log(&self, text: &str, limit: Duration) {
+        let steps = limit.as_millis() / 20;
+        for _ in 0..steps {
+            if self.logs().contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "pgwake did not log {text:?} within {limit:?}:\n{}",
+            self.logs()
+        );
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("postgres://app@127.0.0.1:{}/{db}", self.port)
     }

@@ -138,6 +138,12 @@ pub struct Listen {
     /// How long transactions in flight may run on after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long pgwake goes on accepting and serving as usual after the
+    /// first SIGTERM/SIGINT, before the graceful stop begins: for platforms
+    /// that signal every container of a pod or app at once (Azure Container
+    /// Apps), so the app can drain requests that still need the database.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// Threads serving clients. 1 (the default) is fastest per CPU second
     /// when pgwake shares a few cores with the app and the database; more
     /// helps a shared service on a large machine. 0: one per core.
@@ -158,6 +164,7 @@ impl Default for Listen {
             client_tls_key: None,
             max_message_size: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             worker_threads: 1,
         }
     }
