@@ -84,12 +84,9 @@ pub fn load<'a>(
             .iter()
             .find_map(|(p, path)| lower.strip_prefix(p).map(|k| (*path, k)))
         else {
-            let hint = closest(
-                &lower,
-                SECTIONS.iter().map(|(p, _)| *p),
-            )
-            .map(|p| format!("; did you mean PGWAKE_{}…?", p.to_ascii_uppercase()))
-            .unwrap_or_default();
+            let hint = closest(&lower, SECTIONS.iter().map(|(p, _)| *p))
+                .map(|p| format!("; did you mean PGWAKE_{}…?", p.to_ascii_uppercase()))
+                .unwrap_or_default();
             errors.push(format!(
                 "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth){hint}"
             ));
