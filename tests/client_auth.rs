@@ -573,6 +573,61 @@ async fn the_admin_console_admits_only_its_users() {
     boss.simple_query("RESUME").await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_without_an_admin_user_may_only_look() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let pg = start(
+        &cluster,
+        &format!("unix_socket_dir = \"{}\"\n", dir.path().display()),
+        "",
+    );
+    // A neighbour on loopback (no admin.admin_users set): SHOW works...
+    let neighbour = pgwake_testkit::connect("127.0.0.1", pg.port, "app", None, "pgwake")
+        .await
+        .unwrap();
+    let rows = neighbour.simple_query("SHOW POOLS").await.unwrap();
+    assert!(rows.len() >= 2, "a pool row and the completion");
+    // ...but nothing that changes state.
+    for command in ["SHUTDOWN", "SLEEP", "PAUSE", "RESUME", "RELOAD", "WAKE"] {
+        let e = neighbour
+            .simple_query(command)
+            .await
+            .expect_err("loopback may not change state");
+        assert_eq!(code(&e), "42501", "{command}: {e}");
+    }
+    let c = pg.client().await;
+    c.simple_query("select 1").await.unwrap();
+
+    // The unix socket, whose file permissions decide, may.
+    let socket = dir.path().to_str().unwrap();
+    let local = pgwake_testkit::connect(socket, pg.port, "app", None, "pgwake")
+        .await
+        .unwrap();
+    local.simple_query("PAUSE").await.unwrap();
+    local.simple_query("RESUME").await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_user_on_loopback_may_change_state() {
+    let cluster = cluster();
+    let pg = start(&cluster, "", "[admin]\nadmin_users = [\"app\"]\n");
+    let admin = pgwake_testkit::connect("127.0.0.1", pg.port, "app", None, "pgwake")
+        .await
+        .unwrap();
+    admin.simple_query("PAUSE").await.unwrap();
+    admin.simple_query("RESUME").await.unwrap();
+    let c = pg.client().await;
+    c.simple_query("select 1").await.unwrap();
+    admin.simple_query("SHUTDOWN").await.ok();
+    let mut pg = pg;
+    assert!(
+        pg.wait_exit(Duration::from_secs(15)).is_some(),
+        "SHUTDOWN from an admin user stops pgwake"
+    );
+}
+
 /// Reads one backend message: its tag and body.
 async fn read_message(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];

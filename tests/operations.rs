@@ -239,7 +239,9 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
 async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
     let cluster = cluster();
     let port = pgwake_testkit::free_port();
-    let base = config_for(&cluster, port, "size = 2\nmin_idle = 1");
+    // RELOAD on the console needs an admin user.
+    let base =
+        config_for(&cluster, port, "size = 2\nmin_idle = 1") + "[admin]\nadmin_users = [\"app\"]\n";
     let mut p = Pgwake::start_config(&base, port, &[]);
     let url = p.url("app");
     // Four clients at once in transactions: the pool gives out two connections.

@@ -29,17 +29,26 @@ pub(crate) enum Access {
 }
 
 /// What `user` from `origin` may do on the console, if anything.
+///
+/// Commands that change state need a user in `admin.admin_users`, or the
+/// unix socket (whose file permissions decide who reaches it). A loopback
+/// client is not trusted with them by its address alone: in a pod, every
+/// neighbour container (and a mesh proxy forwarding from 127.0.0.6) is on
+/// loopback. With neither list set, loopback clients may run `SHOW`.
 fn access(admin: &pgwake_config::Admin, user: &str, origin: ClientOrigin) -> Option<Access> {
     let listed = |users: &[String]| users.iter().any(|u| u == user);
+    let Some(ip) = origin.ip else {
+        return Some(Access::Admin);
+    };
     if listed(&admin.admin_users) {
         Some(Access::Admin)
     } else if listed(&admin.stats_users) {
         Some(Access::Stats)
     } else if admin.admin_users.is_empty()
         && admin.stats_users.is_empty()
-        && origin.ip.is_none_or(|ip| ip.to_canonical().is_loopback())
+        && ip.to_canonical().is_loopback()
     {
-        Some(Access::Admin)
+        Some(Access::Stats)
     } else {
         None
     }
@@ -62,7 +71,7 @@ pub(crate) async fn serve<C: ClientStream>(
     let Some(access) = access(&config.admin, user, peer.origin) else {
         let e = ErrorMessage::fatal(
             sqlstate::INVALID_AUTHORIZATION,
-            format!("user \"{user}\" may not use the admin console (admin.admin_users, admin.stats_users; with both empty, only clients on loopback or the unix socket may)"),
+            format!("user \"{user}\" may not use the admin console (admin.admin_users, admin.stats_users; with both empty, loopback clients may run SHOW commands and unix-socket clients any command)"),
         );
         let mut out = BytesMut::new();
         e.write(&mut out);
@@ -198,7 +207,7 @@ async fn run(shared: &Arc<Shared>, sql: &str, access: Access, out: &mut BytesMut
             out,
             sqlstate::INSUFFICIENT_PRIVILEGE,
             format!(
-                "{} needs a user in admin.admin_users; admin.stats_users may run SHOW commands only",
+                "{} needs a user in admin.admin_users (or a client on the unix socket); other console users may run SHOW commands only",
                 words.first().copied().unwrap_or_default()
             ),
         );
