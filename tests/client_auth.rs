@@ -574,6 +574,76 @@ async fn the_admin_console_admits_only_its_users() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_the_configuration_does_not_serve_is_refused() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().to_str().unwrap().to_owned();
+    let listen = format!("unix_socket_dir = \"{socket}\"\n");
+    let pg = start(&cluster, &listen, "");
+    // The server user is served (the positive case)...
+    let c = pg.client().await;
+    let who: String = c
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "app");
+    // ...anyone else is refused over TCP and over the unix socket, with
+    // the name in the error, instead of being given app's privileges.
+    for host in ["127.0.0.1", socket.as_str()] {
+        for user in ["no_such_user", "postgres", "readonly"] {
+            let e = pgwake_testkit::connect(host, pg.port, user, None, "app")
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{user} via {host} was served"));
+            let e = e.downcast::<tokio_postgres::Error>().unwrap();
+            assert_eq!(code(&e), "28000", "{user} via {host}: {e}");
+            let m = e.as_db_error().unwrap().message().to_owned();
+            assert!(m.contains(&format!("\"{user}\"")), "{m}");
+        }
+    }
+    drop(pg);
+
+    // Listed client users, and the explicit opt-in, are served as app.
+    let port = pgwake_testkit::free_port();
+    let toml = config_for(&cluster, port, "min_idle = 1").replace(
+        "password = \"app-secret\"\n",
+        "password = \"app-secret\"\nclient_users = [\"web\"]\n",
+    );
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let web = pgwake_testkit::connect("127.0.0.1", pg.port, "web", None, "app")
+        .await
+        .unwrap();
+    let who: String = web
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "app");
+    assert!(
+        pgwake_testkit::connect("127.0.0.1", pg.port, "other", None, "app")
+            .await
+            .is_err()
+    );
+    drop(pg);
+    let port = pgwake_testkit::free_port();
+    let toml = config_for(&cluster, port, "min_idle = 1").replace(
+        "password = \"app-secret\"\n",
+        "password = \"app-secret\"\nmap_any_client_user = true\n",
+    );
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let any = pgwake_testkit::connect("127.0.0.1", pg.port, "no_such_user", None, "app")
+        .await
+        .unwrap();
+    let who: String = any
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_without_an_admin_user_may_only_look() {
     let cluster = cluster();
     let dir = tempfile::tempdir().unwrap();

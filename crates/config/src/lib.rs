@@ -561,6 +561,13 @@ pub struct ServerAuth {
     /// How often to run `command` again when its output has no expiry.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Client user names served as `user`, besides `user` itself (a client
+    /// logging in as anyone else gets 28000). Env: comma-separated.
+    pub client_users: Vec<String>,
+    /// Serve a client logging in as any user name as `user`. Off: an app
+    /// that asked for another role (or mistyped its user) is refused rather
+    /// than given this role's privileges.
+    pub map_any_client_user: bool,
 }
 
 impl Default for ServerAuth {
@@ -579,6 +586,8 @@ impl Default for ServerAuth {
             refresh_margin: Duration::from_secs(300),
             fetch_timeout: Duration::from_secs(10),
             refresh_interval: Duration::from_secs(300),
+            client_users: Vec::new(),
+            map_any_client_user: false,
         }
     }
 }
@@ -657,6 +666,10 @@ pub struct Database {
     /// 53300. Unset: `listen.max_client_conn_per_database`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_client_conn: Option<usize>,
+    /// Client user names served as this entry's server user. Unset:
+    /// `server.auth.client_users`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -783,6 +796,26 @@ pub struct Route {
     pub mode: PoolMode,
     pub size: usize,
     pub min_idle: usize,
+    /// Client user names served as `user`, besides `user` itself.
+    pub client_users: Vec<String>,
+    /// Any client user name is served as `user`.
+    pub any_client_user: bool,
+}
+
+impl Route {
+    /// Whether a client logging in as `client_user` (without a password
+    /// that proved it) is served here.
+    pub fn serves(&self, client_user: &str) -> bool {
+        match &self.user {
+            // The client's own user name goes to the server.
+            None => true,
+            Some(u) => {
+                u == client_user
+                    || self.any_client_user
+                    || self.client_users.iter().any(|c| c == client_user)
+            }
+        }
+    }
 }
 
 impl Config {
@@ -805,6 +838,10 @@ impl Config {
             mode: db.and_then(|d| d.mode).unwrap_or(self.pool.mode),
             size: get(|d| d.size, self.pool.size),
             min_idle: get(|d| d.min_idle, self.pool.min_idle),
+            client_users: db
+                .and_then(|d| d.client_users.clone())
+                .unwrap_or_else(|| self.server.auth.client_users.clone()),
+            any_client_user: self.server.auth.map_any_client_user,
         })
     }
 

@@ -98,7 +98,8 @@ impl ClientAuth {
     }
 
     /// Runs the applicable method with the client. `Ok`: it may proceed
-    /// (AuthenticationOk not yet sent); `Err`: send the error and close.
+    /// (AuthenticationOk not yet sent), and whether it proved who it is with
+    /// a password (a user the operator listed); `Err`: send the error and close.
     /// `lookup` asks `client_auth.query` for a user missing from the file.
     #[allow(clippy::too_many_arguments)]
     pub async fn authenticate<C: ClientStream, L: std::future::Future<Output = Option<String>>>(
@@ -110,7 +111,7 @@ impl ClientAuth {
         user: &str,
         metrics: &Metrics,
         lookup: impl FnOnce() -> L,
-    ) -> Result<(), ErrorMessage> {
+    ) -> Result<bool, ErrorMessage> {
         let rules = self.rules();
         let host = origin.host();
         let Some((i, rule)) = rules
@@ -128,7 +129,7 @@ impl ClientAuth {
             ));
         };
         match rule.method {
-            ClientAuthMethod::Trust => Ok(()),
+            ClientAuthMethod::Trust => Ok(false),
             ClientAuthMethod::Reject => {
                 let which = if rules.configured {
                     format!("client_auth.rules[{i}]")
@@ -190,7 +191,7 @@ impl ClientAuth {
                         let mut out = BytesMut::new();
                         backend::auth_sasl_final(&mut out, server_final.as_bytes());
                         client.send(&out).await.map_err(|_| closed())?;
-                        Ok(())
+                        Ok(true)
                     }
                     Err(Exchanged::Gone) => Err(closed()),
                     Ok(_) | Err(Exchanged::Failed) => {
@@ -278,6 +279,8 @@ pub(crate) async fn query_secret(shared: &crate::Shared, user: &str) -> Option<S
         mode: pgwake_config::PoolMode::Transaction,
         size: 2,
         min_idle: 0,
+        client_users: Vec::new(),
+        any_client_user: false,
     };
     let key = crate::pool::PoolKey {
         dbname: dbname.clone(),

@@ -394,7 +394,7 @@ impl Login {
             ));
         }
         let lookup = || crate::auth::query_secret(shared, user);
-        shared
+        let by_password = shared
             .client_auth
             .authenticate(
                 client,
@@ -406,6 +406,15 @@ impl Login {
                 lookup,
             )
             .await?;
+        // A login without a password names a user only: serve it only as
+        // the configuration says, never as some other role by default.
+        if !by_password && !admin::console::is_console(database) {
+            if let Some(route) = config.route(database) {
+                if !route.serves(user) {
+                    return Err(not_served(&route, database, user));
+                }
+            }
+        }
         let admission = shared
             .client_limits
             .admit(&config, database, user)
@@ -1110,6 +1119,16 @@ impl<C: ClientStream> Session<C> {
             format!("terminating connection due to idle-session timeout (pgwake timeouts.client_idle_timeout = {limit:?})"),
         )
     }
+}
+
+/// The error for a client user the configuration does not serve.
+fn not_served(route: &pgwake_config::Route, database: &str, user: &str) -> ErrorMessage {
+    let server_user = route.user.as_deref().unwrap_or_default();
+    ErrorMessage::fatal(
+        sqlstate::INVALID_AUTHORIZATION,
+        format!("pgwake does not serve user \"{user}\" on database \"{database}\": clients log in as \"{server_user}\" (the server user){}", if route.client_users.is_empty() { String::new() } else { format!(" or one of {:?}", route.client_users) }),
+    )
+    .with_hint(format!("connect as \"{server_user}\", or list \"{user}\" in server.auth.client_users (or [databases.{database}] client_users) to serve it as \"{server_user}\""))
 }
 
 fn shutting_down() -> ErrorMessage {
