@@ -276,6 +276,12 @@ async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
     assert_eq!(arm.starts(), 1);
     assert!(pg.logs().contains("HTTP 429"), "{}", pg.logs());
 
+    // ARM's start finishes (the client may be served before pg_ctl, which
+    // polls, has seen the server ready).
+    wait_for("ARM to report Ready", Duration::from_secs(30), || {
+        arm.state() == "Ready"
+    })
+    .await;
     // The server goes down behind ARM's back (ARM still says Ready): clients
     // get connection errors, no start is attempted, and ARM is asked about
     // the state at most once per state_cache_ttl.

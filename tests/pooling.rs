@@ -501,3 +501,71 @@ async fn dead_pooled_connections_are_replaced_transparently() {
         assert_eq!(v, i);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_entries_on_one_server_database_keep_their_own_pools() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    // The shipped shared-service shape: `reports` is the same server
+    // database as `app`, in session mode with its own size.
+    let toml = common::config_for(&cluster, port, "min_idle = 0")
+        + "[databases.app]\nsize = 3\n\
+           [databases.reports]\ndbname = \"app\"\nmode = \"session\"\nsize = 2\n";
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let connect = |db: &'static str| {
+        let port = pg.port;
+        async move {
+            pgwake_testkit::connect("127.0.0.1", port, "app", None, db)
+                .await
+                .unwrap()
+        }
+    };
+    // Two session clients hold both of reports' connections.
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        let c = connect("reports").await;
+        c.simple_query("select 1").await.unwrap();
+        reports.push(c);
+    }
+    // app still serves three transactions at once, each on its own
+    // connection (a shared pool of 3 would have one left).
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let c = connect("app").await;
+        let began =
+            tokio::time::timeout(Duration::from_secs(10), c.batch_execute("begin; select 1")).await;
+        assert!(
+            matches!(began, Ok(Ok(()))),
+            "transaction {i} on app: {began:?}\n{}",
+            pg.logs()
+        );
+        open.push(c);
+    }
+    assert_eq!(app_backends(&cluster), 5, "2 for reports + 3 for app");
+    for c in &open {
+        c.batch_execute("commit").await.unwrap();
+    }
+
+    // SHOW POOLS: a row per entry, each with its own mode.
+    let console = connect("pgwake").await;
+    let rows = console.simple_query("SHOW POOLS").await.unwrap();
+    let pools: Vec<(String, String)> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                r.get("database").unwrap().to_owned(),
+                r.get("pool_mode").unwrap().to_owned(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        pools.contains(&("app".into(), "transaction".into())),
+        "{pools:?}"
+    );
+    assert!(
+        pools.contains(&("reports".into(), "session".into())),
+        "{pools:?}"
+    );
+    assert_eq!(pools.len(), 2, "{pools:?}");
+}

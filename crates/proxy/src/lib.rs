@@ -301,6 +301,7 @@ impl Shared {
             if let Some(route) = c.route(&db) {
                 if let Some(user) = route.user.clone() {
                     let key = PoolKey {
+                        database: db.clone(),
                         dbname: route.dbname.clone(),
                         user,
                     };

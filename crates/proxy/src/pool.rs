@@ -26,13 +26,20 @@ use crate::stats::{self, Metrics, PoolCounts, PoolHistograms, TimeoutKind};
 /// Which pool: the server database and the server user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// The database name clients use: the `[databases]` entry, or the
+    /// client's database name when there is no `[databases]` table. Two
+    /// entries on one server database are two pools, each with its own
+    /// size, `min_idle` and mode.
+    pub database: String,
+    /// The database on the server.
     pub dbname: String,
+    /// The user on the server.
     pub user: String,
 }
 
 impl std::fmt::Display for PoolKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.dbname, self.user)
+        write!(f, "{}/{}", self.database, self.user)
     }
 }
 
@@ -832,7 +839,7 @@ impl Inner {
     fn learn(&self, conn: &ServerConn) {
         self.hist.get_or_init(|| {
             self.metrics
-                .pool_histograms(&self.key.dbname, &self.key.user)
+                .pool_histograms(&self.key.database, &self.key.user)
         });
         let mut d = self.defaults.write().unwrap_or_else(|e| e.into_inner());
         if d.is_none() {

@@ -165,7 +165,7 @@ fn publish(shared: &Shared) {
         .filter(|p| p.defaults().is_some())
     {
         let key = p.key();
-        let labels = || pool_labels(&key.dbname, &key.user);
+        let labels = || pool_labels(&key.database, &key.user);
         let with = |state: &'static str| {
             let mut l = labels();
             l.push(Label::new("state", state));

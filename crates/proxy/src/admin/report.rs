@@ -131,7 +131,7 @@ fn pools(shared: &Shared) -> Table {
         let clients = p.stats().clients.load(Ordering::Relaxed);
         let wait = micros(snap.max_wait);
         t.row(vec![
-            s(&p.key().dbname),
+            s(&p.key().database),
             s(&p.key().user),
             s(clients.saturating_sub(snap.waiting)),
             s(snap.waiting),
@@ -195,7 +195,7 @@ fn stats(shared: &Shared, averages: bool) -> Table {
     let mut by_db: BTreeMap<String, [u64; 8]> = BTreeMap::new();
     for p in shared.pools() {
         let c: &PoolCounts = p.stats();
-        let e = by_db.entry(p.key().dbname.clone()).or_default();
+        let e = by_db.entry(p.key().database.clone()).or_default();
         for (slot, v) in e.iter_mut().zip([
             &c.assignments,
             &c.xacts,
@@ -334,7 +334,7 @@ fn servers(shared: &Shared) -> Table {
             Socket {
                 kind: "S",
                 user: &c.pool.user,
-                database: &c.pool.dbname,
+                database: &c.pool.database,
                 state: "active",
                 peer: &shared.server_addr(),
                 times: (c.request_time(), c.request_time()),
@@ -353,7 +353,7 @@ fn servers(shared: &Shared) -> Table {
                 Socket {
                     kind: "S",
                     user: &p.key().user,
-                    database: &p.key().dbname,
+                    database: &p.key().database,
                     state: "idle",
                     peer: &conn.addr.to_string(),
                     times: (ago(conn.age), ago(conn.idle_for)),
@@ -390,7 +390,7 @@ fn databases(shared: &Shared) -> Table {
     let mut names: Vec<String> = config.databases.keys().cloned().collect();
     if names.is_empty() {
         // Every name maps through: list the ones in use, and the configured one.
-        names.extend(shared.pools().iter().map(|p| p.key().dbname.clone()));
+        names.extend(shared.pools().iter().map(|p| p.key().database.clone()));
         names.extend(config.server.dbname.clone());
         names.sort();
         names.dedup();
@@ -402,7 +402,7 @@ fn databases(shared: &Shared) -> Table {
         };
         let current: usize = pools
             .iter()
-            .filter(|p| p.key().dbname == route.dbname)
+            .filter(|p| p.key().database == name)
             .map(|p| p.counts().0)
             .sum();
         t.row(vec![
@@ -430,7 +430,7 @@ fn lists(shared: &Shared) -> Table {
     let mut users: Vec<&str> = pools.iter().map(|p| p.key().user.as_str()).collect();
     users.sort_unstable();
     users.dedup();
-    let mut dbs: Vec<&str> = pools.iter().map(|p| p.key().dbname.as_str()).collect();
+    let mut dbs: Vec<&str> = pools.iter().map(|p| p.key().database.as_str()).collect();
     dbs.sort_unstable();
     dbs.dedup();
     let servers: usize = pools.iter().map(|p| p.counts().0).sum();

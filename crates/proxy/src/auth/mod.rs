@@ -283,6 +283,7 @@ pub(crate) async fn query_secret(shared: &crate::Shared, user: &str) -> Option<S
         any_client_user: false,
     };
     let key = crate::pool::PoolKey {
+        database: dbname.clone(),
         dbname: dbname.clone(),
         user: role,
     };

@@ -712,6 +712,7 @@ impl<C: ClientStream> Session<C> {
             Err(e) => return Err((client, e)),
         };
         let key = PoolKey {
+            database: database.to_owned(),
             dbname: route.dbname.clone(),
             user: route.user.clone().unwrap_or_else(|| user.to_owned()),
         };
