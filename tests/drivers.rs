@@ -13,6 +13,11 @@
 //! statement it belongs to and ends with a one-line summary of counts, which
 //! the test checks against the counts its parameters imply. Every process
 //! runs in its own process group, killed when the test ends.
+//!
+//! The same three drivers also send statements of every size from 300 bytes
+//! to 16 MiB (`tests/python/long_statements.py`,
+//! `tests/node/long_statements.js`): first on a connection, after an idle
+//! pause, in a transaction and in a pipeline, unnamed and named.
 
 mod common;
 
@@ -115,11 +120,16 @@ fn without_client_env(cmd: &mut Command) {
 
 /// `python prepared_clients.py MODE` against pgwake on `port`.
 fn python_driver(mode: &str, port: u16, args: &[String]) -> Command {
+    python_script("prepared_clients.py", mode, port, args)
+}
+
+/// `python SCRIPT MODE` (a script in tests/python) against pgwake on `port`.
+fn python_script(script: &str, mode: &str, port: u16, args: &[String]) -> Command {
     let mut cmd = Command::new(venv().join("bin").join("python"));
     without_client_env(&mut cmd);
     cmd.env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
-        .arg(python_dir().join("prepared_clients.py"))
+        .arg(python_dir().join(script))
         .arg(mode)
         .args(["--port", &port.to_string()])
         .args(["--deadline", &DRIVER_DEADLINE_SECS.to_string()])
@@ -490,6 +500,123 @@ fn node_postgres_named_queries_differ_between_clients() -> Result<()> {
         );
         let hits = stack.prepared_metric("hits");
         ensure!(hits > 0.0, "no prepared statement cache hits");
+        Ok(line)
+    })
+}
+
+/// Statement text lengths (bytes in Parse) of tests/python/long_statements.py
+/// and tests/node/long_statements.js, which have the same list, ascending:
+/// around the 512 bytes pgwake reads an idle client with, and far above
+/// every buffer.
+const LONG_SIZES: [u64; 9] = [300, 511, 512, 513, 600, 4096, 65536, 1 << 20, 16 << 20];
+/// Each size as the first message of a connection, after an idle pause, in
+/// a transaction block and in a pipeline.
+const LONG_SITUATIONS: u64 = 4;
+/// Unnamed and named statements.
+const LONG_KINDS: u64 = 2;
+
+/// Long statements in one pipeline of `size`, as the scripts have it: fewer
+/// of the big ones.
+fn long_pipeline_len(size: u64) -> u64 {
+    if size <= 64 * 1024 {
+        5
+    } else if size <= 1 << 20 {
+        3
+    } else {
+        2
+    }
+}
+
+/// Long statements of one kind in the pipelines of every size.
+fn long_pipelined_per_kind() -> u64 {
+    LONG_SIZES.iter().map(|&s| long_pipeline_len(s)).sum()
+}
+
+/// The counts of a long_statements driver's summary line: every case of
+/// every size, situation and kind run and answered right, on a connection
+/// of its own, with a short query before the long one when idle and in the
+/// transaction.
+fn long_statement_counts() -> Vec<(&'static str, u64)> {
+    let sizes = LONG_SIZES.len() as u64;
+    // One each first, after the idle pause and in the transaction, and the
+    // pipeline's.
+    let statements = 3 * sizes + long_pipelined_per_kind();
+    vec![
+        ("sizes", sizes),
+        ("situations", LONG_SITUATIONS),
+        ("kinds", LONG_KINDS),
+        ("largest", LONG_SIZES[LONG_SIZES.len() - 1]),
+        ("statements", LONG_KINDS * statements),
+        ("short", LONG_KINDS * 2 * sizes),
+        ("connections", LONG_KINDS * LONG_SITUATIONS * sizes),
+    ]
+}
+
+/// psycopg 3 in autocommit mode with its default server-side binding
+/// (`cur.execute("select length('...') + %s", (n,))`), unnamed
+/// (`prepare=False`) and named (`prepare=True`), with statements of 300
+/// bytes to 16 MiB: as the first message of a fresh connection, after a
+/// short query and an idle pause, in a transaction block, and in
+/// `conn.pipeline()`. A first batch a little over 512 bytes once left the
+/// session spinning without reading the rest.
+#[test]
+fn psycopg3_server_side_binding_statements_of_every_size() -> Result<()> {
+    let mode = "psycopg";
+    let stack = Stack::start("long-psycopg", ensure_venv, POOL)?;
+    stack.verify(|stack| {
+        let cmd = python_script("long_statements.py", mode, stack.pgwake.port, &[]);
+        let out = stack.run_driver("long-psycopg", cmd)?;
+        let (line, counts) = summary(&out, mode)?;
+        assert_counts(&line, &counts, &long_statement_counts())?;
+        Ok(line)
+    })
+}
+
+/// asyncpg with statements of 300 bytes to 16 MiB, unnamed (a connection
+/// with `statement_cache_size=0`) and named (its statement cache): first on
+/// a fresh connection, after an idle pause, in a transaction, and as
+/// `executemany` of an INSERT of the same size (Bind/Execute per row, one
+/// Sync; the rows are read back) followed by a statement prepared by hand
+/// and run once per row.
+#[test]
+fn asyncpg_statements_of_every_size() -> Result<()> {
+    let mode = "asyncpg";
+    let stack = Stack::start("long-asyncpg", ensure_venv, POOL)?;
+    stack.verify(|stack| {
+        let cmd = python_script("long_statements.py", mode, stack.pgwake.port, &[]);
+        let out = stack.run_driver("long-asyncpg", cmd)?;
+        let (line, counts) = summary(&out, mode)?;
+        // A row per statement of the pipeline (executemany).
+        let inserted = LONG_KINDS * long_pipelined_per_kind();
+        let mut wanted = long_statement_counts();
+        wanted.push(("rows", inserted));
+        assert_counts(&line, &counts, &wanted)?;
+        // One client name per kind and size.
+        let rows = stack.rows("asyncpg-long")?;
+        let clients = LONG_KINDS * LONG_SIZES.len() as u64;
+        ensure!(rows == (inserted, clients), "rows, clients: {rows:?}");
+        Ok(line)
+    })
+}
+
+/// node-postgres with statements of 300 bytes to 16 MiB, unnamed
+/// (`{text, values}`) and named (`{name, text, values}`): first on a fresh
+/// connection, after an idle pause, in a transaction, and several at once
+/// on a client with `pipeline: true`.
+#[test]
+fn node_postgres_statements_of_every_size() -> Result<()> {
+    let mode = "node-postgres";
+    let stack = Stack::start("long-node", ensure_node_modules, POOL)?;
+    stack.verify(|stack| {
+        let mut cmd = Command::new("node");
+        without_client_env(&mut cmd);
+        cmd.current_dir(node_dir())
+            .arg("long_statements.js")
+            .args(["--port", &stack.pgwake.port.to_string()])
+            .args(["--deadline", &DRIVER_DEADLINE_SECS.to_string()]);
+        let out = stack.run_driver("long-node", cmd)?;
+        let (line, counts) = summary(&out, mode)?;
+        assert_counts(&line, &counts, &long_statement_counts())?;
         Ok(line)
     })
 }
