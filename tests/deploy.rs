@@ -15,68 +15,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::proc::Proc;
+use common::deployenv::{deploy, run, venv_bin, workspace};
 use common::{http_get, Pgwake};
 
-const VENV_TIMEOUT: Duration = Duration::from_secs(1500);
 /// Each validator run; checkov, the slowest, takes a few seconds.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
 /// Kubernetes versions the manifests are checked against: the oldest they
 /// need (native sidecars and the preStop sleep action are on by default from
 /// 1.30; AKS supports 1.32 and later) and the newest the schemas know.
 const KUBERNETES_VERSIONS: &[&str] = &["1.32.0", "1.37.0"];
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn deploy() -> PathBuf {
-    workspace().join("deploy")
-}
-
-/// What makes the validators' virtualenv ready (as `.ci/run` asks too).
-const VENV_ARGS: [&str; 4] = [
-    "--check",
-    "import hcl2, yaml",
-    "--tools",
-    "kubernetes-validate,hadolint,yamllint,checkov",
-];
-
-/// The validators' virtualenv, made once per test process (its script's
-/// lock file keeps concurrent processes from installing at the same time).
-fn venv_bin(tool: &str) -> PathBuf {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    let venv = VENV.get_or_init(|| {
-        let venv = workspace().join("target").join("deployenv");
-        let logs = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new("python3");
-        cmd.arg(
-            workspace()
-                .join("tests")
-                .join("python")
-                .join("ensure_venv.py"),
-        )
-        .arg(&venv)
-        .args(VENV_ARGS)
-        .arg("--requirements")
-        .arg(deploy().join("requirements.txt"))
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-        run("ensure_venv.py", cmd, logs.path(), VENV_TIMEOUT)
-            .unwrap_or_else(|e| panic!("setting up the validators' virtualenv: {e:#}"));
-        venv
-    });
-    venv.join("bin").join(tool)
-}
-
-/// Runs `cmd` to its end within `limit`: its output (stdout and stderr),
-/// or an error with that output when it exits non-zero.
-fn run(name: &str, cmd: Command, logs: &Path, limit: Duration) -> anyhow::Result<String> {
-    let log = logs.join(format!("{}.log", name.replace(['/', ' '], "_")));
-    Proc::spawn(name, cmd, log)?.finish(limit)
-}
 
 /// Runs a validator from the virtualenv on files under deploy/; fails the
 /// test with the validator's findings unless it exits 0.

@@ -1,6 +1,7 @@
 //! Starting the `pgwake` binary in front of a test cluster.
 #![allow(dead_code)]
 
+pub mod deployenv;
 pub mod proc;
 
 use std::io::{BufRead, BufReader};
@@ -231,6 +232,11 @@ pub struct Pki {
 
 /// A CA and a server certificate for `localhost` only.
 pub fn pki() -> Pki {
+    pki_for(&["localhost"])
+}
+
+/// A CA and a server certificate for `names` (DNS names or IP addresses).
+pub fn pki_for(names: &[&str]) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -238,7 +244,8 @@ pub fn pki() -> Pki {
         .push(DnType::CommonName, "pgwake test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = CertificateParams::new(names)
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
@@ -247,6 +254,14 @@ pub fn pki() -> Pki {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     }
+}
+
+/// Whether the tests run as root (switching users, as CI can).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// A cluster like [`cluster`], with `ssl = on` and `pki`'s server certificate.

@@ -57,6 +57,11 @@ impl Proc {
         )
     }
 
+    /// The process id (also its process group's).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, if the process has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -40,14 +40,12 @@ fn access(admin: &pgwake_config::Admin, user: &str, origin: ClientOrigin) -> Opt
     let Some(ip) = origin.ip else {
         return Some(Access::Admin);
     };
+    let unlisted_loopback = admin.admin_users.is_empty()
+        && admin.stats_users.is_empty()
+        && ip.to_canonical().is_loopback();
     if listed(&admin.admin_users) {
         Some(Access::Admin)
-    } else if listed(&admin.stats_users) {
-        Some(Access::Stats)
-    } else if admin.admin_users.is_empty()
-        && admin.stats_users.is_empty()
-        && ip.to_canonical().is_loopback()
-    {
+    } else if listed(&admin.stats_users) || unlisted_loopback {
         Some(Access::Stats)
     } else {
         None
