@@ -66,6 +66,7 @@ fn checkout_checkin(c: &mut Criterion) {
             prewarm: false,
         };
         let key = PoolKey {
+            database: "bench".into(),
             dbname: "bench".into(),
             user: "bench".into(),
         };
