@@ -50,6 +50,17 @@ impl Listeners {
                     path: path.clone(),
                     source,
                 })?;
+                // Apps run as other users: the socket is open to all, as
+                // PostgreSQL's own (unix_socket_permissions = 0777), whatever
+                // the process umask; the directory's mode and [client_auth]
+                // decide who gets in.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).map_err(
+                    |source| StartError::Unix {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
                 Some((l, path))
             }
         };
