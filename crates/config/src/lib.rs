@@ -416,6 +416,9 @@ pub struct Server {
     /// The database pooled and warmed at start; clients may still use any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
+    /// Default `prefer` for passwords; `verify-full` for tokens
+    /// (`command` and the `azure_*` methods), which servers such as Azure's
+    /// ask for in cleartext.
     pub sslmode: SslMode,
     /// PEM file of the CA certificates that `verify-ca`/`verify-full` trust.
     /// Unset: the system's root certificates.
@@ -568,6 +571,10 @@ pub struct ServerAuth {
     /// that asked for another role (or mistyped its user) is refused rather
     /// than given this role's privileges.
     pub map_any_client_user: bool,
+    /// Answer a server's request for the password in cleartext over a
+    /// connection without TLS. Off: the password or token never crosses
+    /// the network unencrypted (SCRAM and MD5 never send it).
+    pub allow_cleartext_without_tls: bool,
 }
 
 impl Default for ServerAuth {
@@ -588,6 +595,7 @@ impl Default for ServerAuth {
             refresh_interval: Duration::from_secs(300),
             client_users: Vec::new(),
             map_any_client_user: false,
+            allow_cleartext_without_tls: false,
         }
     }
 }

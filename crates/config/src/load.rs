@@ -124,6 +124,7 @@ pub fn load<'a>(
         origins.push((full.join("."), name.to_owned()));
     }
 
+    default_sslmode_for_tokens(&mut root);
     let file_name = file.map(|(n, _)| n).unwrap_or("configuration");
     let mut value = Value::Table(root);
     // Collect every field error by removing the offending key and trying
@@ -162,6 +163,33 @@ pub fn load<'a>(
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// A token is sent as a cleartext password (Azure asks for it so), so when
+/// the operator chose no `server.sslmode`, the token methods get libpq's
+/// strictest: `verify-full`.
+fn default_sslmode_for_tokens(root: &mut Table) {
+    let method = lookup(&Value::Table(root.clone()), &["server", "auth", "method"])
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let token = matches!(
+        method.as_deref(),
+        Some(
+            "command"
+                | "azure_managed_identity"
+                | "azure_workload_identity"
+                | "azure_cli"
+                | "azure_client_secret"
+        )
+    );
+    let chosen = lookup(&Value::Table(root.clone()), &["server", "sslmode"]).is_some();
+    if token && !chosen {
+        insert(
+            root,
+            &["server", "sslmode"],
+            Value::String("verify-full".into()),
+        );
     }
 }
 
@@ -782,6 +810,33 @@ mod tests {
             e.contains("PGWAKE_POOL_SIZE") && e.contains("whole number"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn token_methods_default_to_verify_full() {
+        let c = ok(
+            "[server]\nhost = \"db\"\n[server.auth]\nmethod = \"command\"\ncommand = \"x\"\n",
+            &[],
+        );
+        assert_eq!(c.server.sslmode, SslMode::VerifyFull);
+        let c = ok(
+            "[server]\nhost = \"db\"\n",
+            &[
+                ("PGWAKE_SERVER_AUTH_METHOD", "azure_managed_identity"),
+                ("PGWAKE_SERVER_AUTH_USER", "id"),
+            ],
+        );
+        assert_eq!(c.server.sslmode, SslMode::VerifyFull);
+        // Chosen by the operator: kept.
+        let c = ok("[server]\nhost = \"db\"\nsslmode = \"require\"\n[server.auth]\nmethod = \"command\"\ncommand = \"x\"\n", &[]);
+        assert_eq!(c.server.sslmode, SslMode::Require);
+        // A password keeps libpq's default.
+        let c = ok(
+            "[server]\nhost = \"db\"\n[server.auth]\npassword = \"p\"\n",
+            &[],
+        );
+        assert_eq!(c.server.sslmode, SslMode::Prefer);
+        assert!(!c.server.auth.allow_cleartext_without_tls);
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn checkout_checkin(c: &mut Criterion) {
             keepalive_count: 6,
             user_timeout: Duration::from_secs(30),
             tls: None,
+            allow_cleartext_without_tls: false,
         };
         let settings = PoolSettings {
             mode: PoolMode::Transaction,

@@ -38,6 +38,9 @@ pub struct Target {
     pub user_timeout: Duration,
     /// TLS settings for `sslmode`; `None` with `disable`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `server.auth.allow_cleartext_without_tls`: the operator accepts that
+    /// the password or token may cross the network in the clear.
+    pub allow_cleartext_without_tls: bool,
 }
 
 impl Target {
@@ -53,6 +56,7 @@ impl Target {
             keepalive_interval: s.tcp_keepalive_interval,
             keepalive_count: s.tcp_keepalive_count,
             user_timeout: s.tcp_user_timeout,
+            allow_cleartext_without_tls: s.auth.allow_cleartext_without_tls,
         })
     }
 }
@@ -78,8 +82,16 @@ pub enum ConnectError {
     Server(ErrorMessage),
     #[error("the server asked for a password, and server.auth has none (set server.auth.password or PGWAKE_SERVER_AUTH_PASSWORD)")]
     NoPassword,
-    #[error("server.sslmode requires TLS, and the server at {host}:{port} does not accept it")]
-    TlsRequired { host: String, port: u16 },
+    #[error("server.sslmode = \"{sslmode}\" requires TLS, and the server at {host}:{port} does not accept it (a downgrade: pgwake sends no password or token without TLS)")]
+    TlsRequired {
+        host: String,
+        port: u16,
+        sslmode: &'static str,
+    },
+    /// The server asked for the password in cleartext over a connection
+    /// without TLS: sending it would put the password or token on the wire.
+    #[error("the server at {host}:{port} asked for the password in cleartext over a connection without TLS; pgwake did not send it (use TLS with server.sslmode = \"verify-full\", or set server.auth.allow_cleartext_without_tls = true to accept the risk)")]
+    CleartextWithoutTls { host: String, port: u16 },
     #[error("TLS with the server at {host}:{port} failed: {reason}")]
     Tls {
         host: String,
@@ -129,6 +141,10 @@ impl ConnectError {
             }),
             ConnectError::Protocol(_) => {
                 ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, self.to_string())
+            }
+            ConnectError::TlsRequired { .. } | ConnectError::CleartextWithoutTls { .. } => {
+                ErrorMessage::error(sqlstate::UNABLE_TO_CONNECT, format!("pgwake: {self}"))
+                    .with_hint("the server, or something between it and pgwake, refused TLS; pgwake sends no password or token without it")
             }
             _ => ErrorMessage::error(sqlstate::UNABLE_TO_CONNECT, format!("pgwake {self}"))
                 .with_hint("check that the server is running and reachable; pgwake retries as soon as it accepts connections"),
@@ -406,6 +422,7 @@ impl ServerConn {
                         return Err(ConnectError::TlsRequired {
                             host: target.host.clone(),
                             port: target.port,
+                            sslmode: sslmode_name(target.sslmode),
                         });
                     };
                     phases.tls = Some(lap(&mut clock));
@@ -413,7 +430,7 @@ impl ServerConn {
                 }
             };
             phases.phase = Some(ConnectPhase::Auth);
-            let conn = login(stream, dbname, user, password).await?;
+            let conn = login(stream, target, dbname, user, password).await?;
             phases.auth = Some(lap(&mut clock));
             Ok(conn)
         };
@@ -776,12 +793,27 @@ async fn ssl_request(stream: &mut TcpStream) -> io::Result<bool> {
     }
 }
 
+/// libpq's spelling of `mode`.
+fn sslmode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// Logs in on `stream` to `target`. A cleartext password request is
+/// answered only over TLS, unless the operator opted out.
 async fn login(
     mut stream: ServerStream,
+    target: &Target,
     dbname: &str,
     user: &str,
     password: Option<Secret>,
 ) -> Result<ServerConn, ConnectError> {
+    let cleartext_ok = matches!(stream, ServerStream::Tls(_)) || target.allow_cleartext_without_tls;
     let peer = stream
         .tcp()
         .peer_addr()
@@ -819,6 +851,12 @@ async fn login(
         match msg {
             backend::Message::AuthenticationOk => {}
             backend::Message::AuthenticationCleartextPassword => {
+                if !cleartext_ok {
+                    return Err(ConnectError::CleartextWithoutTls {
+                        host: target.host.clone(),
+                        port: target.port,
+                    });
+                }
                 frontend::password_message(need()?.expose().as_bytes(), &mut out)
                     .map_err(|e| ConnectError::Protocol(e.to_string()))?;
             }

@@ -100,17 +100,21 @@ pub enum ConnectErrorKind {
     Tls,
     Credential,
     Asleep,
+    /// The server (or something on the path) declined TLS, or asked for the
+    /// password in cleartext without TLS: pgwake refused to send it.
+    Downgrade,
     Other,
 }
 
 impl ConnectErrorKind {
-    const ALL: [ConnectErrorKind; 7] = [
+    const ALL: [ConnectErrorKind; 8] = [
         ConnectErrorKind::Refused,
         ConnectErrorKind::Timeout,
         ConnectErrorKind::Auth,
         ConnectErrorKind::Tls,
         ConnectErrorKind::Credential,
         ConnectErrorKind::Asleep,
+        ConnectErrorKind::Downgrade,
         ConnectErrorKind::Other,
     ];
 
@@ -122,6 +126,7 @@ impl ConnectErrorKind {
             ConnectErrorKind::Tls => "tls",
             ConnectErrorKind::Credential => "credential",
             ConnectErrorKind::Asleep => "asleep",
+            ConnectErrorKind::Downgrade => "downgrade",
             ConnectErrorKind::Other => "other",
         }
     }
@@ -132,7 +137,7 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     timeouts: [AtomicU64; 6],
-    connect_errors: [AtomicU64; 7],
+    connect_errors: [AtomicU64; 8],
     pub connects: AtomicU64,
     pub cancels: AtomicU64,
     /// Client logins refused: wrong password or unknown user, and addresses
@@ -443,7 +448,8 @@ pub fn error_kind(e: &crate::server::ConnectError) -> ConnectErrorKind {
     match e {
         E::Unreachable { .. } => ConnectErrorKind::Refused,
         E::Timeout { .. } => ConnectErrorKind::Timeout,
-        E::Tls { .. } | E::TlsRequired { .. } => ConnectErrorKind::Tls,
+        E::Tls { .. } => ConnectErrorKind::Tls,
+        E::TlsRequired { .. } | E::CleartextWithoutTls { .. } => ConnectErrorKind::Downgrade,
         E::Credential(_) => ConnectErrorKind::Credential,
         E::Asleep(_) => ConnectErrorKind::Asleep,
         e if e.is_auth() => ConnectErrorKind::Auth,

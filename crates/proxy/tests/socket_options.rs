@@ -24,6 +24,7 @@ async fn keepalive_and_user_timeout_are_set_on_server_sockets() {
         keepalive_count: 4,
         user_timeout: Duration::from_millis(12_500),
         tls: None,
+        allow_cleartext_without_tls: false,
     };
     let conn = ServerConn::connect(&target, "app", "app", Some(Secret::new("app-secret")))
         .await
