@@ -233,3 +233,134 @@ async fn half_a_large_message_costs_no_cpu_and_holds_nobody_up() {
         String::from_utf8_lossy(&told)
     );
 }
+
+/// The SQLSTATE of the first ErrorResponse in `reply`, if any.
+fn error_code(reply: &[u8]) -> Option<String> {
+    let mut pos = 0;
+    while pos + 5 <= reply.len() {
+        let len = u32::from_be_bytes(reply[pos + 1..pos + 5].try_into().unwrap()) as usize;
+        let end = (pos + 1 + len).min(reply.len());
+        if reply[pos] == b'E' {
+            let body = &reply[pos + 5..end];
+            return body
+                .split(|&b| b == 0)
+                .find_map(|f| f.strip_prefix(b"C"))
+                .map(|c| String::from_utf8_lossy(c).into_owned());
+        }
+        pos = end;
+    }
+    None
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_clients_sending_100_mib_at_once_stay_within_the_buffer_budget() {
+    const CLIENTS: usize = 20;
+    const BUDGET_MIB: u64 = 128;
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    // The big statements share two connections; a small entry keeps one
+    // of its own for the normal client.
+    let toml = common::config_for(
+        &cluster,
+        port,
+        "size = 2\nmin_idle = 1\npool_wait_timeout = \"10s\"",
+    )
+    .replace(
+        "[listen]\n",
+        &format!("[listen]\nclient_buffer_budget = {}\n", BUDGET_MIB << 20),
+    ) + "[databases.app]\n[databases.small]\ndbname = \"app\"\nsize = 1\nmin_idle = 1\n";
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let small = pgwake_testkit::connect("127.0.0.1", pg.port, "app", None, "small")
+        .await
+        .unwrap();
+    small.simple_query("select 1").await.unwrap();
+
+    // Half as Parse (held whole: charged to the budget), half as a simple
+    // query (streamed through).
+    let (sql, pad) = statement(100 << 20);
+    let mut body = vec![0u8];
+    body.extend_from_slice(sql.as_bytes());
+    body.extend_from_slice(&[0, 0, 0]);
+    let mut extended = frame(b'P', &body);
+    extended.extend(frame(b'B', &[0, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'5', 0, 0]));
+    extended.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    extended.extend(frame(b'S', &[]));
+    let simple_sql = sql.replace("$1::int4", "5");
+    let mut text = simple_sql.into_bytes();
+    text.push(0);
+    let simple = frame(b'Q', &text);
+    let messages = std::sync::Arc::new([extended, simple]);
+    let want = (pad + 5).to_string();
+
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let messages = messages.clone();
+        let port = pg.port;
+        let want = want.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = raw_client(port).await;
+            let (mut r, mut w) = s.split();
+            let send = async { w.write_all(&messages[i % 2]).await };
+            let mut reply = Vec::new();
+            let recv = async {
+                let mut chunk = [0u8; 4096];
+                while !reply.windows(6).any(|x| x == [b'Z', 0, 0, 0, 5, b'I']) {
+                    match r.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => reply.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            };
+            // The send may be cut short by a refusal: pgwake closes.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(send, recv) })
+                    .await;
+            if reply.windows(want.len()).any(|x| x == want.as_bytes()) {
+                "result".to_owned()
+            } else {
+                error_code(&reply).unwrap_or_else(|| format!("nothing ({} bytes)", reply.len()))
+            }
+        }));
+    }
+    // A normal client is served throughout.
+    let mut served = 0;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let v = tokio::time::timeout(Duration::from_secs(5), small.simple_query("select 1"))
+            .await
+            .expect("the normal client is served at once");
+        assert!(v.is_ok(), "{v:?}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(served < 1000, "the big clients did not finish");
+    }
+    let mut outcomes = std::collections::BTreeMap::new();
+    for t in tasks {
+        *outcomes.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    // Each got its answer or a clear error: out of memory (53200), a
+    // message beyond the budget (54000), no connection in time (53300).
+    for outcome in outcomes.keys() {
+        assert!(
+            ["result", "53200", "54000", "53300"].contains(&outcome.as_str()),
+            "{outcomes:?}\n{}",
+            pg.logs()
+        );
+    }
+    assert!(outcomes.contains_key("result"), "{outcomes:?}");
+    let peak = peak_rss_kib(pg.pid()) / 1024;
+    assert!(
+        peak < BUDGET_MIB + 64,
+        "pgwake's peak RSS was {peak} MiB with a {BUDGET_MIB} MiB budget; outcomes {outcomes:?}"
+    );
+    eprintln!("outcomes {outcomes:?}, peak RSS {peak} MiB, normal client served {served} times");
+}

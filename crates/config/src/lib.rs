@@ -181,6 +181,13 @@ impl Listen {
             )
         })
     }
+    /// Bytes of client messages pgwake may hold whole at once, all clients
+    /// together (a Parse or Bind it rewrites, a query that may be
+    /// `PREPARE`; messages up to 64 KiB are not counted). A larger message
+    /// waits for room (up to the pool's `pool_wait_timeout`, then 53200);
+    /// one larger than the budget gets 54000. Other messages stream through
+    /// whatever their size. Read at start.
+    pub client_buffer_budget: u64,
 }
 
 /// Whether clients may or must use TLS.
@@ -209,6 +216,8 @@ impl ClientTlsMode {
 }
 
 /// How clients prove who they are. Rules are tried in order, first match
+            // Half the shipped sidecar's 256 MiB memory limit.
+            client_buffer_budget: 128 * 1024 * 1024,
 /// wins, as in `pg_hba.conf`. With no rules: clients on the unix socket and
 /// loopback are trusted and every other client must use SCRAM-SHA-256.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -625,6 +625,9 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
         errors.push("server.tcp_keepalive_count must be at least 1".into());
     }
     if c.server.connect_timeout.is_zero() {
+    if c.listen.client_buffer_budget < 1024 * 1024 {
+        errors.push("listen.client_buffer_budget must be at least 1048576 bytes (1 MiB)".into());
+    }
         errors.push("server.connect_timeout must be above zero".into());
     }
     check_auth(&c.server.auth, errors);

@@ -23,6 +23,8 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `57014` query_canceled.
 pub const QUERY_CANCELED: &str = "57014";
+/// `53200` out_of_memory.
+pub const OUT_OF_MEMORY: &str = "53200";
 /// `54000` program_limit_exceeded.
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 

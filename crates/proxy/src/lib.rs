@@ -9,6 +9,7 @@
 
 mod admin;
 mod auth;
+mod budget;
 mod cancel;
 mod clients;
 mod credentials;
@@ -64,6 +65,8 @@ pub struct Shared {
     /// Client authentication (`[client_auth]`); its rules and users are
     /// replaced on reload.
     pub(crate) client_auth: auth::ClientAuth,
+    /// Room for client messages held whole, shared by all clients.
+    pub(crate) buffer_budget: budget::BufferBudget,
     pub(crate) client_limits: Arc<auth::ClientLimits>,
     /// TLS for clients when `listen.client_tls_mode` is not `disable`;
     /// replaced on reload (new certificate files).
@@ -416,6 +419,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             client_auth,
             client_limits: Arc::new(auth::ClientLimits::default()),
+            buffer_budget: budget::BufferBudget::new(config.listen.client_buffer_budget),
             client_tls: RwLock::new(client_tls),
             server: Mutex::new(ServerSide {
                 target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),

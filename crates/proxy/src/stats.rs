@@ -55,6 +55,8 @@ const DESCRIPTIONS: &[(&str, char, &str)] = &[
     ("pgwake_prepared_statement_misses_total", 'c', "Named statements prepared on a server connection for a client"),
     ("pgwake_prepared_statement_evictions_total", 'c', "Server-side statements closed to stay within pool.max_prepared_statements"),
     ("pgwake_paused", 'g', "1 while the admin console's PAUSE is in force"),
+    ("pgwake_client_buffer_bytes", 'g', "Client messages held whole: bytes in use, and the budget (listen.client_buffer_budget)"),
+    ("pgwake_client_buffer_refusals_total", 'c', "Client messages refused for want of buffer room: too_large (beyond the budget) or busy (no room within pool_wait_timeout)"),
     ("pgwake_reloads_total", 'c', "Configuration reloads, by result"),
 ];
 

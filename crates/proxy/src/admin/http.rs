@@ -247,4 +247,22 @@ fn publish(shared: &Shared) {
     }
     m.gauge("pgwake_paused", vec![])
         .set(if shared.is_paused() { 1.0 } else { 0.0 });
+    let budget = &shared.buffer_budget;
+    m.gauge(
+        "pgwake_client_buffer_bytes",
+        vec![Label::new("kind", "in_use")],
+    )
+    .set(budget.in_use() as f64);
+    m.gauge(
+        "pgwake_client_buffer_bytes",
+        vec![Label::new("kind", "budget")],
+    )
+    .set(budget.bytes() as f64);
+    for (reason, n) in budget.refusals() {
+        m.counter(
+            "pgwake_client_buffer_refusals_total",
+            vec![Label::new("reason", reason)],
+        )
+        .absolute(n);
+    }
 }

@@ -577,9 +577,10 @@ mod spare_buffers {
         b
     }
 
-    /// Keeps an emptied buffer, or frees it when enough are kept.
+    /// Keeps an emptied buffer, or frees it when enough are kept (or when
+    /// it grew for a large message: that memory goes back at once).
     pub(super) fn give_back(b: BytesMut) {
-        if b.is_empty() && b.capacity() > 0 {
+        if b.is_empty() && b.capacity() > 0 && b.capacity() <= crate::budget::FREE {
             SPARE.with(|s| {
                 let mut s = s.borrow_mut();
                 if s.len() < KEEP {
@@ -658,6 +659,9 @@ struct Session<C> {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// This client's place under the per-database and per-user limits.
     _admission: crate::auth::Admission,
+    /// Room from the shared budget while `cbuf` holds (or is filling with)
+    /// a large frame that must be read whole.
+    lease: Option<crate::budget::Lease>,
 }
 
 impl<C: ClientStream> Session<C> {
@@ -790,6 +794,7 @@ impl<C: ClientStream> Session<C> {
         );
         Ok(Session {
             _admission: admission,
+            lease: None,
             registered,
             counted_active: false,
             query_start: None,
@@ -914,6 +919,7 @@ impl<C: ClientStream> Session<C> {
                 Ok(NextRequest::NeedMore { want }) => want,
             };
             if self.cbuf.is_empty() {
+                self.lease = None;
                 // Idle between transactions: give the buffer back and wait
                 // for readability holding none. Readiness can be stale (the
                 // last read emptied the socket without seeing WouldBlock), so
@@ -945,6 +951,9 @@ impl<C: ClientStream> Session<C> {
             }
             // Room for the rest of the frame (bounded by max_message_size,
             // which `next_request` checked), and at least a few KiB.
+            if want > crate::budget::FREE {
+                Box::pin(self.room_for(want)).await?;
+            }
             let missing = want.saturating_sub(self.cbuf.len());
             if self.cbuf.capacity() - self.cbuf.len() < missing.max(1024) {
                 self.cbuf.reserve(missing.max(8 * 1024));
@@ -1089,6 +1098,72 @@ impl<C: ClientStream> Session<C> {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+impl<C: ClientStream> Session<C> {
+    /// Lets `cbuf` grow to hold a whole frame of `want` bytes (header
+    /// included), taking room for it from the shared budget first; waits
+    /// for room up to the pool's `pool_wait_timeout`.
+    async fn room_for(&mut self, want: usize) -> Result<(), Stop> {
+        if self.lease.as_ref().is_none_or(|l| l.covers() < want) {
+            self.lease = None;
+            let wait = self.pool.settings().wait_timeout;
+            let budget = &self.shared.buffer_budget;
+            let leased = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                l = budget.lease(want, wait) => l,
+            };
+            match leased {
+                Ok(l) => self.lease = Some(l),
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "refused a client message");
+                    let (code, hint) = match e {
+                        crate::budget::BudgetError::TooLarge { .. } => (
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            "raise listen.client_buffer_budget (and the memory limit with it) if such messages are expected",
+                        ),
+                        crate::budget::BudgetError::Busy { .. } => (
+                            sqlstate::OUT_OF_MEMORY,
+                            "other clients are sending large messages; retry, or raise listen.client_buffer_budget",
+                        ),
+                    };
+                    return Err(Stop::Fatal(
+                        ErrorMessage::fatal(code, format!("pgwake: {e}")).with_hint(hint),
+                    ));
+                }
+            }
+        }
+        let missing = want.saturating_sub(self.cbuf.len());
+        if self.cbuf.capacity() - self.cbuf.len() < missing {
+            self.cbuf.reserve(missing);
+        }
+        Ok(())
+    }
+
+    /// Once `cbuf` holds no large frame, gives its memory and its room in
+    /// the budget back: what is buffered moves to an ordinary buffer.
+    fn settle_buffer(&mut self) {
+        if self.lease.is_none() && self.cbuf.capacity() <= 2 * crate::budget::FREE {
+            return;
+        }
+        if self.cbuf.len() > crate::budget::FREE {
+            return;
+        }
+        // The start of a large frame being read whole keeps its room.
+        let track = self.mode == PoolMode::Transaction;
+        if self.cscan.at_boundary() && relay::read_whole_at(track, &self.cbuf) {
+            if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
+                if len > crate::budget::FREE {
+                    return;
+                }
+            }
+        }
+        let mut small = spare_buffers::take();
+        small.extend_from_slice(&self.cbuf);
+        self.cbuf = small;
+        self.lease = None;
     }
 }
 

@@ -83,7 +83,9 @@ impl<C: ClientStream> Session<C> {
             return stop;
         }
         loop {
-            self.reserve_client_buffer();
+            if let Err(stop) = self.reserve_client_buffer().await {
+                return stop;
+            }
             let deadline = self.timeout_deadline();
             // One timer per session, moved only when the deadline changes
             // (allocated once, for clients a timeout applies to).
@@ -217,8 +219,9 @@ impl<C: ClientStream> Session<C> {
     }
 
     /// Makes room for the next read: at least a few KiB, and a whole frame
-    /// of those read in full (Parse, Close, a query that may be `PREPARE`).
-    fn reserve_client_buffer(&mut self) {
+    /// of those read in full (Parse, Close, a query that may be `PREPARE`),
+    /// a large one with room from the shared budget.
+    async fn reserve_client_buffer(&mut self) -> Result<(), Stop> {
         let mut want = 8 * 1024;
         if self.cscan.at_boundary() {
             if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
@@ -227,9 +230,14 @@ impl<C: ClientStream> Session<C> {
                 }
             }
         }
+        if want > crate::budget::FREE {
+            // Boxed: rare, and it would enlarge every session's task.
+            return Box::pin(self.room_for(want)).await;
+        }
         if self.cbuf.capacity() - self.cbuf.len() < want.min(1024) || self.cbuf.capacity() < want {
             self.cbuf.reserve(want);
         }
+        Ok(())
     }
 
     /// The server connection broke under the client. Outside a transaction
@@ -429,6 +437,7 @@ impl<C: ClientStream> Session<C> {
         } else {
             self.cbuf.advance(pos);
         }
+        self.settle_buffer();
         if !to_client.is_empty() && self.client.send(&to_client).await.is_err() {
             return Err(Stop::ClientGone);
         }
