@@ -197,10 +197,13 @@ async fn half_a_large_message_costs_no_cpu_and_holds_nobody_up() {
     // The situation under test is ten seconds of nothing more arriving.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let used = cpu_ticks(pg.pid()) - before;
+    // A few milliseconds at most (the clock's resolution is a tick): the
+    // session waits on the socket. A spinning one burns the whole 10 s.
     assert!(
-        used * 10 < hz,
+        used * 50 <= hz,
         "pgwake used {used} ticks ({hz}/s) of CPU while two clients held half a message"
     );
+    eprintln!("CPU while two clients held half a 1 MiB Parse for 10 s: {used} ticks of {hz}/s");
     served_at_once(&pg).await;
 
     slow.write_all(&parse[half..]).await.unwrap();
