@@ -33,6 +33,52 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub log: Log,
     pub client_auth: ClientAuth,
+    pub peering: Peering,
+}
+
+/// Cancels across replicas: a cancel request for a key another replica
+/// issued is forwarded to that replica. Several replicas behind one load
+/// balancer each see a random share of cancel requests; without peering,
+/// those for another replica's clients are dropped. On when `peers` or
+/// `service` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Peering {
+    /// The replicas' client listener addresses as `host:port` (this
+    /// replica's own may be listed, so every replica can share one list).
+    /// Env: comma-separated.
+    pub peers: Vec<String>,
+    /// A DNS name and port (`pgwake-peers:6432`, a Kubernetes headless
+    /// Service) whose every A/AAAA record is a replica; resolved when a
+    /// cancel must be forwarded and kept for a few seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl Peering {
+    /// Whether cancels are forwarded between replicas.
+    pub fn enabled(&self) -> bool {
+        !self.peers.is_empty() || self.service.is_some()
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for an IPv6 address) into its parts.
+pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let shape = || format!("{text:?} is not host:port (like 10.0.0.5:6432 or pgwake-peers:6432)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(shape)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').ok_or_else(shape)?,
+        None if host.contains(':') => return Err(shape()),
+        None => host,
+    };
+    let port: u16 = port.parse().map_err(|_| shape())?;
+    let name_ok = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if host.is_empty() || port == 0 || !name_ok {
+        return Err(shape());
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// The admin HTTP server (metrics, health) and who may use the admin console.
@@ -135,6 +181,13 @@ pub struct Listen {
     pub client_tls_key: Option<PathBuf>,
     /// Largest message a client may send, in bytes.
     pub max_message_size: u64,
+    /// Bytes of client messages pgwake may hold whole at once, all clients
+    /// together (a Parse or Bind it rewrites, a query that may be
+    /// `PREPARE`; messages up to 64 KiB are not counted). A larger message
+    /// waits for room (up to the pool's `pool_wait_timeout`, then 53200);
+    /// one larger than the budget gets 54000. Other messages stream through
+    /// whatever their size. Read at start.
+    pub client_buffer_budget: u64,
     /// How long transactions in flight may run on after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -163,6 +216,8 @@ impl Default for Listen {
             client_tls_cert: None,
             client_tls_key: None,
             max_message_size: 256 * 1024 * 1024,
+            // Half the shipped sidecar's 256 MiB memory limit.
+            client_buffer_budget: 128 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
             worker_threads: 1,
@@ -181,13 +236,6 @@ impl Listen {
             )
         })
     }
-    /// Bytes of client messages pgwake may hold whole at once, all clients
-    /// together (a Parse or Bind it rewrites, a query that may be
-    /// `PREPARE`; messages up to 64 KiB are not counted). A larger message
-    /// waits for room (up to the pool's `pool_wait_timeout`, then 53200);
-    /// one larger than the budget gets 54000. Other messages stream through
-    /// whatever their size. Read at start.
-    pub client_buffer_budget: u64,
 }
 
 /// Whether clients may or must use TLS.
@@ -216,8 +264,6 @@ impl ClientTlsMode {
 }
 
 /// How clients prove who they are. Rules are tried in order, first match
-            // Half the shipped sidecar's 256 MiB memory limit.
-            client_buffer_budget: 128 * 1024 * 1024,
 /// wins, as in `pg_hba.conf`. With no rules: clients on the unix socket and
 /// loopback are trusted and every other client must use SCRAM-SHA-256.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -43,6 +43,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("admin_", &["admin"]),
     ("timeouts_", &["timeouts"]),
     ("client_auth_", &["client_auth"]),
+    ("peering_", &["peering"]),
 ];
 
 /// Builds the configuration. `file` is `(name for messages, TOML text)`;
@@ -88,7 +89,7 @@ pub fn load<'a>(
                 .map(|p| format!("; did you mean PGWAKE_{}…?", p.to_ascii_uppercase()))
                 .unwrap_or_default();
             errors.push(format!(
-                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth){hint}"
+                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth, peering){hint}"
             ));
             continue;
         };
@@ -592,8 +593,22 @@ fn check_client_tls(l: &crate::Listen, errors: &mut Vec<String>) {
     }
 }
 
+fn check_peering(p: &crate::Peering, errors: &mut Vec<String>) {
+    for (i, peer) in p.peers.iter().enumerate() {
+        if let Err(e) = crate::parse_host_port(peer) {
+            errors.push(format!("peering.peers[{i}] = {e}"));
+        }
+    }
+    if let Some(service) = &p.service {
+        if let Err(e) = crate::parse_host_port(service) {
+            errors.push(format!("peering.service = {e}"));
+        }
+    }
+}
+
 fn validate(c: &Config, errors: &mut Vec<String>) {
     check_lifecycle(&c.lifecycle, errors);
+    check_peering(&c.peering, errors);
     if c.server.host.is_empty() {
         errors.push(
             "server.host is not set: pass --server-url postgres://USER@HOST:5432/DB, set PGWAKE_SERVER_URL, or set [server] host".into(),
@@ -610,6 +625,9 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
     if c.listen.max_client_conn == 0 {
         errors.push("listen.max_client_conn must be at least 1".into());
     }
+    if c.listen.client_buffer_budget < 1024 * 1024 {
+        errors.push("listen.client_buffer_budget must be at least 1048576 bytes (1 MiB)".into());
+    }
     if c.listen.max_message_size < 1024 {
         errors.push("listen.max_message_size must be at least 1024 bytes".into());
     }
@@ -625,9 +643,6 @@ fn validate(c: &Config, errors: &mut Vec<String>) {
         errors.push("server.tcp_keepalive_count must be at least 1".into());
     }
     if c.server.connect_timeout.is_zero() {
-    if c.listen.client_buffer_budget < 1024 * 1024 {
-        errors.push("listen.client_buffer_budget must be at least 1048576 bytes (1 MiB)".into());
-    }
         errors.push("server.connect_timeout must be above zero".into());
     }
     check_auth(&c.server.auth, errors);
@@ -873,6 +888,47 @@ mod tests {
             &[("PGWAKE_SERVER_PORT", "tcp://10.0.0.9:6432")],
         );
         assert_eq!(c.server.port, 5434);
+    }
+
+    #[test]
+    fn peering_from_file_and_env_with_each_bad_peer_named() {
+        let c = ok("[server]\nhost = \"db\"\n", &[]);
+        assert!(!c.peering.enabled());
+        let c = ok(
+            "[server]\nhost = \"db\"\n[peering]\npeers = [\"10.0.0.5:6432\", \"[fd00::5]:6432\", \"pgwake-0.pgwake:6432\"]\n",
+            &[],
+        );
+        assert!(c.peering.enabled());
+        assert_eq!(c.peering.peers.len(), 3);
+        let c = ok(
+            "[server]\nhost = \"db\"\n",
+            &[
+                ("PGWAKE_PEERING_PEERS", "127.0.0.1:7001, 127.0.0.1:7002"),
+                ("PGWAKE_PEERING_SERVICE", "pgwake-peers:6432"),
+            ],
+        );
+        assert_eq!(c.peering.peers, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert_eq!(c.peering.service.as_deref(), Some("pgwake-peers:6432"));
+        assert!(c.to_toml().contains("[peering]"));
+        let e = errs(
+            "[server]\nhost = \"db\"\n[peering]\npeers = [\"10.0.0.5:6432\", \"10.0.0.6\", \"fd00::5:6432\", \"a b:1\", \"h:0\"]\nservice = \"pgwake-peers\"\n",
+            &[],
+        )
+        .join("\n");
+        assert!(!e.contains("peers[0]"), "{e}");
+        for i in 1..5 {
+            assert!(e.contains(&format!("peering.peers[{i}] = ")), "{e}");
+        }
+        assert!(
+            e.contains("peering.service = \"pgwake-peers\" is not host:port"),
+            "{e}"
+        );
+        let e = errs(
+            "[server]\nhost = \"db\"\n[peering]\npeer = [\"a:1\"]\n",
+            &[],
+        )
+        .join("\n");
+        assert!(e.contains("peering.peer"), "{e}");
     }
 
     #[test]

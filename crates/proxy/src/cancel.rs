@@ -1,6 +1,11 @@
 //! Cancel keys. Each client gets pgwake's own (pid, key) in BackendKeyData;
 //! a CancelRequest quoting them is forwarded to whichever server backend
 //! that client holds at that moment, and to nobody else.
+//!
+//! With `[peering]` the pid names the replica (every client of a replica
+//! shares it, see [`crate::peering`]) and the key alone tells its clients
+//! apart; without, each client gets a pid of its own. Either way a cancel
+//! must quote both, and the key is 32 random bits, as PostgreSQL's is.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,13 +18,24 @@ type CancelTarget = (SocketAddr, u32, u32);
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     next_pid: AtomicU32,
-    clients: Mutex<HashMap<u32, Arc<Entry>>>,
+    /// By (pid, key).
+    clients: Mutex<HashMap<(u32, u32), Arc<Entry>>>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    key: u32,
     target: Mutex<Option<CancelTarget>>,
+}
+
+/// What a (pid, key) names here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// A client holding a server connection: cancel its backend.
+    Server(CancelTarget),
+    /// A client of this proxy holding no server connection: nothing runs.
+    Idle,
+    /// No client of this proxy.
+    Unknown,
 }
 
 /// A client's registration; removed when dropped.
@@ -27,49 +43,53 @@ struct Entry {
 pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
     pid: u32,
+    key: u32,
     entry: Arc<Entry>,
 }
 
 impl CancelRegistry {
-    /// Registers a client and returns its keys.
-    pub fn register(self: &Arc<Self>) -> CancelHandle {
+    /// Registers a client and returns its keys. `replica`: the pid every
+    /// client of this replica shares (`[peering]`); `None`: a pid of its own.
+    pub fn register(self: &Arc<Self>, replica: Option<u32>) -> CancelHandle {
         let entry = Arc::new(Entry {
-            key: rand::random(),
             target: Mutex::new(None),
         });
+        let pid = replica.unwrap_or_else(|| {
+            // 31 bits and never 0: drivers read the pid as a positive int4.
+            let n = self.next_pid.fetch_add(1, Ordering::Relaxed);
+            n % 0x7fff_ffff + 1
+        });
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        // Skip pids still in use after the counter wraps.
-        let pid = loop {
-            let pid = self
-                .next_pid
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_add(1);
-            if pid != 0 && !clients.contains_key(&pid) {
-                break pid;
+        // A fresh key until the pair is unique: the map holds at most
+        // max_client_conn pairs out of 2^32 keys, so this ends at once.
+        let key = loop {
+            let key: u32 = rand::random();
+            if !clients.contains_key(&(pid, key)) {
+                break key;
             }
         };
-        clients.insert(pid, entry.clone());
+        clients.insert((pid, key), entry.clone());
         CancelHandle {
             registry: self.clone(),
             pid,
+            key,
             entry,
         }
     }
 
-    /// The server backend to cancel for a client's (pid, key), if the key
-    /// matches and the client holds a server connection.
-    pub fn lookup(&self, pid: u32, key: u32) -> Option<CancelTarget> {
+    /// What a cancel request quoting (pid, key) reaches here.
+    pub fn lookup(&self, pid: u32, key: u32) -> Lookup {
         let entry = self
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&pid)
-            .cloned()?;
-        if entry.key != key {
-            return None;
-        }
+            .get(&(pid, key))
+            .cloned();
+        let Some(entry) = entry else {
+            return Lookup::Unknown;
+        };
         let target = *entry.target.lock().unwrap_or_else(|e| e.into_inner());
-        target
+        target.map_or(Lookup::Idle, Lookup::Server)
     }
 }
 
@@ -79,7 +99,7 @@ impl CancelHandle {
     }
 
     pub fn key(&self) -> u32 {
-        self.entry.key
+        self.key
     }
 
     /// Points this client's cancel at a server backend, or at nothing.
@@ -94,7 +114,7 @@ impl Drop for CancelHandle {
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.pid);
+            .remove(&(self.pid, self.key));
     }
 }
 
@@ -105,17 +125,53 @@ mod tests {
     #[test]
     fn only_the_right_key_reaches_the_target() {
         let reg = Arc::new(CancelRegistry::default());
-        let a = reg.register();
-        let b = reg.register();
+        let a = reg.register(None);
+        let b = reg.register(None);
         assert_ne!(a.pid(), b.pid());
         let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
         a.set(Some((addr, 100, 7)));
-        assert_eq!(reg.lookup(a.pid(), a.key()), Some((addr, 100, 7)));
-        assert_eq!(reg.lookup(a.pid(), a.key().wrapping_add(1)), None);
-        assert_eq!(reg.lookup(b.pid(), b.key()), None, "b holds no server");
+        assert_eq!(reg.lookup(a.pid(), a.key()), Lookup::Server((addr, 100, 7)));
+        assert_eq!(
+            reg.lookup(a.pid(), a.key().wrapping_add(1)),
+            Lookup::Unknown
+        );
+        assert_eq!(
+            reg.lookup(b.pid(), b.key()),
+            Lookup::Idle,
+            "b holds no server"
+        );
         let pid = a.pid();
         let key = a.key();
         drop(a);
-        assert_eq!(reg.lookup(pid, key), None);
+        assert_eq!(reg.lookup(pid, key), Lookup::Unknown);
+    }
+
+    #[test]
+    fn clients_of_a_replica_share_its_pid_and_differ_by_key() {
+        let reg = Arc::new(CancelRegistry::default());
+        let clients: Vec<CancelHandle> = (0..1000).map(|_| reg.register(Some(42))).collect();
+        let keys: std::collections::HashSet<u32> = clients.iter().map(|c| c.key()).collect();
+        assert_eq!(keys.len(), clients.len(), "keys are unique");
+        assert!(clients.iter().all(|c| c.pid() == 42));
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        clients[3].set(Some((addr, 9, 9)));
+        assert_eq!(
+            reg.lookup(42, clients[3].key()),
+            Lookup::Server((addr, 9, 9))
+        );
+        assert_eq!(
+            reg.lookup(43, clients[3].key()),
+            Lookup::Unknown,
+            "the pid is checked"
+        );
+        assert_eq!(reg.lookup(42, clients[4].key()), Lookup::Idle);
+    }
+
+    #[test]
+    fn own_pids_stay_positive() {
+        let reg = Arc::new(CancelRegistry::default());
+        reg.next_pid.store(0x7fff_fffe, Ordering::Relaxed);
+        let pids: Vec<u32> = (0..3).map(|_| reg.register(None).pid()).collect();
+        assert_eq!(pids, [0x7fff_ffff, 1, 2]);
     }
 }

@@ -16,6 +16,7 @@ mod credentials;
 pub mod doctor;
 mod listener;
 pub mod params;
+pub mod peering;
 pub mod pool;
 pub mod prepared;
 mod reload;
@@ -59,6 +60,8 @@ pub struct Shared {
     /// Pools, with the client database name whose route made them.
     pools: Mutex<HashMap<PoolKey, (Pool, String)>>,
     cancels: Arc<CancelRegistry>,
+    /// Cancels for other replicas' keys (`[peering]`).
+    peering: peering::Peering,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clients: Arc<Clients>,
     pub(crate) timeouts: LiveTimeouts,
@@ -429,6 +432,7 @@ impl Proxy {
             lifecycle,
             pools: Mutex::new(HashMap::new()),
             cancels: Arc::new(CancelRegistry::default()),
+            peering: peering::Peering::default(),
             metrics,
             clients: Arc::new(Clients::default()),
             timeouts,
@@ -444,6 +448,7 @@ impl Proxy {
             config: RwLock::new(Arc::new(config)),
         });
         let listeners = listener::Listeners::bind(&shared).await?;
+        shared.peering.set_listen_addr(listeners.tcp_addr);
         let config = shared.config();
         let admin_addr = admin::http::start(&shared, &config.admin).await?;
         // Token caches fetch their first token now, then refresh ahead of expiry.
@@ -477,6 +482,13 @@ impl Proxy {
             rules = config.client_auth.rules.len(),
             "client authentication"
         );
+        if config.peering.enabled() {
+            tracing::info!(
+                peers = ?config.peering.peers,
+                service = ?config.peering.service,
+                "peering: cancel requests for other replicas' clients are forwarded to them"
+            );
+        }
         shared.warm_configured_pools(&config);
         Ok(Proxy {
             shared,

@@ -975,7 +975,18 @@ async fn login(
 /// Sends a CancelRequest for the backend `(pid, key)` at `addr`. Best effort:
 /// Postgres answers cancel requests by closing the connection.
 pub async fn send_cancel(addr: SocketAddr, pid: u32, key: u32) -> io::Result<()> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+    send_cancel_within(addr, pid, key, Duration::from_secs(5)).await
+}
+
+/// [`send_cancel`], connecting within `limit` and then waiting up to
+/// `limit` for the close that says the request was handled.
+pub async fn send_cancel_within(
+    addr: SocketAddr,
+    pid: u32,
+    key: u32,
+    limit: Duration,
+) -> io::Result<()> {
+    let mut s = tokio::time::timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "cancel connect timed out"))??;
     let mut out = BytesMut::new();
@@ -986,7 +997,7 @@ pub async fn send_cancel(addr: SocketAddr, pid: u32, key: u32) -> io::Result<()>
     );
     s.write_all(&out).await?;
     let mut sink = [0u8; 16];
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+    let _ = tokio::time::timeout(limit, s.read(&mut sink)).await;
     Ok(())
 }
 

@@ -48,6 +48,8 @@ const DESCRIPTIONS: &[(&str, char, &str)] = &[
     ("pgwake_wake_duration_seconds", 'h', "Time from the start of a wake until the server answered"),
     ("pgwake_idle_stops_total", 'c', "Stop requests sent to the provider (idle stop, SLEEP, stop on shutdown)"),
     ("pgwake_cancels_total", 'c', "Cancel requests forwarded to the server"),
+    ("pgwake_cancels_forwarded_total", 'c', "Cancel requests for a key another replica issued, sent on to that replica ([peering]), by result: ok or failed"),
+    ("pgwake_cancels_dropped_total", 'c', "Cancel requests that reached no query, by reason: unknown_key (no client of this pgwake has the key, and it names no other replica or peering is off), no_peer (it names a replica not among the peers), in_flight (the same request is being forwarded already)"),
     ("pgwake_timeouts_total", 'c', "Clients or queries ended by a timeout, by kind"),
     ("pgwake_client_auth_failures_total", 'c', "Client logins refused, by reason: password (wrong password, unknown user or malformed exchange) or blocked (the address is over client_auth.max_failures_per_minute)"),
     ("pgwake_client_limit_refusals_total", 'c', "Client connections refused by max_client_conn (global, per database or per user)"),
@@ -134,6 +136,30 @@ impl ConnectErrorKind {
     }
 }
 
+/// Why a cancel request reached no query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelDrop {
+    UnknownKey,
+    NoPeer,
+    InFlight,
+}
+
+impl CancelDrop {
+    const ALL: [CancelDrop; 3] = [
+        CancelDrop::UnknownKey,
+        CancelDrop::NoPeer,
+        CancelDrop::InFlight,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            CancelDrop::UnknownKey => "unknown_key",
+            CancelDrop::NoPeer => "no_peer",
+            CancelDrop::InFlight => "in_flight",
+        }
+    }
+}
+
 /// Process-wide counts and the Prometheus registry.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -142,6 +168,8 @@ pub struct Metrics {
     connect_errors: [AtomicU64; 8],
     pub connects: AtomicU64,
     pub cancels: AtomicU64,
+    cancels_forwarded: [AtomicU64; 2],
+    cancels_dropped: [AtomicU64; 3],
     /// Client logins refused: wrong password or unknown user, and addresses
     /// over `client_auth.max_failures_per_minute`.
     pub client_auth_failures: AtomicU64,
@@ -268,6 +296,8 @@ impl Metrics {
             connect_errors: Default::default(),
             connects: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
+            cancels_forwarded: Default::default(),
+            cancels_dropped: Default::default(),
             client_auth_failures: AtomicU64::new(0),
             client_auth_blocked: AtomicU64::new(0),
             client_limit_refusals: AtomicU64::new(0),
@@ -282,6 +312,15 @@ impl Metrics {
 
     pub fn timeouts(&self, kind: TimeoutKind) -> u64 {
         self.timeouts[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// A cancel request sent on to the replica that issued its key.
+    pub fn cancel_forwarded(&self, ok: bool) {
+        self.cancels_forwarded[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cancel_dropped(&self, reason: CancelDrop) {
+        self.cancels_dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connect_error(&self, kind: ConnectErrorKind) {
@@ -346,6 +385,20 @@ impl Metrics {
             .absolute(self.connects.load(Ordering::Relaxed));
         self.counter("pgwake_cancels_total", vec![])
             .absolute(self.cancels.load(Ordering::Relaxed));
+        for (result, n) in ["ok", "failed"].into_iter().zip(&self.cancels_forwarded) {
+            self.counter(
+                "pgwake_cancels_forwarded_total",
+                vec![Label::new("result", result)],
+            )
+            .absolute(n.load(Ordering::Relaxed));
+        }
+        for r in CancelDrop::ALL {
+            self.counter(
+                "pgwake_cancels_dropped_total",
+                vec![Label::new("reason", r.name())],
+            )
+            .absolute(self.cancels_dropped[r as usize].load(Ordering::Relaxed));
+        }
         for (reason, n) in [
             ("password", &self.client_auth_failures),
             ("blocked", &self.client_auth_blocked),

@@ -24,7 +24,6 @@ use crate::cancel::CancelHandle;
 use crate::clients::{ClientState, Registered};
 use crate::params::{self, Params};
 use crate::pool::{Defaults, Pool, PoolKey, Pooled};
-use crate::server::send_cancel;
 use crate::stats::{micros, PoolCounts, TimeoutKind};
 use crate::{admin, wake, Shared};
 use pgwake_lifecycle::Lifecycle;
@@ -292,12 +291,9 @@ impl Login {
         let Login { peer, shared, .. } = &self;
         let (minor, params, protocol_options) = match request {
             StartupRequest::Cancel { pid, key } => {
-                if let Some((addr, spid, skey)) = shared.cancels.lookup(pid, key) {
-                    shared.metrics.cancels.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = send_cancel(addr, spid, skey).await {
-                        tracing::warn!(peer = %peer.text, error = %e, "could not forward cancel request");
-                    }
-                }
+                // The client's connection stays open until this is done.
+                let local = crate::peering::local_addr(&client);
+                crate::peering::serve_cancel(shared, pid, key, local, &peer.text).await;
                 return None;
             }
             StartupRequest::Ssl | StartupRequest::GssEnc => return None,
@@ -761,7 +757,11 @@ impl<C: ClientStream> Session<C> {
         // Only what differs from the server's defaults is kept per client.
         want.retain(|k, v| defaults.params.get(k) != Some(v));
         let want_fp = params::fingerprint(&want);
-        let cancel = shared.cancels.register();
+        let replica = shared.peering.client_pid(
+            shared.config().peering.enabled(),
+            crate::peering::local_addr(&client),
+        );
+        let cancel = shared.cancels.register(replica);
         let registered = shared.clients.register(
             user,
             database,
