@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod budget;
 mod cancel;
+mod client_io;
 mod clients;
 mod credentials;
 pub mod doctor;

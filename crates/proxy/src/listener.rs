@@ -9,8 +9,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::ClientOrigin;
-use crate::session::{self, Peer};
+use crate::client_io::ClientOrigin;
+use crate::client_io::Peer;
+use crate::session;
 use crate::{Shared, StartError};
 
 pub(crate) struct Listeners {

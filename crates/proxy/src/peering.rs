@@ -12,7 +12,6 @@
 //! peer address that leads elsewhere, such as a load balancer's, is caught
 //! by [`Peering::begin`]).
 
-use std::any::Any;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
@@ -59,19 +58,6 @@ pub fn replica_id(addr: SocketAddr) -> u32 {
         0 => 1,
         id => id,
     }
-}
-
-/// The local address of a client's TCP connection (plain or TLS); `None`
-/// for the unix socket.
-pub(crate) fn local_addr<C: 'static>(client: &C) -> Option<SocketAddr> {
-    let any: &dyn Any = client;
-    if let Some(s) = any.downcast_ref::<tokio::net::TcpStream>() {
-        return s.local_addr().ok();
-    }
-    if let Some(s) = any.downcast_ref::<crate::tls::ClientTls>() {
-        return s.tcp().local_addr().ok();
-    }
-    None
 }
 
 /// Whether `a` and `b` are one address (an IPv4 address and its

@@ -10,8 +10,8 @@ use pgwake_protocol::sqlstate;
 use tokio::io::AsyncReadExt;
 
 use super::report;
-use crate::auth::ClientOrigin;
-use crate::session::{ClientStream, Peer};
+use crate::client_io::ClientOrigin;
+use crate::client_io::{ClientStream, Peer};
 use crate::Shared;
 
 /// Client database names that reach the console.

@@ -25,7 +25,7 @@ pub(crate) use limits::{Admission, ClientLimits};
 use scram::{Binding, Exchange, Failure, Verifier};
 use userlist::{Secret, Users};
 
-use crate::session::ClientStream;
+use crate::client_io::{ClientOrigin, ClientStream};
 use crate::stats::Metrics;
 
 /// Largest SASL message a client may send.
@@ -46,22 +46,6 @@ struct Rules {
 
 /// Rules and users read for a reload, not yet in force.
 pub(crate) struct Prepared(Arc<Rules>);
-
-/// Where a client connects from, as the rules and messages see it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientOrigin {
-    /// `None`: the unix socket.
-    pub ip: Option<IpAddr>,
-}
-
-impl ClientOrigin {
-    pub fn host(&self) -> String {
-        match self.ip {
-            Some(ip) => ip.to_canonical().to_string(),
-            None => "[local]".to_owned(),
-        }
-    }
-}
 
 pub(crate) struct ClientAuth {
     current: RwLock<Arc<Rules>>,

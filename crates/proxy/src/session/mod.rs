@@ -16,11 +16,11 @@ use pgwake_config::PoolMode;
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::startup::{self, StartupRequest};
 use pgwake_protocol::{sqlstate, FrameError, NextRequest, Scanned, Scanner};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::ClientOrigin;
 use crate::cancel::CancelHandle;
+use crate::client_io::{ClientStream, Peer};
 use crate::clients::{ClientState, Registered};
 use crate::params::{self, Params};
 use crate::pool::{Defaults, Pool, PoolKey, Pooled};
@@ -35,95 +35,6 @@ mod relay;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on statements pgwake runs itself (settings, ROLLBACK, DISCARD ALL).
 const INTERNAL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A client byte stream: TCP, unix socket or TLS over TCP.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Waits until there is something to read (or EOF) without holding a
-    /// buffer: an idle client then costs no buffer memory at all.
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
-    /// Reads what is there without waiting (`WouldBlock` when nothing is).
-    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// The `tls-server-end-point` channel-binding data of an encrypted
-    /// connection, for SCRAM-SHA-256-PLUS.
-    fn channel_binding(&self) -> Option<&[u8]> {
-        None
-    }
-    /// Writes all of `data` and pushes it out (TLS holds written bytes
-    /// until flushed; for sockets the flush costs nothing).
-    fn send<'a>(
-        &'a mut self,
-        data: &'a [u8],
-    ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'a {
-        async move {
-            self.write_all(data).await?;
-            self.flush().await
-        }
-    }
-}
-
-/// Reads what is there; a read that did not fill `buf` emptied the socket,
-/// so its readiness is cleared (as tokio's own `poll_read` does), sparing
-/// the next read a system call that would only say "would block".
-macro_rules! try_read_draining {
-    ($stream:ty) => {
-        fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let cap = buf.len();
-            let mut got = 0;
-            let r = <$stream>::try_io(self, tokio::io::Interest::READABLE, || {
-                let n = <$stream>::try_read(self, buf)?;
-                got = n;
-                if 0 < n && n < cap {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(n)
-                }
-            });
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-                r => r,
-            }
-        }
-    };
-}
-
-impl ClientStream for tokio::net::TcpStream {
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        tokio::net::TcpStream::readable(self)
-    }
-    try_read_draining!(tokio::net::TcpStream);
-}
-
-impl ClientStream for tokio::net::UnixStream {
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        tokio::net::UnixStream::readable(self)
-    }
-    try_read_draining!(tokio::net::UnixStream);
-}
-
-impl ClientStream for crate::tls::ClientTls {
-    async fn readable(&mut self) -> io::Result<()> {
-        if self.has_buffered() {
-            return Ok(());
-        }
-        self.tcp().readable().await
-    }
-
-    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::tls::ClientTls::try_read(self, buf)
-    }
-
-    fn channel_binding(&self) -> Option<&[u8]> {
-        self.1.as_deref()
-    }
-}
-
-/// Where a client connects from.
-#[derive(Debug, Clone)]
-pub(crate) struct Peer {
-    /// For logs and SHOW CLIENTS: `ip:port` or `unix socket`.
-    pub text: String,
-    pub origin: ClientOrigin,
-}
 
 /// Serves one TCP client until it leaves, encrypting when it asks and
 /// `listen.client_tls_mode` allows. `admitted` is false when the client is
@@ -292,7 +203,7 @@ impl Login {
         let (minor, params, protocol_options) = match request {
             StartupRequest::Cancel { pid, key } => {
                 // The client's connection stays open until this is done.
-                let local = crate::peering::local_addr(&client);
+                let local = client.local_addr();
                 crate::peering::serve_cancel(shared, pid, key, local, &peer.text).await;
                 return None;
             }
@@ -757,10 +668,9 @@ impl<C: ClientStream> Session<C> {
         // Only what differs from the server's defaults is kept per client.
         want.retain(|k, v| defaults.params.get(k) != Some(v));
         let want_fp = params::fingerprint(&want);
-        let replica = shared.peering.client_pid(
-            shared.config().peering.enabled(),
-            crate::peering::local_addr(&client),
-        );
+        let replica = shared
+            .peering
+            .client_pid(shared.config().peering.enabled(), client.local_addr());
         let cancel = shared.cancels.register(replica);
         let registered = shared.clients.register(
             user,
@@ -1240,7 +1150,7 @@ mod tests {
         let proxy = crate::Proxy::bind(cfg).await.unwrap();
         let peer = super::Peer {
             text: "test".into(),
-            origin: crate::auth::ClientOrigin { ip: None },
+            origin: crate::client_io::ClientOrigin { ip: None },
         };
         let fut = super::serve_tcp(c, peer, proxy.shared(), true);
         let size = std::mem::size_of_val(&fut);

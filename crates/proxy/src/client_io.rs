@@ -1,0 +1,125 @@
+//! A client's byte stream and where it comes from: the one leaf every
+//! part of the front door (listener, login, authentication, the admin
+//! console, sessions) shares, so none of them imports another for it.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// A client byte stream: TCP, unix socket or TLS over TCP.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until there is something to read (or EOF) without holding a
+    /// buffer: an idle client then costs no buffer memory at all.
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+    /// Reads what is there without waiting (`WouldBlock` when nothing is).
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The address the client reached pgwake at (`None` on the unix
+    /// socket): a replica's identity for peering.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// The `tls-server-end-point` channel-binding data of an encrypted
+    /// connection, for SCRAM-SHA-256-PLUS.
+    fn channel_binding(&self) -> Option<&[u8]> {
+        None
+    }
+    /// Writes all of `data` and pushes it out (TLS holds written bytes
+    /// until flushed; for sockets the flush costs nothing).
+    fn send<'a>(
+        &'a mut self,
+        data: &'a [u8],
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'a {
+        async move {
+            self.write_all(data).await?;
+            self.flush().await
+        }
+    }
+}
+
+/// Reads what is there; a read that did not fill `buf` emptied the socket,
+/// so its readiness is cleared (as tokio's own `poll_read` does), sparing
+/// the next read a system call that would only say "would block".
+macro_rules! try_read_draining {
+    ($stream:ty) => {
+        fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let cap = buf.len();
+            let mut got = 0;
+            let r = <$stream>::try_io(self, tokio::io::Interest::READABLE, || {
+                let n = <$stream>::try_read(self, buf)?;
+                got = n;
+                if 0 < n && n < cap {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+                r => r,
+            }
+        }
+    };
+}
+
+impl ClientStream for tokio::net::TcpStream {
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        tokio::net::TcpStream::readable(self)
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        tokio::net::TcpStream::local_addr(self).ok()
+    }
+    try_read_draining!(tokio::net::TcpStream);
+}
+
+impl ClientStream for tokio::net::UnixStream {
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        tokio::net::UnixStream::readable(self)
+    }
+    try_read_draining!(tokio::net::UnixStream);
+}
+
+impl ClientStream for crate::tls::ClientTls {
+    async fn readable(&mut self) -> io::Result<()> {
+        if self.has_buffered() {
+            return Ok(());
+        }
+        self.tcp().readable().await
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::tls::ClientTls::try_read(self, buf)
+    }
+
+    fn channel_binding(&self) -> Option<&[u8]> {
+        self.1.as_deref()
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp().local_addr().ok()
+    }
+}
+
+/// Where a client connects from.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// For logs and SHOW CLIENTS: `ip:port` or `unix socket`.
+    pub text: String,
+    pub origin: ClientOrigin,
+}
+
+/// Where a client connects from, as the rules and messages see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientOrigin {
+    /// `None`: the unix socket.
+    pub ip: Option<IpAddr>,
+}
+
+impl ClientOrigin {
+    pub fn host(&self) -> String {
+        match self.ip {
+            Some(ip) => ip.to_canonical().to_string(),
+            None => "[local]".to_owned(),
+        }
+    }
+}
