@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use pgwake_testkit::{Cluster, HostAuth};
+use pgwake_localpg::{Client, ClientError, Cluster, CtlAction, HostAuth};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -61,9 +61,9 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "127.0.0.1:0"
         },
         size = args.pool_size,
-        status = cluster.ctl_command("status"),
-        start = cluster.ctl_command("start"),
-        stop = cluster.ctl_command("stop"),
+        status = cluster.ctl_command(CtlAction::Status),
+        start = cluster.ctl_command(CtlAction::Start),
+        stop = cluster.ctl_command(CtlAction::Stop),
     );
     let config = pgwake_config::load(Some(("demo", &toml)), None, [])
         .map_err(|e| anyhow::anyhow!("demo configuration:\n{e}"))?;
@@ -89,7 +89,8 @@ async fn demo(
     let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
     let server = tokio::spawn(proxy.run(async move { stopped.cancelled().await }));
-    let url = format!("postgres://app@127.0.0.1:{}/app", addr.port());
+    let port = addr.port();
+    let url = format!("postgres://app@127.0.0.1:{port}/app");
     println!(
         "\npgwake is listening. Point your app at it, with no password:\n\n  DATABASE_URL={url}\n"
     );
@@ -97,11 +98,11 @@ async fn demo(
         println!("  metrics: http://{admin}/metrics   readiness: http://{admin}/readyz");
         println!(
             "  admin console: psql postgres://app@127.0.0.1:{}/pgwake -c 'SHOW POOLS'\n",
-            addr.port()
+            port
         );
     }
 
-    let setup = pgwake_testkit::connect_url(&url).await?;
+    let mut setup = connect(port).await?;
     setup
         .batch_execute("CREATE TABLE IF NOT EXISTS demo_orders (id bigserial PRIMARY KEY, client int, amount int)")
         .await?;
@@ -115,30 +116,18 @@ async fn demo(
     let started = Instant::now();
     let mut workers = Vec::new();
     for c in 0..args.clients {
-        let (url, done, failed, n) = (url.clone(), done.clone(), failed.clone(), args.transactions);
+        let (done, failed, n) = (done.clone(), failed.clone(), args.transactions);
         workers.push(tokio::spawn(async move {
-            let Ok(mut client) = pgwake_testkit::connect_url(&url).await else {
+            let Ok(mut client) = connect(port).await else {
                 failed.fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
                 return;
             };
             for i in 0..n {
-                let r = async {
-                    let tx = client.transaction().await?;
-                    tx.execute(
-                        "INSERT INTO demo_orders (client, amount) VALUES ($1, $2)",
-                        &[
-                            &i32::try_from(c).unwrap_or(0),
-                            &i32::try_from(i).unwrap_or(0),
-                        ],
-                    )
-                    .await?;
-                    tx.query_one(
-                        "SELECT count(*) FROM demo_orders WHERE client = $1",
-                        &[&i32::try_from(c).unwrap_or(0)],
-                    )
-                    .await?;
-                    tx.commit().await
-                }
+                let r = order(
+                    &mut client,
+                    i32::try_from(c).unwrap_or(0),
+                    i32::try_from(i).unwrap_or(0),
+                )
                 .await;
                 match r {
                     Ok(()) => done.fetch_add(1, Ordering::Relaxed),
@@ -152,14 +141,15 @@ async fn demo(
     // Bounded: the workload is finite; the loop also ends after two minutes.
     while started.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let backends: i64 = cluster
-            .psql(
+        let backends: i64 = tokio::task::block_in_place(|| {
+            cluster.psql(
                 "postgres",
                 "select count(*) from pg_stat_activity where usename = 'app'",
             )
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        })
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
         peak_backends = peak_backends.max(backends);
         let (d, f) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
         println!(
@@ -189,9 +179,12 @@ async fn demo(
     tokio::task::block_in_place(|| cluster.stop())?;
     let asleep = Instant::now();
     let woke = async {
-        let c = pgwake_testkit::connect_url(&url).await?;
-        let row = c.query_one("SELECT count(*) FROM demo_orders", &[]).await?;
-        anyhow::Ok(row.get::<_, i64>(0))
+        let mut c = connect(port).await?;
+        let rows = c.simple_query("SELECT count(*) FROM demo_orders").await?;
+        rows.first()
+            .and_then(|row| row.get(0))
+            .and_then(|count| count.parse::<i64>().ok())
+            .context("SELECT count(*) returned no number")
     }
     .await;
     let woke_ok = match woke {
@@ -219,4 +212,35 @@ async fn demo(
     stop.cancel();
     let _ = server.await;
     Ok(code)
+}
+
+/// A client of pgwake, logging in as the demo's user with no password.
+async fn connect(port: u16) -> Result<Client, ClientError> {
+    Client::connect("127.0.0.1", port, "app", None, "app").await
+}
+
+/// One transaction of the workload: an order, then the client's count.
+/// After a failure it rolls back, so that the connection stays usable. The
+/// values are integers written into the SQL: the demo's client speaks only
+/// the simple query protocol.
+async fn order(client: &mut Client, c: i32, amount: i32) -> Result<(), ClientError> {
+    client.batch_execute("BEGIN").await?;
+    let r = async {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO demo_orders (client, amount) VALUES ({c}, {amount})"
+            ))
+            .await?;
+        client
+            .simple_query(&format!(
+                "SELECT count(*) FROM demo_orders WHERE client = {c}"
+            ))
+            .await?;
+        client.batch_execute("COMMIT").await
+    }
+    .await;
+    if r.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    r
 }

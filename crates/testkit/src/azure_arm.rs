@@ -18,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::{Cluster, HOST};
+use pgwake_localpg::HOST;
+
+use crate::Cluster;
 
 /// The resource ID the fake serves.
 pub const RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-test/providers/Microsoft.DBforPostgreSQL/flexibleServers/pg-test";

@@ -20,7 +20,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::{connect, quote_ident, quote_literal, random_u64, Cluster, HOST, SUPERUSER};
+use pgwake_localpg::{quote_ident, quote_literal, HOST, SUPERUSER};
+
+use crate::{connect, Cluster};
 
 /// The resource Azure Database for PostgreSQL tokens are issued for.
 pub const POSTGRES_RESOURCE: &str = "https://ossrdbms-aad.database.windows.net";
@@ -61,7 +63,11 @@ impl FakeIdentity {
     /// Must run inside a tokio runtime.
     pub async fn start(cluster: &Cluster, role: &str, lifetime: Duration) -> anyhow::Result<Self> {
         let inner = Arc::new(Inner {
-            header: format!("{:016x}{:016x}", random_u64(), random_u64()),
+            header: format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            ),
             role: role.to_string(),
             db_port: cluster.port(),
             lifetime: Mutex::new(lifetime),
@@ -179,8 +185,8 @@ async fn token(
         .unwrap_or(0);
     let token = format!(
         "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fake{:016x}{:016x}",
-        random_u64(),
-        random_u64()
+        rand::random::<u64>(),
+        rand::random::<u64>()
     );
     // The server accepts the token as the role's password until it expires.
     let valid_until = humantime::format_rfc3339(UNIX_EPOCH + Duration::from_secs(expires_secs));
