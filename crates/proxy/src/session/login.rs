@@ -1,0 +1,397 @@
+//! A client's way in: TLS if it asks, the startup packet, cancel requests,
+//! the checks of a login (limits, TLS required, `[client_auth]`, whether
+//! the user is served), then the admin console or a session.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pgwake_protocol::backend::{self, ErrorMessage};
+use pgwake_protocol::sqlstate;
+use pgwake_protocol::startup::{self, StartupRequest};
+use tokio::io::AsyncReadExt;
+
+use super::{closed, send_fatal, Session};
+use crate::client_io::{ClientStream, Peer};
+use crate::stats::TimeoutKind;
+use crate::{admin, Shared};
+
+/// Serves one TCP client until it leaves, encrypting when it asks and
+/// `listen.client_tls_mode` allows. `admitted` is false when the client is
+/// over `max_client_conn`: it is told so after the handshake and closed.
+pub(crate) async fn serve_tcp(
+    client: tokio::net::TcpStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    admitted: bool,
+) {
+    // The login is boxed and freed once done: an idle client's task holds
+    // only its session.
+    match Box::pin(accept_tcp(client, peer, shared, admitted)).await {
+        Accepted::Plain(mut session) => session.run().await,
+        Accepted::Tls(mut session) => Box::pin(session.run()).await,
+        Accepted::Done => {}
+    }
+}
+
+/// Serves one unix-socket client until it leaves.
+pub(crate) async fn serve_unix(
+    client: tokio::net::UnixStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    admitted: bool,
+) {
+    let login = Login {
+        deadline: login_deadline(&shared),
+        peer,
+        shared,
+        admitted,
+        encrypted: false,
+    };
+    let login = Box::pin(login.run(client, BytesMut::new()));
+    if let Some(mut session) = login.await {
+        session.run().await;
+    }
+}
+
+/// A client after its login. (The plain session is the common case and
+/// the one an idle client's task holds; TLS sessions are boxed.)
+#[allow(clippy::large_enum_variant)]
+enum Accepted {
+    Plain(Session<tokio::net::TcpStream>),
+    Tls(Box<Session<crate::tls::ClientTls>>),
+    /// Served already (cancel request, admin console) or refused.
+    Done,
+}
+
+async fn accept_tcp(
+    mut client: tokio::net::TcpStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    admitted: bool,
+) -> Accepted {
+    let mut login = Login {
+        deadline: login_deadline(&shared),
+        peer,
+        shared,
+        admitted,
+        encrypted: false,
+    };
+    let mut buf = BytesMut::new();
+    let tls = login.shared.client_tls();
+    let step = handshake(&mut client, &mut buf, tls.is_some());
+    match within_login(&login.shared, login.deadline, step).await {
+        Ok(Handshake::Request(request)) => match login.finish(client, buf, request).await {
+            Some(s) => Accepted::Plain(s),
+            None => Accepted::Done,
+        },
+        Ok(Handshake::Gone) => Accepted::Done,
+        Ok(Handshake::Tls) => {
+            let Some(tls) = tls else {
+                return Accepted::Done;
+            };
+            let accept = tls.acceptor.accept(client);
+            let client = match tokio::time::timeout_at(login.deadline, accept).await {
+                Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s), tls.end_point),
+                Ok(Err(e)) => {
+                    tracing::info!(peer = %login.peer.text, error = %e, "client TLS handshake failed");
+                    return Accepted::Done;
+                }
+                Err(_) => {
+                    login.shared.metrics.timeout(TimeoutKind::ClientLogin);
+                    return Accepted::Done;
+                }
+            };
+            login.encrypted = true;
+            match login.run(client, buf).await {
+                Some(s) => Accepted::Tls(Box::new(s)),
+                None => Accepted::Done,
+            }
+        }
+        Err(e) => {
+            tracing::debug!(peer = %login.peer.text, error = %e.message, "refused malformed startup");
+            let _ = send_fatal(&mut client, &e).await;
+            Accepted::Done
+        }
+    }
+}
+
+fn login_deadline(shared: &Shared) -> tokio::time::Instant {
+    tokio::time::Instant::now() + shared.config().listen.client_login_timeout
+}
+
+/// Runs a login step, failing it at `deadline` (`client_login_timeout`).
+async fn within_login<T>(
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+    step: impl std::future::Future<Output = Result<T, ErrorMessage>>,
+) -> Result<T, ErrorMessage> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(r) => r,
+        Err(_) => {
+            shared.metrics.timeout(TimeoutKind::ClientLogin);
+            Err(ErrorMessage::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "startup not completed within listen.client_login_timeout = {}",
+                    humantime::format_duration(shared.config().listen.client_login_timeout)
+                ),
+            ))
+        }
+    }
+}
+
+/// A client's login after its startup packet.
+struct Login {
+    peer: Peer,
+    shared: Arc<Shared>,
+    /// Under `max_client_conn`.
+    admitted: bool,
+    /// When `client_login_timeout` runs out.
+    deadline: tokio::time::Instant,
+    /// Over TLS.
+    encrypted: bool,
+}
+
+impl Login {
+    /// Reads the startup packet (refusing encryption requests: the stream
+    /// is encrypted already, or cannot be) and finishes the login.
+    async fn run<C: ClientStream>(self, mut client: C, mut buf: BytesMut) -> Option<Session<C>> {
+        let step = handshake(&mut client, &mut buf, false);
+        let request = match within_login(&self.shared, self.deadline, step).await {
+            Ok(Handshake::Request(r)) => r,
+            Ok(Handshake::Gone | Handshake::Tls) => return None,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer.text, error = %e.message, "refused malformed startup");
+                let _ = send_fatal(&mut client, &e).await;
+                return None;
+            }
+        };
+        self.finish(client, buf, request).await
+    }
+
+    /// Forwards a cancel request; checks a login (TLS required?, limits,
+    /// authentication) and serves the admin console or starts a session.
+    /// `None`: nothing more to serve.
+    async fn finish<C: ClientStream>(
+        self,
+        mut client: C,
+        mut buf: BytesMut,
+        request: StartupRequest,
+    ) -> Option<Session<C>> {
+        let Login { peer, shared, .. } = &self;
+        let (minor, params, protocol_options) = match request {
+            StartupRequest::Cancel { pid, key } => {
+                // The client's connection stays open until this is done.
+                let local = client.local_addr();
+                crate::peering::serve_cancel(shared, pid, key, local, &peer.text).await;
+                return None;
+            }
+            StartupRequest::Ssl | StartupRequest::GssEnc => return None,
+            StartupRequest::Startup {
+                minor,
+                params,
+                protocol_options,
+            } => (minor, params, protocol_options),
+        };
+        let checked = self.check(&mut client, &mut buf, &params);
+        let (user, database, admission) = match within_login(shared, self.deadline, checked).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = send_fatal(&mut client, &e).await;
+                return None;
+            }
+        };
+        let Login { peer, shared, .. } = self;
+        if admin::console::is_console(&database) {
+            admin::console::serve(client, buf, &peer, shared, &user).await;
+            return None;
+        }
+        let start = Session::start(
+            client,
+            buf,
+            peer.text,
+            shared,
+            minor,
+            params,
+            protocol_options,
+            admission,
+        );
+        match start.await {
+            Ok(session) => Some(session),
+            Err((mut client, e)) => {
+                let _ = send_fatal(&mut client, &e).await;
+                None
+            }
+        }
+    }
+
+    /// Checks that a client may log in: under `max_client_conn`, encrypted
+    /// when TLS is required, allowed by `[client_auth]` and under the
+    /// per-database and per-user limits. Returns the user, the database and
+    /// the client's place under the limits (held until it leaves).
+    async fn check<C: ClientStream>(
+        &self,
+        client: &mut C,
+        buf: &mut BytesMut,
+        params: &[(String, String)],
+    ) -> Result<(String, String, crate::auth::Admission), ErrorMessage> {
+        let (peer, shared) = (&self.peer, &self.shared);
+        let config = shared.config();
+        let refuse = |e: ErrorMessage| {
+            shared
+                .metrics
+                .client_limit_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            e
+        };
+        if !self.admitted {
+            return Err(refuse(ErrorMessage::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!(
+                    "sorry, too many clients already (listen.max_client_conn = {})",
+                    config.listen.max_client_conn
+                ),
+            )));
+        }
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(user) = get("user") else {
+            return Err(ErrorMessage::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ));
+        };
+        let database = get("database").unwrap_or(user);
+        if config.listen.client_tls_mode == pgwake_config::ClientTlsMode::Require
+            && !self.encrypted
+            && peer.origin.ip.is_some()
+        {
+            return Err(ErrorMessage::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "pgwake requires TLS (listen.client_tls_mode = \"require\"): connect with sslmode=require or stricter (host \"{}\", user \"{user}\", database \"{database}\")",
+                    peer.origin.host()
+                ),
+            ));
+        }
+        let lookup = || crate::auth::query_secret(shared, user);
+        let by_password = shared
+            .client_auth
+            .authenticate(
+                client,
+                buf,
+                peer.origin,
+                database,
+                user,
+                &shared.metrics,
+                lookup,
+            )
+            .await?;
+        // A login without a password names a user only: serve it only as
+        // the configuration says, never as some other role by default.
+        if !by_password && !admin::console::is_console(database) {
+            if let Some(route) = config.route(database) {
+                if !route.serves(user) {
+                    return Err(not_served(&route, database, user));
+                }
+            }
+        }
+        let admission = shared
+            .client_limits
+            .admit(&config, database, user)
+            .map_err(refuse)?;
+        Ok((user.to_owned(), database.to_owned(), admission))
+    }
+}
+
+/// What the client's first packets asked for.
+enum Handshake {
+    Request(StartupRequest),
+    /// An SSLRequest that was accepted (`S` sent): TLS starts now.
+    Tls,
+    /// The client left.
+    Gone,
+}
+
+/// Reads startup packets until a StartupMessage or CancelRequest arrives,
+/// answering GSSENCRequest with `N` and SSLRequest with `S` when `offer_tls`
+/// (else `N`).
+async fn handshake<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    offer_tls: bool,
+) -> Result<Handshake, ErrorMessage> {
+    let malformed = |e: startup::StartupError| ErrorMessage::fatal(e.sqlstate(), e.to_string());
+    // SSLRequest and GSSENCRequest may each come once before the startup message.
+    for _ in 0..3 {
+        let len = loop {
+            if let Some(len) = startup::packet_len(buf).map_err(malformed)? {
+                break len;
+            }
+            if !read_some(client, buf, 8).await? {
+                return Ok(Handshake::Gone);
+            }
+        };
+        while buf.len() < len {
+            if !read_some(client, buf, len).await? {
+                return Ok(Handshake::Gone);
+            }
+        }
+        let packet = buf.split_to(len);
+        let request = startup::parse(&packet).map_err(malformed)?;
+        if matches!(request, StartupRequest::Ssl | StartupRequest::GssEnc) {
+            if !buf.is_empty() {
+                return Err(ErrorMessage::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "received unencrypted data after encryption request",
+                ));
+            }
+            let tls = offer_tls && matches!(request, StartupRequest::Ssl);
+            let answer = if tls {
+                backend::ENCRYPTION_ACCEPTED
+            } else {
+                backend::ENCRYPTION_REFUSED
+            };
+            client.send(&[answer]).await.map_err(|_| closed())?;
+            if tls {
+                return Ok(Handshake::Tls);
+            }
+            continue;
+        }
+        return Ok(Handshake::Request(request));
+    }
+    Err(ErrorMessage::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        "too many encryption requests",
+    ))
+}
+
+/// Reads at least one byte, reserving room for `want` bytes in total.
+async fn read_some<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Result<bool, ErrorMessage> {
+    // Room for a whole startup packet in one read (the buffer is short-lived).
+    buf.reserve(want.saturating_sub(buf.len()).max(512));
+    match client.read_buf(buf).await {
+        Ok(0) | Err(_) => Ok(false),
+        Ok(_) => Ok(true),
+    }
+}
+
+/// The error for a client user the configuration does not serve.
+fn not_served(route: &pgwake_config::Route, database: &str, user: &str) -> ErrorMessage {
+    let server_user = route.user.as_deref().unwrap_or_default();
+    ErrorMessage::fatal(
+        sqlstate::INVALID_AUTHORIZATION,
+        format!("pgwake does not serve user \"{user}\" on database \"{database}\": clients log in as \"{server_user}\" (the server user){}", if route.client_users.is_empty() { String::new() } else { format!(" or one of {:?}", route.client_users) }),
+    )
+    .with_hint(format!("connect as \"{server_user}\", or list \"{user}\" in server.auth.client_users (or [databases.{database}] client_users) to serve it as \"{server_user}\""))
+}
