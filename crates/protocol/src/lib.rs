@@ -12,6 +12,7 @@ pub mod backend;
 pub mod frame;
 pub mod sqlstate;
 pub mod startup;
+pub mod sql;
 
 pub use frame::{FrameError, NextRequest, Scanned, Scanner};
 pub use startup::{StartupError, StartupRequest};

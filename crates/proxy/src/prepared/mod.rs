@@ -18,6 +18,7 @@
 //! depends on what an earlier, already synced part of the pipeline may still
 //! undo is held back ([`Step::Wait`]) until the server has answered that part.
 
+use pgwake_protocol::sql;
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -1587,7 +1588,6 @@ fn edit_error(body: &[u8], from: &[u8], to: &[u8], position: Position, out: &mut
     }
 }
 
-mod sql;
 mod sql_commands;
 #[cfg(test)]
 mod tests;

@@ -30,12 +30,12 @@ use bytes::{BufMut, BytesMut};
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::sqlstate;
 
-use super::sql::{self, Command, Name, Parsed};
 use super::{
     edit_error, length, put_close_statement, put_cstr, put_header, ClientUndo, Entry, Expect, Kind,
     Position, Rename, Rewriter, ServerUndo, StatementSpec, Step, TooLarge, Undo, PROBE_NAME,
     SERVER_NAME_LEN,
 };
+use pgwake_protocol::sql::{self, Command, Name, Parsed};
 
 /// A name no connection has a statement by: stands for one the client
 /// does not have, so that the server reports it missing in step.

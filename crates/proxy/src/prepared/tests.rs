@@ -1442,7 +1442,7 @@ fn random_sessions_see_what_one_server_session_sends() {
 }
 
 mod sql_text {
-    use super::super::sql::{self, Command, Parsed, RESERVED};
+    use pgwake_protocol::sql::{self, Command, Parsed, RESERVED};
 
     fn parse(text: &str) -> Parsed {
         let mut body = text.as_bytes().to_vec();

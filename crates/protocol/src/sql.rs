@@ -175,6 +175,10 @@ fn first_keyword(text: &[u8]) -> Start {
         // Only whitespace and comments so far (or an unterminated comment).
         return Start::NeedMore;
     }
+    if matches!(&text[at..], [b'-'] | [b'/']) {
+        // The prefix ends where a comment may begin (`--`, `/*`).
+        return Start::NeedMore;
+    }
     let (word, end) = word(text, at);
     if word.is_empty() {
         return Start::Other;
@@ -434,7 +438,7 @@ fn ident_char(b: u8) -> bool {
 /// Keywords that cannot name a prepared statement (PostgreSQL's reserved
 /// and type/function-name keywords; a name is a `ColId`). Sorted, for the
 /// binary search.
-pub(super) const RESERVED: &[&str] = &[
+pub const RESERVED: &[&str] = &[
     "all",
     "analyse",
     "analyze",
