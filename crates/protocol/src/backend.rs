@@ -1,8 +1,11 @@
 //! Backend messages pgwake writes to its clients itself: the startup replies
 //! and its own errors and notices. (`postgres-protocol` parses backend
-//! messages but writes only frontend ones.)
+//! messages but writes only frontend ones.) [`parse`] reads the server's
+//! messages pgwake looks into as they pass.
 
 use bytes::{BufMut, BytesMut};
+
+pub mod parse;
 
 /// The one-byte answer to SSLRequest and GSSENCRequest when encryption is off.
 pub const ENCRYPTION_REFUSED: u8 = b'N';

@@ -4,15 +4,17 @@
 //! `Ok(None)` meaning "need more bytes" and `Err` meaning "malformed".
 //!
 //! The client side of server authentication and the parsing of backend
-//! messages come from `postgres-protocol`; this crate adds what it lacks for a
-//! proxy: reading a stream of frames without copying, the server side of the
-//! startup handshake, and writing backend messages to clients.
+//! messages at login come from `postgres-protocol`; this crate adds what it
+//! lacks for a proxy: reading a stream of frames without copying, reading the
+//! bodies of the backend messages pgwake looks into without copying them, the
+//! server side of the startup handshake, and writing backend messages to
+//! clients.
 
 pub mod backend;
 pub mod frame;
+pub mod sql;
 pub mod sqlstate;
 pub mod startup;
-pub mod sql;
 
 pub use frame::{FrameError, NextRequest, Scanned, Scanner};
 pub use startup::{StartupError, StartupRequest};

@@ -479,11 +479,7 @@ impl Pool {
             PoolCounts::add(&counts.prepared_misses, c.misses);
             PoolCounts::add(&counts.prepared_evictions, c.evictions);
         }
-        if !p.conn.tx.is_idle()
-            || !p.conn.prepared.plan.is_empty()
-            || p.conn.broken
-            || !p.conn.buf.is_empty()
-            || !p.conn.scan.at_boundary()
+        if !p.conn.is_reusable()
             || now >= p.retire_at
             || p.epoch != self.inner.epoch.load(Ordering::Relaxed)
         {

@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 use fallible_iterator::FallibleIterator;
 use pgwake_config::SslMode;
 use pgwake_credentials::Secret;
-use pgwake_protocol::backend::{ErrorMessage, Severity};
+use pgwake_protocol::backend::{parse, ErrorMessage, Severity};
 use pgwake_protocol::{sqlstate, Scanned, Scanner};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::{backend, frontend};
@@ -237,11 +237,33 @@ pub struct ConnectPhases {
     pub addr: Option<SocketAddr>,
 }
 
+/// The transaction status a ReadyForQuery reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// `I`: no transaction block.
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block (queries refused until it ends).
+    Failed,
+}
+
+impl TxStatus {
+    /// The status byte of a ReadyForQuery body; anything unknown counts as
+    /// failed, so that such a connection is never handed to another client.
+    pub fn from_byte(b: u8) -> TxStatus {
+        match b {
+            b'I' => TxStatus::Idle,
+            b'T' => TxStatus::InTransaction,
+            _ => TxStatus::Failed,
+        }
+    }
+}
+
 /// Transaction status from the last ReadyForQuery, and the replies still owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxState {
-    /// `I` idle, `T` in a transaction, `E` in a failed transaction.
-    pub status: u8,
+    pub status: TxStatus,
     /// ReadyForQuery messages still to come: one per Query, Sync or FunctionCall sent.
     pub owed: u32,
     /// Extended-protocol messages were sent since the last Sync.
@@ -250,14 +272,20 @@ pub struct TxState {
 
 impl TxState {
     const IDLE: TxState = TxState {
-        status: b'I',
+        status: TxStatus::Idle,
         owed: 0,
         open_extended: false,
     };
 
     /// Nothing in flight and no transaction open: the connection can serve anyone.
     pub fn is_idle(&self) -> bool {
-        self.owed == 0 && !self.open_extended && self.status == b'I'
+        self.owed == 0 && !self.open_extended && self.status == TxStatus::Idle
+    }
+
+    /// A transaction block is open, or extended-protocol messages await
+    /// their Sync: the client owes the server its next message.
+    pub fn in_transaction(&self) -> bool {
+        self.status != TxStatus::Idle || self.open_extended
     }
 
     /// Records a message sent to the server.
@@ -274,11 +302,11 @@ impl TxState {
         }
     }
 
-    /// Records a ReadyForQuery received.
+    /// Records a ReadyForQuery received, with its status byte.
     #[inline]
     pub fn ready(&mut self, status: u8) {
         self.owed = self.owed.saturating_sub(1);
-        self.status = status;
+        self.status = TxStatus::from_byte(status);
     }
 }
 
@@ -333,21 +361,20 @@ pub fn inspected_server_frame(tag: u8) -> bool {
     matches!(tag, b'Z' | b'S' | b'E' | b'C' | b'T')
 }
 
-/// Whether an ErrorResponse body has severity FATAL or PANIC: the server
-/// closes the connection right after it.
-pub fn is_fatal(body: &[u8]) -> bool {
-    let mut rest = body;
-    while let Some((&code, after)) = rest.split_first() {
-        if code == 0 {
-            return false;
-        }
-        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
-        if code == b'V' {
-            return matches!(&after[..end], b"FATAL" | b"PANIC");
-        }
-        rest = after.get(end + 1..).unwrap_or(&[]);
+impl ServerConn {
+    /// Nothing in flight either way and no transaction open: the client
+    /// that holds this connection may give it back.
+    pub fn is_at_rest(&self) -> bool {
+        self.tx.is_idle()
+            && self.prepared.plan.is_empty()
+            && self.buf.is_empty()
+            && self.scan.at_boundary()
     }
-    false
+
+    /// At rest and not marked for closing: another client may use it.
+    pub fn is_reusable(&self) -> bool {
+        self.is_at_rest() && !self.broken
+    }
 }
 
 impl ServerConn {
@@ -472,7 +499,7 @@ impl ServerConn {
         match tag {
             b'Z' => self.tx.ready(body.first().copied().unwrap_or(b'E')),
             b'S' => {
-                if let Some((k, v)) = split_param(body) {
+                if let Ok((k, v)) = parse::parameter_status(body) {
                     self.params.insert(k.to_ascii_lowercase(), v.to_owned());
                 }
             }
@@ -611,11 +638,12 @@ impl ServerConn {
                 if let Scanned::Frame { tag, body } = item {
                     if tag == b'D' {
                         if let Some(rows) = rows.as_deref_mut().filter(|r| r.is_empty()) {
-                            rows.push(parse_data_row(body));
+                            rows.push(text_row(body));
                         }
                     } else if tag == b'E' {
                         if first_error.is_none() {
-                            first_error = Some(parse_error(body));
+                            first_error =
+                                Some(ErrorMessage::from_fields(parse::error_fields(body)));
                         }
                     } else {
                         let body = body.to_vec();
@@ -640,72 +668,18 @@ impl ServerConn {
     }
 }
 
-pub(crate) fn split_param(body: &[u8]) -> Option<(&str, &str)> {
-    let nul = body.iter().position(|&b| b == 0)?;
-    let k = std::str::from_utf8(&body[..nul]).ok()?;
-    let rest = &body[nul + 1..];
-    let end = rest.iter().position(|&b| b == 0)?;
-    let v = std::str::from_utf8(&rest[..end]).ok()?;
-    Some((k, v))
-}
-
-/// Parses the body of an ErrorResponse or NoticeResponse.
 /// A row's columns as text (`None`: NULL).
 pub(crate) type Row = Vec<Option<String>>;
 
-/// A DataRow body, columns as (lossy) text; malformed rows end early.
-fn parse_data_row(body: &[u8]) -> Row {
-    let mut cols = Vec::new();
-    let Some((count, mut rest)) = body.split_first_chunk::<2>() else {
-        return cols;
+/// A DataRow body, columns as (lossy) text; a malformed row ends early.
+fn text_row(body: &[u8]) -> Row {
+    let Ok(columns) = parse::data_row(body) else {
+        return Row::new();
     };
-    for _ in 0..u16::from_be_bytes(*count) {
-        let Some((len, after)) = rest.split_first_chunk::<4>() else {
-            break;
-        };
-        let len = i32::from_be_bytes(*len);
-        rest = after;
-        if len < 0 {
-            cols.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        let Some((value, after)) = rest.split_at_checked(len) else {
-            break;
-        };
-        cols.push(Some(String::from_utf8_lossy(value).into_owned()));
-        rest = after;
-    }
-    cols
-}
-
-pub fn parse_error(body: &[u8]) -> ErrorMessage {
-    let mut e = ErrorMessage::error(sqlstate::PROTOCOL_VIOLATION, "(no message)");
-    let mut rest = body;
-    while let Some((&code, after)) = rest.split_first() {
-        if code == 0 {
-            break;
-        }
-        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
-        let value = String::from_utf8_lossy(&after[..end]).into_owned();
-        match code {
-            b'V' => {
-                e.severity = match value.as_str() {
-                    "FATAL" | "PANIC" => Severity::Fatal,
-                    "WARNING" => Severity::Warning,
-                    "NOTICE" | "INFO" | "LOG" | "DEBUG" => Severity::Notice,
-                    _ => Severity::Error,
-                }
-            }
-            b'C' => e.code = value,
-            b'M' => e.message = value,
-            b'D' => e.detail = Some(value),
-            b'H' => e.hint = Some(value),
-            _ => {}
-        }
-        rest = after.get(end + 1..).unwrap_or(&[]);
-    }
-    e
+    columns
+        .map_while(Result::ok)
+        .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect()
 }
 
 fn unreachable(target: &Target, e: &io::Error) -> ConnectError {
@@ -923,15 +897,11 @@ async fn login(
             }
             backend::Message::NoticeResponse(_) => {}
             backend::Message::ErrorResponse(body) => {
-                let mut fields = body.fields();
-                let mut raw = Vec::new();
-                while let Ok(Some(f)) = fields.next() {
-                    raw.push(f.type_());
-                    raw.extend_from_slice(f.value_bytes());
-                    raw.push(0);
-                }
-                raw.push(0);
-                return Err(ConnectError::Server(parse_error(&raw)));
+                // A field's value borrows the field, not the body: keep them.
+                let fields: Vec<_> = body.fields().iterator().map_while(Result::ok).collect();
+                return Err(ConnectError::Server(ErrorMessage::from_fields(
+                    fields.iter().map(|f| (f.type_(), f.value_bytes())),
+                )));
             }
             backend::Message::ReadyForQuery(r) => {
                 let now = Instant::now();
@@ -940,7 +910,7 @@ async fn login(
                     buf,
                     scan: Scanner::new(SERVER_MAX_FRAME),
                     tx: TxState {
-                        status: r.status(),
+                        status: TxStatus::from_byte(r.status()),
                         ..TxState::IDLE
                     },
                     params,
@@ -1020,15 +990,5 @@ mod tests {
         t.sent(b'P');
         t.sent(b'H');
         assert!(!t.is_idle(), "extended messages without Sync");
-    }
-
-    #[test]
-    fn parses_server_errors() {
-        let mut buf = BytesMut::new();
-        ErrorMessage::fatal("3D000", "database \"x\" does not exist").write(&mut buf);
-        let e = parse_error(&buf[5..]);
-        assert_eq!(e.code, "3D000");
-        assert_eq!(e.severity, Severity::Fatal);
-        assert_eq!(e.message, "database \"x\" does not exist");
     }
 }

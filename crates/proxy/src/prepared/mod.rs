@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
+use pgwake_protocol::backend::parse::error_fields;
 use thiserror::Error;
 
 /// Length of a server statement name: `pgwake_` and 16 hex digits.
@@ -1442,21 +1443,6 @@ fn is_stale_plan(body: &[u8]) -> bool {
         }
     }
     code && routine
-}
-
-/// The (code, value) fields of an ErrorResponse body.
-fn error_fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    let mut rest = body;
-    std::iter::from_fn(move || {
-        let (&code, after) = rest.split_first()?;
-        if code == 0 {
-            return None;
-        }
-        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
-        let value = &after[..end];
-        rest = after.get(end + 1..).unwrap_or(&[]);
-        Some((code, value))
-    })
 }
 
 fn is_deallocate_all(body: &[u8]) -> bool {

@@ -100,12 +100,9 @@ impl<C: ClientStream> Session<C> {
             let timer = &mut self.timer;
             let server = &mut self.server.as_mut().expect("attached").conn;
             if self.mode == PoolMode::Transaction
-                && server.tx.is_idle()
                 && self.cscan.at_boundary()
-                && server.scan.at_boundary()
-                && server.buf.is_empty()
-                && server.prepared.plan.is_empty()
                 && !self.held
+                && server.is_at_rest()
             {
                 return Stop::Released;
             }
@@ -155,7 +152,7 @@ impl<C: ClientStream> Session<C> {
         if !self.cbuf.is_empty() || !self.cscan.at_boundary() {
             return None;
         }
-        if server.tx.status != b'I' || server.tx.open_extended {
+        if server.tx.in_transaction() {
             return Some((
                 self.idle_since + t.idle_transaction()?,
                 TimeoutKind::IdleTransaction,
@@ -256,11 +253,7 @@ impl<C: ClientStream> Session<C> {
             sqlstate::CONNECTION_FAILURE,
             format!("pgwake lost its server connection while running this statement: {e}"),
         );
-        if tx.status != b'I'
-            || tx.open_extended
-            || !self.cscan.at_boundary()
-            || self.mode == PoolMode::Session
-        {
+        if tx.in_transaction() || !self.cscan.at_boundary() || self.mode == PoolMode::Session {
             return Stop::Fatal(
                 ErrorMessage { severity: backend::Severity::Fatal, ..lost }
                     .with_hint("the open transaction is lost (if COMMIT was in flight, it may or may not have completed); reconnect and retry"),
@@ -517,11 +510,12 @@ impl<C: ClientStream> Session<C> {
                 break;
             };
             if let Scanned::Frame { tag: b'E', body } = item {
-                if crate::server::is_fatal(body) {
+                let fields = backend::parse::error_fields(body);
+                if fields.is_fatal() {
                     // The server is closing this connection (shutdown, terminated
                     // backend): not the client's session to end. Keep it from the
                     // client and handle it as a lost connection.
-                    fatal = Some(crate::server::parse_error(body).message);
+                    fatal = Some(ErrorMessage::from_fields(fields).message);
                     break;
                 }
             }
@@ -567,11 +561,10 @@ impl<C: ClientStream> Session<C> {
             match item {
                 _ if dropped => {}
                 Scanned::Frame { tag: b'Z', body } => {
-                    let status = body.first().copied().unwrap_or(b'E');
-                    server.tx.ready(status);
+                    server.tx.ready(body.first().copied().unwrap_or(b'E'));
                     // Counted and timed once the reply is on its way.
                     readies += 1;
-                    xact_ends += u64::from(status == b'I');
+                    xact_ends += u64::from(server.tx.status == crate::server::TxStatus::Idle);
                     if self.cancel_sent.take().is_some_and(|c| !c.answered) {
                         // Answered before the cancel was seen: it may still
                         // land later, on whatever runs next on this connection.
@@ -580,7 +573,8 @@ impl<C: ClientStream> Session<C> {
                 }
                 Scanned::Frame { tag: b'E', body }
                     if self.cancel_sent.is_some()
-                        && crate::server::parse_error(body).code == sqlstate::QUERY_CANCELED =>
+                        && backend::parse::error_fields(body).sqlstate()
+                            == Some(sqlstate::QUERY_CANCELED.as_bytes()) =>
                 {
                     // The cancel sent for query_timeout: say why.
                     if let Some(c) = &mut self.cancel_sent {
@@ -602,7 +596,7 @@ impl<C: ClientStream> Session<C> {
                     // ParameterStatus: a SET by the client; it now expects this value.
                     let body = body.to_vec();
                     server.observe(b'S', &body);
-                    if let Some((k, v)) = crate::server::split_param(&body) {
+                    if let Ok((k, v)) = backend::parse::parameter_status(&body) {
                         let k = k.to_ascii_lowercase();
                         if !params::follows_client(&k) {
                             // Not replayable: the connection keeps it; it is the client's
