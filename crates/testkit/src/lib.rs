@@ -208,15 +208,3 @@ async fn connect_config(
     });
     Ok(client)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_is_send_and_sync() {
-        fn send_sync<T: Send + Sync>() {}
-        send_sync::<Cluster>();
-        send_sync::<ClusterBuilder>();
-    }
-}
