@@ -48,6 +48,8 @@ import threading
 import time
 import traceback
 
+from driver_common import Tally, expect
+
 # Statement text lengths, in bytes; tests/drivers.rs has the same.
 SIZES = (300, 511, 512, 513, 600, 4096, 65536, 1 << 20, 16 << 20)
 SITUATIONS = ("first", "idle", "transaction", "pipeline")
@@ -89,13 +91,6 @@ def insert_of(size):
     return padded("insert into driver_rows (client, n) select $2, length('", size, "') + $1")
 
 
-class Failed(Exception):
-    """A wrong answer or a broken expectation."""
-
-
-def expect(actual, wanted, what):
-    if actual != wanted:
-        raise Failed(f"{what}: got {actual!r}, expected {wanted!r}")
 
 
 def cases(args):
@@ -114,25 +109,6 @@ def param(case, j):
     """The parameter of call j of a case: different for every call."""
     return 10 * case + j + 1
 
-
-class Tally:
-    def __init__(self, deadline):
-        self.deadline = time.monotonic() + deadline
-        self.lock = threading.Lock()
-        self.counts = {"statements": 0, "short": 0, "connections": 0}
-        self.errors = []
-
-    def add(self, **counts):
-        with self.lock:
-            for key, n in counts.items():
-                self.counts[key] = self.counts.get(key, 0) + n
-
-    def fail(self, what):
-        with self.lock:
-            self.errors.append(what)
-
-    def remaining(self):
-        return self.deadline - time.monotonic()
 
 
 def case_label(kind, size, situation):
@@ -346,7 +322,7 @@ def main():
         if not set(chosen) <= set(every):
             parser.error(f"--{option}: each must be one of {every}")
 
-    tally = Tally(args.deadline)
+    tally = Tally(args.deadline, statements=0, short=0, connections=0)
     started = time.monotonic()
     if args.mode == "psycopg":
         psycopg_main(args, tally)

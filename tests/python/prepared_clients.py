@@ -43,37 +43,10 @@ import threading
 import time
 import traceback
 
-
-class Failed(Exception):
-    """A wrong answer or a broken expectation."""
+from driver_common import Failed, Tally, expect
 
 
-def expect(actual, wanted, what):
-    if actual != wanted:
-        raise Failed(f"{what}: got {actual!r}, expected {wanted!r}")
 
-
-class Tally:
-    """Counts shared by the clients of one run."""
-
-    def __init__(self, deadline):
-        self.deadline = time.monotonic() + deadline
-        self.lock = threading.Lock()
-        self.counts = {}
-        self.errors = []
-
-    def add(self, **counts):
-        with self.lock:
-            for key, n in counts.items():
-                self.counts[key] = self.counts.get(key, 0) + n
-
-    def fail(self, what):
-        with self.lock:
-            self.errors.append(what)
-
-    def check_time(self):
-        if time.monotonic() > self.deadline:
-            raise TimeoutError("deadline passed")
 
 
 def k_of(client, j):
