@@ -6,11 +6,12 @@
 
 mod common;
 
+use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cluster, code, Pgwake};
+use common::{app_backends, cluster, code, Pgwake};
 use pgwake_testkit::azure_identity::{Failure, FakeIdentity};
 use pgwake_testkit::Cluster;
 
@@ -90,6 +91,8 @@ async fn short_lived_rotating_tokens_cause_no_login_failures() {
                         break 'outer;
                     }
                     n += 1;
+                    // The load's pace (the scenario): a transaction every
+                    // 20 ms per client for the whole run.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -124,6 +127,9 @@ async fn short_lived_rotating_tokens_cause_no_login_failures() {
     );
 }
 
+/// Bound on any one wait for pgwake, the server or the endpoint.
+const LIMIT: Duration = Duration::from_secs(30);
+
 async fn try_query(pg: &Pgwake) -> Result<(), (String, String)> {
     common::try_query(&pg.url("app")).await
 }
@@ -146,6 +152,8 @@ async fn endpoint_outage_is_survived_then_reported_then_recovered_from() {
     try_query(&pg).await.expect("first query");
     let issued_at = Instant::now();
     assert_eq!(fake.calls(), 1);
+    // What shows the expiry below, while the token is valid.
+    assert_eq!(pg.metric("pgwake_credential_valid"), 1.0);
 
     // The endpoint fails while the token is still valid: the refresh at
     // ~75 % of the lifetime fails and is retried, and clients notice nothing
@@ -158,6 +166,7 @@ async fn endpoint_outage_is_survived_then_reported_then_recovered_from() {
             panic!("error while the token was valid: {e:?}\n{}", pg.logs());
         }
         queries += 1;
+        // The pace of the queries through the outage (the scenario).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
@@ -167,10 +176,18 @@ async fn endpoint_outage_is_survived_then_reported_then_recovered_from() {
     );
     assert!(queries > 10);
 
-    // Past expiry: new server connections fail with the source and the
-    // endpoint's error, as a connection failure.
-    tokio::time::sleep(
-        (issued_at + lifetime + Duration::from_secs(2)).saturating_duration_since(Instant::now()),
+    // Past expiry: pgwake holds no valid token, and once the server
+    // connections made with it have retired (max_lifetime is 1 s), a client
+    // needs a new one, which fails with the source and the endpoint's error,
+    // as a connection failure.
+    common::wait_until_async("pgwake to find its token expired", LIMIT, || {
+        ready(pg.metric("pgwake_credential_valid") == 0.0)
+    })
+    .await;
+    common::wait_until_async(
+        "the connections made with the expired token to retire",
+        LIMIT,
+        || ready(app_backends(&cluster) == 0),
     )
     .await;
     let (state, message) = try_query(&pg).await.expect_err("expired token");
@@ -181,9 +198,10 @@ async fn endpoint_outage_is_survived_then_reported_then_recovered_from() {
     assert!(message.contains("expired"), "{message}");
     assert_no_token_in(&message, &fake);
 
-    // An endpoint that does not answer at all: named as such.
+    // An endpoint that does not answer at all: named as such, once pgwake
+    // has given up on a fetch from it (fetch_timeout is 2 s).
     fake.fail(Failure::Hang);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.wait_for_log_async("no answer within 2s", LIMIT).await;
     let (state, message) = try_query(&pg).await.expect_err("endpoint hangs");
     assert_eq!(state, "08006", "{message}");
     assert!(message.contains("no answer within 2s"), "{message}");

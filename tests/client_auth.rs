@@ -346,15 +346,8 @@ async fn client_tls_verify_full_works_and_require_refuses_plaintext() {
     std::fs::write(&cert, &second.cert_pem).unwrap();
     std::fs::write(&key, &second.key_pem).unwrap();
     pg.signal("HUP");
-    let mut reloaded = false;
-    for _ in 0..100 {
-        if pg.logs().contains("configuration reloaded") {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reloaded, "{}", pg.logs());
+    pg.wait_for_log_async("configuration reloaded", Duration::from_secs(5))
+        .await;
     let (ok, out) = psql(&cluster, &conninfo(&ca2), "select 'new cert'", &[]);
     assert!(ok && out.trim() == "new cert", "{out}");
     let (ok, out) = psql(&cluster, &conninfo(&ca), "select 1", &[]);
@@ -480,6 +473,7 @@ async fn slowloris_clients_are_closed_at_the_login_timeout_and_others_are_served
         let v: i32 = normal.query_one("select 7", &[]).await.unwrap().get(0);
         assert_eq!(v, 7);
         served += 1;
+        // Spread over the slow clients' life (the scenario), not a wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And a new one can log in while the slow ones hang on.

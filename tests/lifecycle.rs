@@ -4,10 +4,11 @@
 
 mod common;
 
+use std::future::ready;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cluster, code, Pgwake};
+use common::{cluster, code, poll_until_async, wait_until_async, Pgwake};
 use pgwake_testkit::azure_arm::{FakeArm, RESOURCE_ID};
 use pgwake_testkit::azure_identity::FakeIdentity;
 use pgwake_testkit::Cluster;
@@ -51,14 +52,6 @@ async fn azure_setup(stopped: bool) -> (Arc<Cluster>, FakeIdentity, FakeArm) {
     let arm = FakeArm::start(cluster.clone()).await.unwrap();
     assert_eq!(arm.state(), if stopped { "Stopped" } else { "Ready" });
     (cluster, identity, arm)
-}
-
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let began = Instant::now();
-    while !cond() {
-        assert!(began.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,8 +154,8 @@ async fn a_slow_wake_gives_57p03_after_wake_timeout_then_serves() {
     eprintln!("clients waited {waited:?} (wake_timeout 3 s)");
     assert_eq!(arm.starts(), 1);
     // The wake went on; once the server is up, clients are served.
-    wait_for("the server to be Ready", Duration::from_secs(60), || {
-        arm.state() == "Ready"
+    wait_until_async("the server to be Ready", Duration::from_secs(60), || {
+        ready(arm.state() == "Ready")
     })
     .await;
     query(&pg).await.unwrap();
@@ -173,11 +166,12 @@ async fn a_slow_wake_gives_57p03_after_wake_timeout_then_serves() {
 async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
     let (cluster, identity, arm) = azure_setup(false).await;
     let port = pgwake_testkit::free_port();
+    // At debug level pgwake logs each idle check that finds the server busy.
     let toml = config(
         &cluster,
         port,
         &azure_lifecycle(&arm, "idle_stop_after = \"5s\"\nstate_cache_ttl = \"1s\""),
-    );
+    ) + "[log]\nlevel = \"debug\"\n";
     let pg = start(&identity, &toml, port);
     query(&pg).await.unwrap();
 
@@ -192,7 +186,13 @@ async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
     .await
     .unwrap();
     direct.batch_execute("begin; select 1").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Once nobody used pgwake for 5 s it asks the server, which has the
+    // session: no stop.
+    pg.wait_for_log_async(
+        "idle stop: the server has other client sessions; not stopping",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         arm.stops(),
         0,
@@ -204,8 +204,8 @@ async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
     // It ends: the server is stopped once nobody used it for 5 s.
     direct.batch_execute("commit").await.unwrap();
     drop(direct);
-    wait_for("an idle stop", Duration::from_secs(30), || {
-        arm.state() == "Stopped"
+    wait_until_async("an idle stop", Duration::from_secs(30), || {
+        ready(arm.state() == "Stopped")
     })
     .await;
     assert_eq!(arm.stops(), 1);
@@ -238,18 +238,40 @@ async fn replicas_sharing_a_server_let_it_stop_when_all_are_idle() {
     for pg in &replicas {
         query(pg).await.unwrap();
     }
-    let began = Instant::now();
-    while arm.state() != "Stopped" {
-        assert!(
-            began.elapsed() < Duration::from_secs(40),
-            "no idle stop with two replicas:\n{}\n---\n{}",
-            replicas[0].logs(),
-            replicas[1].logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(arm.stops(), 1, "{}", replicas[0].logs());
+    let stopped =
+        poll_until_async(Duration::from_secs(40), || ready(arm.state() == "Stopped")).await;
+    assert!(
+        stopped,
+        "no idle stop with two replicas:\n{}\n---\n{}",
+        replicas[0].logs(),
+        replicas[1].logs()
+    );
+    // Both replicas know it is stopped now, so neither sends (another)
+    // stop: each has counted all the stop requests it will send.
+    wait_until_async(
+        "both replicas to see the server stopped",
+        Duration::from_secs(30),
+        || {
+            ready(
+                replicas
+                    .iter()
+                    .all(|pg| pg.metric("pgwake_server_state{state=\"stopped\"}") == 1.0),
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        arm.stops(),
+        1,
+        "{}\n---\n{}",
+        replicas[0].logs(),
+        replicas[1].logs()
+    );
+    let sent: f64 = replicas
+        .iter()
+        .map(|pg| pg.metric("pgwake_idle_stops_total"))
+        .sum();
+    assert_eq!(sent, 1.0, "stop requests sent by the replicas");
     // Either replica wakes it again for its next client.
     query(&replicas[1])
         .await
@@ -278,8 +300,8 @@ async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
 
     // ARM's start finishes (the client may be served before pg_ctl, which
     // polls, has seen the server ready).
-    wait_for("ARM to report Ready", Duration::from_secs(30), || {
-        arm.state() == "Ready"
+    wait_until_async("ARM to report Ready", Duration::from_secs(30), || {
+        ready(arm.state() == "Ready")
     })
     .await;
     // The server goes down behind ARM's back (ARM still says Ready): clients
@@ -289,6 +311,7 @@ async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
     let gets = arm.state_gets();
     let began = Instant::now();
     let mut errors = 0;
+    // Four seconds of clients (the scenario): two cache lifetimes.
     while began.elapsed() < Duration::from_secs(4) {
         if let Err((state, _)) = query(&pg).await {
             assert!(state.starts_with("08"), "{state}");
@@ -297,6 +320,8 @@ async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
     }
     let asked = arm.state_gets() - gets;
     assert!(errors > 0);
+    // Asked again once the cached state is stale, and no more often.
+    assert!(asked >= 1, "no state request in 4 s with a 2 s cache");
     assert!(asked <= 3, "{asked} state requests in 4 s with a 2 s cache");
     assert_eq!(arm.starts(), 1);
 }

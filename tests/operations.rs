@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::future::ready;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{cluster, config_for, http_get, metric, Pgwake};
+use common::{cluster, config_for, http_get, metric, wait_until_async, Pgwake};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -244,7 +245,11 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
         config_for(&cluster, port, "size = 2\nmin_idle = 1") + "[admin]\nadmin_users = [\"app\"]\n";
     let mut p = Pgwake::start_config(&base, port, &[]);
     let url = p.url("app");
-    // Four clients at once in transactions: the pool gives out two connections.
+    // Each transaction waits for a lock the test holds, so the transactions
+    // last until the test lets go of it.
+    let holder = pgwake_testkit::connect("127.0.0.1", cluster.port(), "postgres", None, "app")
+        .await
+        .unwrap();
     let busy = |n: usize| {
         let url = url.clone();
         async move {
@@ -253,7 +258,7 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
                 let url = url.clone();
                 tasks.push(tokio::spawn(async move {
                     let c = pgwake_testkit::connect_url(&url).await.unwrap();
-                    c.batch_execute("begin; select pg_sleep(0.6); commit")
+                    c.batch_execute("begin; select pg_advisory_xact_lock_shared(7); commit")
                         .await
                         .unwrap();
                 }));
@@ -261,9 +266,24 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
             tasks
         }
     };
+    // Four clients at once in transactions: the pool gives out two
+    // connections, and the other two clients wait for one.
+    holder
+        .batch_execute("select pg_advisory_lock(7)")
+        .await
+        .unwrap();
     let tasks = busy(4).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_async(
+        "two transactions on the server and two clients waiting",
+        20 * SECOND,
+        || ready(in_flight(&cluster, &p) == (2.0, 2.0)),
+    )
+    .await;
     assert_eq!(common::app_backends(&cluster), 2);
+    holder
+        .batch_execute("select pg_advisory_unlock(7)")
+        .await
+        .unwrap();
     for t in tasks {
         t.await.unwrap();
     }
@@ -273,15 +293,30 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
     // Larger pool, debug logs: SIGHUP applies both without a restart.
     p.rewrite_config(&(base.replace("size = 2", "size = 5") + "[log]\nlevel = \"debug\"\n"));
     p.signal("HUP");
-    wait_for(|| p.logs().contains("configuration reloaded"), &p);
+    p.wait_for_log_async("configuration reloaded", 20 * SECOND)
+        .await;
+    holder
+        .batch_execute("select pg_advisory_lock(7)")
+        .await
+        .unwrap();
     let tasks = busy(4).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_async(
+        "all four transactions on the server (the pool grown past 2)",
+        20 * SECOND,
+        || ready(in_flight(&cluster, &p) == (4.0, 0.0)),
+    )
+    .await;
     assert!(common::app_backends(&cluster) >= 4, "the pool grew past 2");
+    holder
+        .batch_execute("select pg_advisory_unlock(7)")
+        .await
+        .unwrap();
     for t in tasks {
         t.await.unwrap();
     }
     malformed_startup(p.port);
-    wait_for(|| p.logs().contains("refused malformed startup"), &p);
+    p.wait_for_log_async("refused malformed startup", 20 * SECOND)
+        .await;
     assert!(p.logs().contains("DEBUG"), "debug lines after the reload");
     assert!(console(&cluster, &p, "SHOW CONFIG")
         .unwrap()
@@ -304,7 +339,10 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
     p.rewrite_config(&base.replace("size = 2", "size = 1"));
     let notes = console(&cluster, &p, "RELOAD").unwrap();
     assert!(notes.is_empty() || !notes.contains("ERROR"), "{notes}");
-    wait_for(|| common::app_backends(&cluster) <= 1, &p);
+    wait_until_async("the pool to shrink to 1", 20 * SECOND, || {
+        ready(common::app_backends(&cluster) <= 1)
+    })
+    .await;
     p.client().await.simple_query("select 1").await.unwrap();
     p.signal("TERM");
     assert!(p.wait_exit(20 * SECOND).is_some());
@@ -322,16 +360,21 @@ fn malformed_startup(port: u16) {
     assert_eq!(reply.first(), Some(&b'E'), "an ErrorResponse");
 }
 
-fn wait_for(cond: impl Fn() -> bool, p: &Pgwake) {
-    let began = Instant::now();
-    while !cond() {
-        assert!(
-            began.elapsed() < 20 * SECOND,
-            "timed out; logs:\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Transactions of `app` on the server waiting for the test's lock, and
+/// clients pgwake has waiting for a server connection.
+fn in_flight(cluster: &pgwake_testkit::Cluster, p: &Pgwake) -> (f64, f64) {
+    let locked = cluster
+        .psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where usename = 'app' \
+             and wait_event_type = 'Lock' and wait_event = 'advisory'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    let waiting =
+        p.metric("pgwake_client_connections{database=\"app\",user=\"app\",state=\"waiting\"}");
+    (locked, waiting)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,6 +393,7 @@ async fn healthz_answers_while_the_server_is_down_and_readyz_waits_for_warm_pool
     // A start-up probe waits; the server comes up; the probe answers ready.
     let admin = p.admin_port;
     let waiting = std::thread::spawn(move || http_get(admin, "/readyz?wait=60s", 70 * SECOND));
+    // Half a second with the server down (the scenario): the probe waits.
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !waiting.is_finished(),

@@ -157,25 +157,15 @@ async fn cancel_at(port: u16, pid: u32, key: u32) {
 
 /// Queries running `pg_sleep` on the server.
 fn sleeping(cluster: &Cluster) -> i64 {
-    cluster
-        .psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where query like 'select pg_sleep%' and state = 'active'",
-        )
-        .unwrap()
-        .parse()
-        .unwrap()
+    common::running_queries(cluster, "select pg_sleep%")
 }
 
 /// Waits (bounded) until `n` sleeps run on the server.
 async fn wait_sleeping(cluster: &Cluster, n: i64) {
-    for _ in 0..250 {
-        if sleeping(cluster) == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{n} pg_sleep queries did not start");
+    common::wait_until_async(&format!("{n} pg_sleep queries to run"), LIMIT, || {
+        std::future::ready(sleeping(cluster) == n)
+    })
+    .await;
 }
 
 /// Cancels the query running on `s` (pid, key) by a request sent to

@@ -3,14 +3,17 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::future::ready;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{app_backends, cluster, code, Pgwake};
+use common::{app_backends, cluster, code, running_queries, wait_until_async, Pgwake};
 use futures_util::{pin_mut, TryStreamExt};
 
 const POOL5: &str = "size = 5\nmin_idle = 1";
+/// Bound on any one wait for pgwake or the server.
+const LIMIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_and_extended_queries_from_tokio_postgres_and_psql() {
@@ -203,6 +206,7 @@ async fn a_slow_reader_of_a_large_result_holds_up_nobody_else() {
     let fast = pg.client().await;
     let reading = Arc::new(AtomicBool::new(true));
     let flag = reading.clone();
+    let (first_row, got_first_row) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
         let rows = slow
             .query_raw(
@@ -212,19 +216,27 @@ async fn a_slow_reader_of_a_large_result_holds_up_nobody_else() {
             .await
             .unwrap();
         pin_mut!(rows);
+        let mut first_row = Some(first_row);
         let mut n = 0i64;
         let mut sum = 0i64;
         while let Some(row) = rows.try_next().await.unwrap() {
+            if let Some(tx) = first_row.take() {
+                let _ = tx.send(());
+            }
             n += 1;
             sum += i64::from(row.get::<_, i32>(0));
             if n % 2000 == 0 {
+                // The reader's slowness is the scenario.
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
         }
         flag.store(false, Ordering::Relaxed);
         (n, sum)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(LIMIT, got_first_row)
+        .await
+        .expect("the slow reader gets its first row")
+        .unwrap();
     let mut completed_while_reading = 0;
     for i in 0..100i64 {
         let got: i64 = fast
@@ -263,25 +275,18 @@ async fn cancel_reaches_the_right_backend_only() {
         b.query_one("select pg_sleep(1.5)::text, 'b done'", &[])
             .await
     });
-    // Wait until both run on the server.
-    for _ in 0..100 {
-        let n: i64 = cluster
-            .psql("postgres", "select count(*) from pg_stat_activity where query like 'select pg_sleep%' and state = 'active'")
-            .unwrap()
-            .parse()
-            .unwrap();
-        if n == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async("both queries to run on the server", LIMIT, || {
+        ready(running_queries(&cluster, "select pg_sleep%") == 2)
+    })
+    .await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let a_err = tokio::time::timeout(Duration::from_secs(10), a_query)
+    let a_err = tokio::time::timeout(LIMIT, a_query)
         .await
         .expect("cancelled query returns")
         .unwrap()
         .unwrap_err();
     assert_eq!(code(&a_err), "57014", "{a_err}");
+    assert_eq!(pg.metric("pgwake_cancels_total"), 1.0, "a's cancel");
     let b_row = b_query
         .await
         .unwrap()
@@ -294,7 +299,10 @@ async fn cancel_reaches_the_right_backend_only() {
     let idle_token = idle.cancel_token();
     let busy_query =
         tokio::spawn(async move { busy.query_one("select pg_sleep(1)::text", &[]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_async("the busy client's query to run", LIMIT, || {
+        ready(running_queries(&cluster, "select pg_sleep(1)%") == 1)
+    })
+    .await;
     idle_token
         .cancel_query(tokio_postgres::NoTls)
         .await
@@ -303,6 +311,11 @@ async fn cancel_reaches_the_right_backend_only() {
         .await
         .unwrap()
         .expect("an idle client's cancel must not hit another client");
+    assert_eq!(
+        pg.metric("pgwake_cancels_total"),
+        1.0,
+        "the idle client's cancel went to no server"
+    );
     assert_eq!(
         idle.query_one("select 1", &[])
             .await
@@ -319,6 +332,12 @@ async fn clients_killed_mid_transaction_leave_no_lock_behind() {
         .psql("app", "create table locked(id int primary key); insert into locked values (1); alter table locked owner to app")
         .unwrap();
     let pg = Pgwake::start(&cluster, POOL5);
+    // Looks at pg_stat_activity quickly, over one connection.
+    let observer =
+        pgwake_testkit::connect("127.0.0.1", cluster.port(), "postgres", None, "postgres")
+            .await
+            .unwrap();
+    let observer = &observer;
     for i in 0..200 {
         let (client, conn) = tokio_postgres::connect(
             &format!("host=127.0.0.1 port={} user=app dbname=app", pg.port),
@@ -335,7 +354,25 @@ async fn clients_killed_mid_transaction_leave_no_lock_behind() {
         if i % 2 == 1 {
             // Killed while a query runs inside the transaction.
             let q = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            // Killed once the query runs. (No earlier client's query still
+            // does: its transaction ended before this one got the lock.)
+            wait_until_async(
+                "the query to run on the server",
+                LIMIT,
+                move || async move {
+                    let n: i64 = observer
+                        .query_one(
+                            "select count(*) from pg_stat_activity where usename = 'app' \
+                         and state = 'active' and query = 'select pg_sleep(30)'",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    n == 1
+                },
+            )
+            .await;
             q.abort();
         } else {
             drop(client);
@@ -348,20 +385,16 @@ async fn clients_killed_mid_transaction_leave_no_lock_behind() {
     c.batch_execute("begin; set local lock_timeout = '1s'; select * from locked where id = 1 for update; commit")
         .await
         .unwrap();
-    // Cleanup is asynchronous to the client's death; allow it a moment (bounded).
-    let mut left = -1;
-    for _ in 0..100 {
-        left = cluster
-            .psql("postgres", "select count(*) from pg_stat_activity where usename = 'app' and state like 'idle in transaction%'")
-            .unwrap()
-            .parse()
-            .unwrap();
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(left, 0, "idle in transaction sessions left behind");
+    // Cleanup is asynchronous to the client's death: wait for it (bounded).
+    wait_until_async("no session left idle in transaction", LIMIT, || {
+        ready(
+            cluster
+                .psql("postgres", "select count(*) from pg_stat_activity where usename = 'app' and state like 'idle in transaction%'")
+                .unwrap()
+                == "0",
+        )
+    })
+    .await;
     assert!(app_backends(&cluster) <= 5);
 }
 
@@ -375,49 +408,44 @@ async fn clients_recover_quickly_after_a_server_restart() {
     }
     // Load before, during and after the restart; errors while it is down are expected.
     let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
     for c in clients {
-        let stop = stop.clone();
+        let (stop, served) = (stop.clone(), served.clone());
         load.push(tokio::spawn(async move {
+            let mut counted = false;
             while !stop.load(Ordering::Relaxed) {
-                let _ = c.query_one("select 1", &[]).await;
+                if c.query_one("select 1", &[]).await.is_ok() && !counted {
+                    counted = true;
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+                // The load's pace (the scenario).
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             c
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The load runs: every client has been served under it.
+    wait_until_async("every client to be served under the load", LIMIT, || {
+        ready(served.load(Ordering::Relaxed) == 10)
+    })
+    .await;
     cluster.stop().unwrap();
+    // The server stays down for half a second under the load (the scenario).
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.start_again().unwrap();
-    // The server accepts connections from here on: every client must succeed within 2 s.
+    // The server accepts connections from here on: every client's next
+    // statement succeeds, on the connection it has (the bound only guards
+    // against a hang).
     stop.store(true, Ordering::Relaxed);
-    let mut recovered = Vec::new();
     for l in load {
         let c = l.await.unwrap();
-        recovered.push(tokio::spawn(async move {
-            let last = std::sync::Mutex::new(String::new());
-            tokio::time::timeout(Duration::from_secs(2), async {
-                loop {
-                    match c.query_one("select 1", &[]).await {
-                        Ok(r) => return r.get::<_, i32>(0),
-                        Err(e) => *last.lock().unwrap() = format!("{e:?}"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
+        let v: i32 = tokio::time::timeout(LIMIT, c.query_one("select 1", &[]))
             .await
-            .map_err(|_| last.into_inner().unwrap())
-        }));
-    }
-    for r in recovered {
-        match r.await.unwrap() {
-            Ok(v) => assert_eq!(v, 1),
-            Err(last) => panic!(
-                "not recovered within 2 s; last error: {last}\n{}",
-                pg.logs()
-            ),
-        }
+            .expect("an answer after the restart")
+            .unwrap_or_else(|e| panic!("not recovered: {e:?}\n{}", pg.logs()))
+            .get(0);
+        assert_eq!(v, 1);
     }
     // New clients work too.
     let fresh = pg.client().await;
@@ -482,16 +510,27 @@ async fn dead_pooled_connections_are_replaced_transparently() {
     let c = pg.client().await;
     c.query_one("select 1", &[]).await.unwrap();
     // Kill every idle server connection behind pgwake's back.
-    let killed: i64 = cluster
+    let killed = cluster
         .psql(
             "postgres",
-            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app' and state = 'idle') t",
+            "select coalesce(string_agg(pid::text, ','), '') from (select pid, \
+             pg_terminate_backend(pid) as killed from pg_stat_activity \
+             where usename = 'app' and state = 'idle') t where killed",
         )
-        .unwrap()
-        .parse()
         .unwrap();
-    assert!(killed >= 1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!killed.is_empty(), "no idle server connection to kill");
+    wait_until_async("the killed backends to be gone", LIMIT, || {
+        ready(
+            cluster
+                .psql(
+                    "postgres",
+                    &format!("select count(*) from pg_stat_activity where pid in ({killed})"),
+                )
+                .unwrap()
+                == "0",
+        )
+    })
+    .await;
     for i in 0..10 {
         let v: i32 = c
             .query_one("select $1::int", &[&i])

@@ -109,8 +109,20 @@ async fn waiting_clients_are_served_first_come_first_served() {
                 .await
                 .unwrap();
         }));
-        // Make the arrival order unambiguous.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Make the arrival order unambiguous: this client waits for the
+        // connection before the next one asks.
+        common::wait_until_async(
+            &format!("{} clients waiting for the connection", i + 1),
+            Duration::from_secs(10),
+            || {
+                std::future::ready(
+                    pg.metric(
+                        "pgwake_client_connections{database=\"app\",user=\"app\",state=\"waiting\"}",
+                    ) == f64::from(i + 1),
+                )
+            },
+        )
+        .await;
     }
     tx.commit().await.unwrap();
     for w in waiters {

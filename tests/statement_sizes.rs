@@ -44,6 +44,7 @@ async fn statements_of_every_size_through_tokio_postgres() {
             // (b) After the connection sat idle between transactions.
             let c = pg.client().await;
             c.simple_query("select 1").await?;
+            // The idle spell is the scenario.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let v: i32 = c.query_one(&sql, &[&2i32]).await?.get(0);
             assert_eq!(v, pad + 2, "{len} B after idle");
@@ -192,6 +193,17 @@ async fn half_a_large_message_costs_no_cpu_and_holds_nobody_up() {
     let mut stuck = raw_client(pg.port).await;
     stuck.write_all(&parse[..half]).await.unwrap();
 
+    // pgwake has read both headers and holds room for both whole messages.
+    common::wait_until_async(
+        "pgwake to hold room for both large messages",
+        Duration::from_secs(10),
+        || {
+            std::future::ready(
+                pg.metric("pgwake_client_buffer_bytes{kind=\"in_use\"}") >= f64::from(2 << 20),
+            )
+        },
+    )
+    .await;
     let hz = ticks_per_second();
     let before = cpu_ticks(pg.pid());
     // The situation under test is ten seconds of nothing more arriving.
@@ -343,6 +355,7 @@ async fn twenty_clients_sending_100_mib_at_once_stay_within_the_buffer_budget() 
             .expect("the normal client is served at once");
         assert!(v.is_ok(), "{v:?}");
         served += 1;
+        // The normal client's pace (the scenario), not a wait.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(served < 1000, "the big clients did not finish");
     }

@@ -4,10 +4,11 @@
 pub mod deployenv;
 pub mod proc;
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgwake_testkit::Cluster;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -86,13 +87,11 @@ impl Pgwake {
     }
 
     fn wait_listening(&self) {
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!(
+        let listening = poll_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+        assert!(
+            listening,
             "pgwake did not listen on {}; logs:\n{}",
             self.port,
             self.logs()
@@ -114,17 +113,31 @@ impl Pgwake {
 
     /// Waits (bounded) until pgwake has logged `text`.
     pub fn wait_for_log(&self, text: &str, limit: Duration) {
-        let steps = limit.as_millis() / 20;
-        for _ in 0..steps {
-            if self.logs().contains(text) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !poll_until(limit, || self.logs().contains(text)) {
+            panic!(
+                "pgwake did not log {text:?} within {limit:?}:\n{}",
+                self.logs()
+            );
         }
-        panic!(
-            "pgwake did not log {text:?} within {limit:?}:\n{}",
-            self.logs()
-        );
+    }
+
+    /// [`wait_for_log`](Self::wait_for_log) for async tests: it sleeps
+    /// without holding up a runtime worker.
+    pub async fn wait_for_log_async(&self, text: &str, limit: Duration) {
+        if !poll_until_async(limit, || std::future::ready(self.logs().contains(text))).await {
+            panic!(
+                "pgwake did not log {text:?} within {limit:?}:\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    /// The value of `series` (name with labels, as printed) on `/metrics`
+    /// now; 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (status, body) = http_get(self.admin_port, "/metrics", Duration::from_secs(10));
+        assert_eq!(status, 200, "/metrics: {body}");
+        metric(&body, series)
     }
 
     pub fn url(&self, db: &str) -> String {
@@ -151,14 +164,12 @@ impl Pgwake {
 
     /// Waits (bounded) for the process to exit and returns its status.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let steps = limit.as_millis() / 20;
-        for _ in 0..steps {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let mut status = None;
+        let _ = poll_until(limit, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status
     }
 
     /// Resident memory of the process, in KiB.
@@ -179,6 +190,67 @@ impl Drop for Pgwake {
     }
 }
 
+/// How often the waits below look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Looks at `cond` every few milliseconds until it holds (true) or `limit`
+/// has passed (false). For tests that wait for an event, not a time.
+#[must_use]
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// [`poll_until`] for async tests: `cond` may await (a query), and the
+/// pauses do not hold up a runtime worker. A plain condition goes in as
+/// `|| std::future::ready(…)`.
+#[must_use]
+pub async fn poll_until_async<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits (bounded) until `cond` holds; fails the test naming `what` when
+/// `limit` passes first.
+pub fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_until(limit, cond),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// [`wait_until`] for async tests; see [`poll_until_async`].
+pub async fn wait_until_async<F, Fut>(what: &str, limit: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(
+        poll_until_async(limit, cond).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
 /// A test cluster with SCRAM logins for `app` and database `app`.
 pub fn cluster() -> Cluster {
     Cluster::builder()
@@ -195,6 +267,23 @@ pub fn app_backends(cluster: &Cluster) -> i64 {
         .psql(
             "postgres",
             "select count(*) from pg_stat_activity where usename = 'app' and backend_type = 'client backend'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Queries running on the server (state `active`) whose text is `like`
+/// (an SQL LIKE pattern), not counting the one asking.
+pub fn running_queries(cluster: &Cluster, like: &str) -> i64 {
+    let like = like.replace('\'', "''");
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "select count(*) from pg_stat_activity where state = 'active' \
+                 and query like '{like}' and pid <> pg_backend_pid()"
+            ),
         )
         .unwrap()
         .parse()
