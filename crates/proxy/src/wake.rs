@@ -106,6 +106,10 @@ const IDLE_CHECK_MARK: &str = "/* pgwake idle check */";
 
 /// Stops the server after `after` without client activity, when the server
 /// itself shows no other client sessions active within that period.
+/// The advisory lock key a replica holds while it decides to stop the
+/// server ("pgwake" in ASCII, then 1).
+const IDLE_STOP_LOCK: i64 = 0x7067_7761_6b65_0001;
+
 pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, after: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,15 +153,20 @@ pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, af
              AND NOT (pid = ANY ('{{{}}}'::int[])) \
              AND (coalesce(state, 'idle') <> 'idle' OR (state_change > now() - interval '{} seconds' \
              AND query <> '' AND query NOT LIKE '{IDLE_CHECK_MARK}%'))) \
-             THEN RAISE EXCEPTION 'busy'; END IF; END $$",
+             THEN RAISE EXCEPTION 'busy'; END IF; \
+             IF NOT pg_try_advisory_lock({IDLE_STOP_LOCK}) THEN RAISE EXCEPTION 'busy'; END IF; END $$",
             mine.join(","),
             after.as_secs().max(1)
         );
+        // Only one replica decides at a time: the check ends by taking a
+        // session lock, held on this connection until the stop is sent.
+        // Without it, two replicas checking a moment apart both found the
+        // server unused and both stopped it.
         let busy = conn.conn.run_internal(&sql, Duration::from_secs(10)).await;
-        pool.checkin(conn);
         match busy {
             Ok(None) => {}
             Ok(Some(_)) => {
+                pool.checkin(conn);
                 tracing::debug!("idle stop: the server has other client sessions; not stopping");
                 lifecycle.touch();
                 continue;
@@ -167,16 +176,17 @@ pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, af
                 continue;
             }
         }
-        if lifecycle.idle_for() < after {
-            continue;
+        if lifecycle.idle_for() >= after {
+            for p in &pools {
+                p.drain_idle();
+            }
+            let why = format!("no client activity for {}s", after.as_secs());
+            if let Err(e) = lifecycle.stop_server(&why).await {
+                tracing::warn!(error = %e, "idle stop failed");
+            }
         }
-        for p in &pools {
-            p.drain_idle();
-        }
-        let why = format!("no client activity for {}s", after.as_secs());
-        if let Err(e) = lifecycle.stop_server(&why).await {
-            tracing::warn!(error = %e, "idle stop failed");
-        }
+        // Closing the connection gives the lock back, whatever happened.
+        drop(conn);
         lifecycle.touch();
     }
 }
