@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::raw::{first_error_sqlstate, startup};
+
 use std::time::Duration;
 
 use common::{cluster, Pgwake};
@@ -26,33 +28,6 @@ async fn exchange(port: u16, bytes: &[u8], half_close: bool) -> Vec<u8> {
     out
 }
 
-fn sqlstate_of(reply: &[u8]) -> Option<String> {
-    if reply.first() != Some(&b'E') {
-        return None;
-    }
-    let body = &reply[5..];
-    body.split(|&b| b == 0)
-        .find_map(|f| f.strip_prefix(b"C"))
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-}
-
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = u32::try_from(body.len() + 4)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    p.extend(body);
-    p
-}
-
 async fn normal_client_works(pg: &Pgwake) {
     let c = tokio::time::timeout(Duration::from_secs(5), pg.client())
         .await
@@ -73,20 +48,20 @@ async fn malformed_startups_get_errors_and_harm_nobody() {
 
     let http = exchange(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", false).await;
     assert_eq!(
-        sqlstate_of(&http).as_deref(),
+        first_error_sqlstate(&http).as_deref(),
         Some("08P01"),
         "HTTP request: {http:?}"
     );
     normal_client_works(&pg).await;
 
     let huge = exchange(port, &0x7fff_ffffu32.to_be_bytes(), false).await;
-    assert_eq!(sqlstate_of(&huge).as_deref(), Some("08P01"));
+    assert_eq!(first_error_sqlstate(&huge).as_deref(), Some("08P01"));
 
     let mut v4 = 8u32.to_be_bytes().to_vec();
     v4.extend(0x0004_0000u32.to_be_bytes());
     let unknown = exchange(port, &v4, false).await;
     assert_eq!(
-        sqlstate_of(&unknown).as_deref(),
+        first_error_sqlstate(&unknown).as_deref(),
         Some("0A000"),
         "unknown protocol: {unknown:?}"
     );
@@ -95,7 +70,7 @@ async fn malformed_startups_get_errors_and_harm_nobody() {
     no_user.extend(196_608u32.to_be_bytes());
     no_user.push(0);
     assert_eq!(
-        sqlstate_of(&exchange(port, &no_user, false).await).as_deref(),
+        first_error_sqlstate(&exchange(port, &no_user, false).await).as_deref(),
         Some("28000")
     );
 
@@ -144,7 +119,7 @@ async fn an_oversized_message_after_startup_is_refused() {
         .await
         .expect("answered and closed at once")
         .unwrap();
-    let code = sqlstate_of(&reply);
+    let code = first_error_sqlstate(&reply);
     assert!(
         matches!(code.as_deref(), Some("54000") | Some("08P01")),
         "reply {reply:?}"

@@ -78,17 +78,6 @@ fn scram_for_alice(cluster: &pgwake_testkit::Cluster, extra: &str) -> (Pgwake, t
     (pg, dir)
 }
 
-/// A protocol 3.0 StartupMessage for `user` and database `app`.
-fn startup_packet(user: &str) -> Vec<u8> {
-    let body = format!("\x00\x03\x00\x00user\x00{user}\x00database\x00app\x00\x00");
-    let mut packet = u32::try_from(body.len() + 4)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    packet.extend_from_slice(body.as_bytes());
-    packet
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -248,24 +237,6 @@ async fn an_address_with_too_many_failures_is_refused_for_a_while() {
     );
 }
 
-/// A tokio-postgres TLS connector trusting `ca_pem` and checking the host
-/// name: libpq's `verify-full`.
-fn verify_full(ca_pem: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_tls_verify_full_works_and_require_refuses_plaintext() {
     let cluster = cluster();
@@ -299,7 +270,7 @@ async fn client_tls_verify_full_works_and_require_refuses_plaintext() {
             "host=localhost hostaddr=127.0.0.1 port={} user=app password=tls-pw dbname=app sslmode=require",
             pg.port
         ),
-        verify_full(&first.ca_pem),
+        common::verify_full(&first.ca_pem),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", pg.logs()));
@@ -428,7 +399,7 @@ async fn slowloris_clients_are_closed_at_the_login_timeout_and_others_are_served
     let normal = pg.client().await;
 
     // A startup packet, sent a byte every 500 ms: 20 s for the whole packet.
-    let packet = startup_packet("app");
+    let packet = common::raw::startup("app", "app");
     let mut slow = Vec::with_capacity(SLOW);
     for _ in 0..SLOW {
         slow.push(
@@ -702,19 +673,11 @@ async fn read_message(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     Some((head[0], body))
 }
 
-/// The SQLSTATE field of an ErrorResponse body.
-fn sqlstate_of(body: &[u8]) -> String {
-    body.split(|&b| b == 0)
-        .find_map(|f| f.strip_prefix(b"C"))
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_scram_messages_get_protocol_errors_and_harm_no_one() {
     let cluster = cluster();
     let (pg, _dir) = scram_for_alice(&cluster, "");
-    let startup = startup_packet("alice");
+    let startup = common::raw::startup("alice", "app");
     let frame = |tag: u8, body: &[u8]| {
         let mut f = vec![tag];
         f.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
@@ -778,7 +741,11 @@ async fn malformed_scram_messages_get_protocol_errors_and_harm_no_one() {
             .expect("an ErrorResponse");
         let text = String::from_utf8_lossy(&body);
         assert_eq!(tag, b'E', "{what}: {text}");
-        assert_eq!(sqlstate_of(&body), "08P01", "{what}: {text}");
+        assert_eq!(
+            common::raw::error_body_sqlstate(&body).as_deref(),
+            Some("08P01"),
+            "{what}: {text}"
+        );
         assert!(text.contains(message), "{what}: {text}");
         // Then the connection is closed.
         let mut rest = Vec::new();

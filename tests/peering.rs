@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::raw::startup;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -42,23 +44,6 @@ fn peers(ports: [u16; 2]) -> String {
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = u32::try_from(body.len() + 4)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    p.extend(body);
-    p
 }
 
 fn query(sql: &str) -> Vec<u8> {
@@ -357,28 +342,12 @@ async fn tls_to(port: u16, ca_pem: &str) -> impl AsyncRead + AsyncWrite + Unpin 
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).await.unwrap();
     assert_eq!(answer[0], b'S', "pgwake offers TLS");
-    let mut connector = verify_full(ca_pem);
+    let mut connector = common::verify_full(ca_pem);
     let tls = MakeTlsConnect::<TcpStream>::make_tls_connect(&mut connector, "localhost").unwrap();
     tokio::time::timeout(LIMIT, tls.connect(s))
         .await
         .expect("TLS handshake in time")
         .expect("TLS handshake")
-}
-
-fn verify_full(ca_pem: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::raw::{first_error_sqlstate, frame, startup};
+
 use std::time::{Duration, Instant};
 
 use common::{cluster, Pgwake};
@@ -87,30 +89,6 @@ async fn statements_of_every_size_through_tokio_postgres() {
         }
     }
     assert!(!pg.logs().contains("panicked"));
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    v.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = u32::try_from(body.len() + 4)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    p.extend(body);
-    p
 }
 
 /// Reads until `end` has arrived; returns everything read.
@@ -249,24 +227,6 @@ async fn half_a_large_message_costs_no_cpu_and_holds_nobody_up() {
     );
 }
 
-/// The SQLSTATE of the first ErrorResponse in `reply`, if any.
-fn error_code(reply: &[u8]) -> Option<String> {
-    let mut pos = 0;
-    while pos + 5 <= reply.len() {
-        let len = u32::from_be_bytes(reply[pos + 1..pos + 5].try_into().unwrap()) as usize;
-        let end = (pos + 1 + len).min(reply.len());
-        if reply[pos] == b'E' {
-            let body = &reply[pos + 5..end];
-            return body
-                .split(|&b| b == 0)
-                .find_map(|f| f.strip_prefix(b"C"))
-                .map(|c| String::from_utf8_lossy(c).into_owned());
-        }
-        pos = end;
-    }
-    None
-}
-
 /// Peak resident memory of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -343,7 +303,8 @@ async fn twenty_clients_sending_100_mib_at_once_stay_within_the_buffer_budget() 
             if reply.windows(want.len()).any(|x| x == want.as_bytes()) {
                 "result".to_owned()
             } else {
-                error_code(&reply).unwrap_or_else(|| format!("nothing ({} bytes)", reply.len()))
+                first_error_sqlstate(&reply)
+                    .unwrap_or_else(|| format!("nothing ({} bytes)", reply.len()))
             }
         }));
     }

@@ -3,6 +3,7 @@
 
 pub mod deployenv;
 pub mod proc;
+pub mod raw;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -420,4 +421,22 @@ pub fn pgbench(cluster: &pgwake_testkit::Cluster, port: u16, args: &[&str]) -> S
     );
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
+}
+
+/// A tokio-postgres TLS connector trusting `ca_pem` and checking the host
+/// name: libpq's `verify-full`.
+pub fn verify_full(ca_pem: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
