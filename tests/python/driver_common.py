@@ -38,3 +38,18 @@ class Tally:
     def check_time(self):
         if time.monotonic() > self.deadline:
             raise TimeoutError("deadline passed")
+
+
+def psycopg_connect(args, application_name, **options):
+    """A psycopg 3 connection to `--host/--port/--dbname/--user`."""
+    import psycopg
+
+    return psycopg.connect(
+        host=args.host,
+        port=args.port,
+        dbname=args.dbname,
+        user=args.user,
+        connect_timeout=10,
+        application_name=application_name,
+        **options,
+    )

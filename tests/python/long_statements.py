@@ -48,7 +48,7 @@ import threading
 import time
 import traceback
 
-from driver_common import Tally, expect
+from driver_common import Tally, expect, psycopg_connect
 
 # Statement text lengths, in bytes; tests/drivers.rs has the same.
 SIZES = (300, 511, 512, 513, 600, 4096, 65536, 1 << 20, 16 << 20)
@@ -139,15 +139,7 @@ def psycopg_case(args, tally, case, kind, size, situation, state):
         expect(value, p + 1, f"{what}: short query")
         tally.add(short=1)
 
-    conn = psycopg.connect(
-        host=args.host,
-        port=args.port,
-        dbname=args.dbname,
-        user=args.user,
-        connect_timeout=10,
-        autocommit=True,
-        application_name=f"psycopg-long-{case}",
-    )
+    conn = psycopg_connect(args, f"psycopg-long-{case}", autocommit=True)
     tally.add(connections=1)
     try:
         if situation == "first":
@@ -176,16 +168,22 @@ def psycopg_case(args, tally, case, kind, size, situation, state):
         conn.close()
 
 
-def psycopg_main(args, tally):
-    """Every case in a thread of its own, abandoned at its time limit (a
-    blocked psycopg call cannot be interrupted otherwise)."""
+def due_cases(args, tally):
+    """The cases with their label and time limit; those the run's deadline
+    leaves no time for are reported as failed and skipped."""
     for case, kind, size, situation in cases(args):
         what = case_label(kind, size, situation)
         limit = min(args.case_timeout, tally.remaining())
         if limit <= 0:
             tally.fail(f"{what}: not run, deadline passed")
             continue
+        yield case, kind, size, situation, what, limit
 
+
+def psycopg_main(args, tally):
+    """Every case in a thread of its own, abandoned at its time limit (a
+    blocked psycopg call cannot be interrupted otherwise)."""
+    for case, kind, size, situation, what, limit in due_cases(args, tally):
         state = {"step": "connecting", "abandoned": False}
 
         def body(case=case, kind=kind, size=size, situation=situation, what=what, state=state):
@@ -280,12 +278,7 @@ async def asyncpg_case(args, tally, case, kind, size, situation, state):
 
 async def asyncpg_main(args, tally):
     tally.add(rows=0)
-    for case, kind, size, situation in cases(args):
-        what = case_label(kind, size, situation)
-        limit = min(args.case_timeout, tally.remaining())
-        if limit <= 0:
-            tally.fail(f"{what}: not run, deadline passed")
-            continue
+    for case, kind, size, situation, what, limit in due_cases(args, tally):
         state = {"step": "connecting"}
         try:
             await asyncio.wait_for(

@@ -43,6 +43,7 @@ import threading
 import time
 import traceback
 
+import driver_common
 from driver_common import Failed, Tally, expect
 
 
@@ -62,15 +63,8 @@ def psycopg_connect(args, client, autocommit):
     import psycopg
     from psycopg import pq
 
-    conn = psycopg.connect(
-        host=args.host,
-        port=args.port,
-        dbname=args.dbname,
-        user=args.user,
-        connect_timeout=10,
-        autocommit=autocommit,
-        application_name=f"{args.mode}-{client}",
-        prepare_threshold=0,
+    conn = driver_common.psycopg_connect(
+        args, f"{args.mode}-{client}", autocommit=autocommit, prepare_threshold=0
     )
     if args.prepared_max is not None:
         conn.prepared_max = args.prepared_max
