@@ -32,6 +32,7 @@
 //            (the last three: only some of the cases, to narrow down a failure)
 
 const { Client } = require('pg')
+const { parseOptions, Failed, expect, startRun } = require('./common')
 
 // Statement text lengths, in bytes; tests/drivers.rs has the same.
 const SIZES = [300, 511, 512, 513, 600, 4096, 65536, 1 << 20, 16 << 20]
@@ -50,30 +51,15 @@ function pipelineLen(size) {
 }
 
 function options() {
-  const opts = { host: '127.0.0.1', port: 0, dbname: 'app', user: 'app', deadline: 180, 'case-timeout': 60, sizes: SIZES, situations: SITUATIONS, kinds: KINDS }
-  const argv = process.argv.slice(2)
-  for (let i = 0; i < argv.length; i += 2) {
-    const key = argv[i].replace(/^--/, '')
-    if (!(key in opts) || argv[i + 1] === undefined) {
-      throw new Error(`unknown or incomplete option ${argv[i]}`)
-    }
-    if (key === 'sizes') opts.sizes = argv[i + 1].split(',').map(Number)
-    else if (key === 'situations' || key === 'kinds') opts[key] = argv[i + 1].split(',')
-    else opts[key] = typeof opts[key] === 'string' ? argv[i + 1] : Number(argv[i + 1])
-  }
+  const list = (v) => v.split(',')
+  const opts = parseOptions(
+    { host: '127.0.0.1', port: 0, dbname: 'app', user: 'app', deadline: 180, 'case-timeout': 60, sizes: SIZES, situations: SITUATIONS, kinds: KINDS },
+    { sizes: (v) => list(v).map(Number), situations: list, kinds: list }
+  )
   for (const [key, every] of [['sizes', SIZES], ['situations', SITUATIONS], ['kinds', KINDS]]) {
     if (!opts[key].every((v) => every.includes(v))) throw new Error(`--${key}: each must be one of ${every}`)
   }
-  if (!opts.port) throw new Error('--port is required')
   return opts
-}
-
-class Failed extends Error {}
-
-function expect(actual, wanted, what) {
-  const a = JSON.stringify(actual)
-  const w = JSON.stringify(wanted)
-  if (a !== w) throw new Failed(`${what}: got ${a}, expected ${w}`)
 }
 
 // The long SELECT of `size` bytes, and its padding's length.
@@ -154,13 +140,7 @@ async function runCase(opts, c, kind, size, situation, clients, state) {
 
 async function main() {
   const opts = options()
-  const started = Date.now()
-  const deadline = started + opts.deadline * 1000
-  const errors = []
-  const timer = setTimeout(() => {
-    console.log(`node-postgres: FAILED deadline of ${opts.deadline}s passed`)
-    process.exit(1)
-  }, opts.deadline * 1000 + 10000)
+  const { started, deadline, errors, timer } = startRun('node-postgres', opts.deadline, 10000)
   let c = 0
   for (const kind of KINDS) {
     for (const size of SIZES) {

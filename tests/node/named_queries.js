@@ -19,27 +19,10 @@
 //            [--iterations N] [--deadline SECONDS]
 
 const { Client } = require('pg')
+const { parseOptions, Failed, expect, startRun } = require('./common')
 
 function options() {
-  const opts = { host: '127.0.0.1', port: 0, clients: 20, iterations: 30, deadline: 180 }
-  const argv = process.argv.slice(2)
-  for (let i = 0; i < argv.length; i += 2) {
-    const key = argv[i].replace(/^--/, '')
-    if (!(key in opts) || argv[i + 1] === undefined) {
-      throw new Error(`unknown or incomplete option ${argv[i]}`)
-    }
-    opts[key] = key === 'host' ? argv[i + 1] : Number(argv[i + 1])
-  }
-  if (!opts.port) throw new Error('--port is required')
-  return opts
-}
-
-class Failed extends Error {}
-
-function expect(actual, wanted, what) {
-  const a = JSON.stringify(actual)
-  const w = JSON.stringify(wanted)
-  if (a !== w) throw new Failed(`${what}: got ${a}, expected ${w}`)
+  return parseOptions({ host: '127.0.0.1', port: 0, clients: 20, iterations: 30, deadline: 180 })
 }
 
 const tally = { queries: 0, commits: 0, rollbacks: 0, expected_errors: 0, committed_rows: 0 }
@@ -149,13 +132,7 @@ async function runClient(opts, c, deadline) {
 
 async function main() {
   const opts = options()
-  const started = Date.now()
-  const deadline = started + opts.deadline * 1000
-  const errors = []
-  const timer = setTimeout(() => {
-    console.log(`node-postgres: FAILED deadline of ${opts.deadline}s passed`)
-    process.exit(1)
-  }, opts.deadline * 1000 + 5000)
+  const { started, deadline, errors, timer } = startRun('node-postgres', opts.deadline, 5000)
   const clients = []
   for (let c = 0; c < opts.clients; c++) {
     clients.push(
