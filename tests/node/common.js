@@ -39,4 +39,20 @@ function startRun(mode, deadlineSecs, graceMs) {
   return { started, deadline: started + deadlineSecs * 1000, errors: [], timer }
 }
 
-module.exports = { parseOptions, Failed, expect, startRun }
+// Ends the run: prints each error, then the summary line the tests read
+// (`MODE: ok|FAILED errors=N <head> key=value… seconds=S`), and sets the
+// exit code.
+function finishRun(mode, run, head, tally) {
+  clearTimeout(run.timer)
+  for (const e of run.errors) console.error(`${mode}: ERROR ${e}`)
+  const fields = Object.keys(tally)
+    .sort()
+    .map((key) => `${key}=${tally[key]}`)
+    .join(' ')
+  const status = run.errors.length === 0 ? 'ok' : `FAILED errors=${run.errors.length}`
+  const seconds = ((Date.now() - run.started) / 1000).toFixed(1)
+  console.log(`${mode}: ${status} ${head} ${fields} seconds=${seconds}`)
+  process.exitCode = run.errors.length === 0 ? 0 : 1
+}
+
+module.exports = { parseOptions, Failed, expect, startRun, finishRun }

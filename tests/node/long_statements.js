@@ -32,7 +32,7 @@
 //            (the last three: only some of the cases, to narrow down a failure)
 
 const { Client } = require('pg')
-const { parseOptions, Failed, expect, startRun } = require('./common')
+const { parseOptions, Failed, expect, startRun, finishRun } = require('./common')
 
 // Statement text lengths, in bytes; tests/drivers.rs has the same.
 const SIZES = [300, 511, 512, 513, 600, 4096, 65536, 1 << 20, 16 << 20]
@@ -140,7 +140,8 @@ async function runCase(opts, c, kind, size, situation, clients, state) {
 
 async function main() {
   const opts = options()
-  const { started, deadline, errors, timer } = startRun('node-postgres', opts.deadline, 10000)
+  const run = startRun('node-postgres', opts.deadline, 10000)
+  const { deadline, errors } = run
   let c = 0
   for (const kind of KINDS) {
     for (const size of SIZES) {
@@ -176,20 +177,15 @@ async function main() {
       }
     }
   }
-  clearTimeout(timer)
-  for (const e of errors) console.error(`node-postgres: ERROR ${e}`)
-  const fields = Object.keys(tally)
-    .sort()
-    .map((key) => `${key}=${tally[key]}`)
-    .join(' ')
-  const status = errors.length === 0 ? 'ok' : `FAILED errors=${errors.length}`
-  const seconds = ((Date.now() - started) / 1000).toFixed(1)
-  console.log(
-    `node-postgres: ${status} sizes=${new Set(opts.sizes).size} situations=${new Set(opts.situations).size} ` +
-      `kinds=${new Set(opts.kinds).size} largest=${Math.max(...opts.sizes)} ${fields} seconds=${seconds}`,
+  finishRun(
+    'node-postgres',
+    run,
+    `sizes=${new Set(opts.sizes).size} situations=${new Set(opts.situations).size} ` +
+      `kinds=${new Set(opts.kinds).size} largest=${Math.max(...opts.sizes)}`,
+    tally,
   )
   // Abandoned cases may leave sockets or timers behind.
-  process.exit(errors.length === 0 ? 0 : 1)
+  process.exit(process.exitCode)
 }
 
 main().catch((e) => {

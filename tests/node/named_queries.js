@@ -19,7 +19,7 @@
 //            [--iterations N] [--deadline SECONDS]
 
 const { Client } = require('pg')
-const { parseOptions, Failed, expect, startRun } = require('./common')
+const { parseOptions, Failed, expect, startRun, finishRun } = require('./common')
 
 function options() {
   return parseOptions({ host: '127.0.0.1', port: 0, clients: 20, iterations: 30, deadline: 180 })
@@ -132,7 +132,8 @@ async function runClient(opts, c, deadline) {
 
 async function main() {
   const opts = options()
-  const { started, deadline, errors, timer } = startRun('node-postgres', opts.deadline, 5000)
+  const run = startRun('node-postgres', opts.deadline, 5000)
+  const { deadline, errors } = run
   const clients = []
   for (let c = 0; c < opts.clients; c++) {
     clients.push(
@@ -142,16 +143,7 @@ async function main() {
     )
   }
   await Promise.all(clients)
-  clearTimeout(timer)
-  for (const e of errors) console.error(`node-postgres: ERROR ${e}`)
-  const fields = Object.keys(tally)
-    .sort()
-    .map((key) => `${key}=${tally[key]}`)
-    .join(' ')
-  const status = errors.length === 0 ? 'ok' : `FAILED errors=${errors.length}`
-  const seconds = ((Date.now() - started) / 1000).toFixed(1)
-  console.log(`node-postgres: ${status} clients=${opts.clients} ${fields} seconds=${seconds}`)
-  process.exitCode = errors.length === 0 ? 0 : 1
+  finishRun('node-postgres', run, `clients=${opts.clients}`, tally)
 }
 
 main().catch((e) => {
