@@ -53,3 +53,17 @@ def psycopg_connect(args, application_name, **options):
         application_name=application_name,
         **options,
     )
+
+
+async def asyncpg_connect(args, application_name, **options):
+    """An asyncpg connection to `--host/--port/--dbname/--user`."""
+    import asyncpg
+
+    return await asyncpg.connect(
+        host=args.host,
+        port=args.port,
+        database=args.dbname,
+        user=args.user,
+        server_settings={"application_name": application_name},
+        **options,
+    )

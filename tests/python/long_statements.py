@@ -48,7 +48,7 @@ import threading
 import time
 import traceback
 
-from driver_common import Tally, expect, psycopg_connect
+from driver_common import Tally, asyncpg_connect, expect, psycopg_connect
 
 # Statement text lengths, in bytes; tests/drivers.rs has the same.
 SIZES = (300, 511, 512, 513, 600, 4096, 65536, 1 << 20, 16 << 20)
@@ -212,15 +212,7 @@ async def asyncpg_case(args, tally, case, kind, size, situation, state):
     what = case_label(kind, size, situation)
     client = f"asyncpg-long-{kind}-{size}"
     options = {} if kind == "named" else {"statement_cache_size": 0}
-    conn = await asyncpg.connect(
-        host=args.host,
-        port=args.port,
-        database=args.dbname,
-        user=args.user,
-        timeout=10,
-        server_settings={"application_name": f"asyncpg-long-{case}"},
-        **options,
-    )
+    conn = await asyncpg_connect(args, f"asyncpg-long-{case}", timeout=10, **options)
     tally.add(connections=1)
 
     async def long(j):

@@ -266,14 +266,7 @@ async def asyncpg_client(args, tally, client):
 
     name = f"{args.mode}-{client}"
     k1, k2, k3, k4 = (k_of(client, j) for j in range(1, 5))
-    conn = await asyncpg.connect(
-        host=args.host,
-        port=args.port,
-        database=args.dbname,
-        user=args.user,
-        timeout=30,
-        server_settings={"application_name": name},
-    )
+    conn = await driver_common.asyncpg_connect(args, name, timeout=30)
     committed = 0
     try:
         minus = await conn.prepare(f"select $1::int - {k4}")
