@@ -46,8 +46,19 @@ async fn statements_of_every_size_through_tokio_postgres() {
             // (b) After the connection sat idle between transactions.
             let c = pg.client().await;
             c.simple_query("select 1").await?;
-            // The idle spell is the scenario.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The session has given its server connection back and waits
+            // on the socket (the idle probe path) once pgwake counts no
+            // active client.
+            let series = |state: &str| {
+                format!(
+                    "pgwake_client_connections{{database=\"app\",user=\"app\",state=\"{state}\"}}"
+                )
+            };
+            common::wait_until(
+                "the client to be idle in pgwake",
+                Duration::from_secs(10),
+                || pg.metric(&series("active")) == 0.0 && pg.metric(&series("idle")) >= 1.0,
+            );
             let v: i32 = c.query_one(&sql, &[&2i32]).await?.get(0);
             assert_eq!(v, pad + 2, "{len} B after idle");
 

@@ -92,11 +92,16 @@ impl Peering {
 
     /// The pid for a client connected at `local` (`None`: the unix socket)
     /// when peering is on; `None` when it is off.
-    pub(crate) fn client_pid(&self, on: bool, local: Option<SocketAddr>) -> Option<u32> {
+    pub(crate) fn client_pid(
+        &self,
+        on: bool,
+        local: impl FnOnce() -> Option<SocketAddr>,
+    ) -> Option<u32> {
         if !on {
             return None;
         }
-        local
+        // Asked only with peering on: a system call per login otherwise.
+        local()
             .or_else(|| self.listen_addr.get().copied())
             .map(replica_id)
     }
@@ -214,7 +219,7 @@ pub(crate) async fn serve_cancel(
     }
     let config = shared.config();
     let peering = &shared.peering;
-    let mine = peering.client_pid(true, local) == Some(pid);
+    let mine = peering.client_pid(true, || local) == Some(pid);
     if !config.peering.enabled() || mine {
         shared.metrics.cancel_dropped(CancelDrop::UnknownKey);
         tracing::debug!(peer = %from, "cancel request for no client of this pgwake: ignored");

@@ -303,7 +303,7 @@ impl<C: ClientStream> Session<C> {
         let want_fp = params::fingerprint(&want);
         let replica = shared
             .peering
-            .client_pid(shared.config().peering.enabled(), client.local_addr());
+            .client_pid(shared.config().peering.enabled(), || client.local_addr());
         let cancel = shared.cancels.register(replica);
         let registered = shared.clients.register(
             user,
