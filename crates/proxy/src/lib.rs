@@ -371,12 +371,19 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    /// The client TLS settings or the server TLS settings cannot be built
+    /// (their builders report a message, not a typed error).
     #[error("{0}")]
     Tls(String),
+    /// The `[client_auth]` rules or user file are invalid (a message from
+    /// reading them).
     #[error("{0}")]
     ClientAuth(String),
+    /// The credential source cannot be set up. Not the `source`: its text
+    /// is already in this error's.
     #[error("server.auth: {0}")]
-    Credentials(String),
+    Credentials(pgwake_credentials::CredentialError),
+    /// The `[lifecycle]` provider cannot be set up (a message from building it).
     #[error("{0}")]
     Lifecycle(String),
     #[error("cannot listen on {addr} (admin.addr): {source}")]
@@ -408,8 +415,8 @@ impl Proxy {
     /// Like [`Proxy::bind`], with the means to reload the configuration
     /// and change the log level (from the command line).
     pub async fn bind_with(config: Config, hooks: Hooks) -> Result<Proxy, StartError> {
-        let creds = credentials::from_config(&config.server.auth)
-            .map_err(|e| StartError::Credentials(e.to_string()))?;
+        let creds =
+            credentials::from_config(&config.server.auth).map_err(StartError::Credentials)?;
         let (lifecycle, arm_tokens) = wake::from_config(&config).map_err(StartError::Lifecycle)?;
         let metrics = Arc::new(Metrics::new());
         if let Some(l) = &lifecycle {

@@ -327,10 +327,13 @@ impl Metrics {
         self.connect_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records how long each phase of a successful server connect took.
-    pub fn connect_phases(&self, p: &crate::server::ConnectPhases) {
+    /// Records how long each phase of a successful server connect took:
+    /// dns, tcp, tls, auth, in that order (`None`: the phase did not run).
+    /// Plain durations, so that this module needs nothing from `server`,
+    /// which names its errors' kinds from here.
+    pub fn connect_phases(&self, durations: [Option<Duration>; 4]) {
         self.connects.fetch_add(1, Ordering::Relaxed);
-        for (h, d) in self.connect_phase.iter().zip([p.dns, p.tcp, p.tls, p.auth]) {
+        for (h, d) in self.connect_phase.iter().zip(durations) {
             if let Some(d) = d {
                 h.record(d.as_secs_f64());
             }
@@ -495,21 +498,6 @@ impl PoolCounts {
 /// Microseconds in `d`, saturating.
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The kind of a failed server connect, for `pgwake_server_connect_errors_total`.
-pub fn error_kind(e: &crate::server::ConnectError) -> ConnectErrorKind {
-    use crate::server::ConnectError as E;
-    match e {
-        E::Unreachable { .. } => ConnectErrorKind::Refused,
-        E::Timeout { .. } => ConnectErrorKind::Timeout,
-        E::Tls { .. } => ConnectErrorKind::Tls,
-        E::TlsRequired { .. } | E::CleartextWithoutTls { .. } => ConnectErrorKind::Downgrade,
-        E::Credential(_) => ConnectErrorKind::Credential,
-        E::Asleep(_) => ConnectErrorKind::Asleep,
-        e if e.is_auth() => ConnectErrorKind::Auth,
-        _ => ConnectErrorKind::Other,
-    }
 }
 
 #[cfg(test)]

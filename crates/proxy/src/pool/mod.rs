@@ -5,6 +5,10 @@
 //! longest-waiting client, FIFO), and a connection's cleanliness is derived
 //! from its protocol state at check-in. Checkout and check-in take one
 //! uncontended mutex and allocate nothing in steady state.
+//!
+//! Opening connections (retries, wakes, the pause after a refused login) is
+//! in `login.rs`, the background task that warms and prunes in `upkeep.rs`,
+//! and the view for the console and metrics in `snapshot.rs`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,15 +17,21 @@ use std::time::{Duration, Instant};
 
 use pgwake_config::PoolMode;
 use pgwake_credentials::CredentialSource;
-use pgwake_lifecycle::{Lifecycle, ServerState};
+use pgwake_lifecycle::Lifecycle;
 use pgwake_protocol::backend::ErrorMessage;
 use pgwake_protocol::sqlstate;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::params::Params;
-use crate::server::{ConnectError, ConnectPhases, ServerConn, Target};
-use crate::stats::{self, Metrics, PoolCounts, PoolHistograms, TimeoutKind};
+use crate::server::{ConnectError, ServerConn, Target};
+use crate::stats::{Metrics, PoolCounts, PoolHistograms, TimeoutKind};
+
+mod login;
+mod snapshot;
+mod upkeep;
+
+pub use snapshot::{IdleConn, PoolSnapshot};
 
 /// Which pool: the server database and the server user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,7 +142,9 @@ impl Drop for Slot {
 }
 
 /// What a waiter receives. The connection moves by value: boxing it would
-/// allocate on every hand-off under contention, where it matters most.
+/// allocate on every hand-off under contention, where it matters most. A
+/// grant a waiter no longer wants comes back whole ([`State::offer`]), and
+/// either kind has a place to go ([`State::unclaimed`]).
 #[allow(clippy::large_enum_variant)]
 enum Grant {
     Conn(Pooled),
@@ -157,6 +169,34 @@ struct State {
     /// The last login refused by the server, and until when to answer with it.
     auth_failure: Option<(ConnectError, Instant, Duration)>,
     closed: bool,
+}
+
+impl State {
+    /// Hands `grant` to the longest-waiting client still waiting. A waiter
+    /// that gave up sends it back, and the next in line is tried; what no
+    /// one took comes back to the caller.
+    fn offer(&mut self, mut grant: Grant) -> Option<Grant> {
+        while let Some((w, _)) = self.waiters.pop_front() {
+            match w.send(grant) {
+                Ok(()) => return None,
+                Err(back) => grant = back,
+            }
+        }
+        Some(grant)
+    }
+
+    /// Keeps what no waiter took: a connection goes idle; a slot leaves
+    /// the pool's count, defused first (its drop would take the lock the
+    /// caller holds).
+    fn unclaimed(&mut self, grant: Grant) {
+        match grant {
+            Grant::Conn(p) => self.idle.push_back(p),
+            Grant::Slot(mut s) => {
+                s.pool = None;
+                self.total = self.total.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// A handle to a pool; cheap to clone.
@@ -193,9 +233,6 @@ impl std::fmt::Debug for Pool {
             .finish()
     }
 }
-
-/// Longest pause between logins after the server refused one (bad password).
-const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Pool {
     pub fn new(
@@ -260,34 +297,6 @@ impl Pool {
         self.inner.hist.get()
     }
 
-    /// A consistent view for the admin console and metrics.
-    pub fn snapshot(&self) -> PoolSnapshot {
-        let st = self.inner.lock();
-        let now = Instant::now();
-        PoolSnapshot {
-            settings: st.settings.clone(),
-            total: st.total,
-            idle: st.idle.len(),
-            login: self.inner.logins.load(Ordering::Relaxed),
-            waiting: st.waiters.len(),
-            max_wait: st
-                .waiters
-                .front()
-                .map_or(Duration::ZERO, |(_, since)| now.duration_since(*since)),
-            idle_conns: st
-                .idle
-                .iter()
-                .map(|p| IdleConn {
-                    pid: p.conn.cancel_key().1,
-                    addr: p.conn.cancel_key().0,
-                    age: now.duration_since(p.conn.created),
-                    idle_for: now.duration_since(p.conn.last_used),
-                    tls: p.conn.is_tls(),
-                })
-                .collect(),
-        }
-    }
-
     /// Applies reloaded settings. A changed server side (address, TLS,
     /// credentials) retires the connections made under the old one as they
     /// come back.
@@ -311,17 +320,14 @@ impl Pool {
             st.total -= 1;
         }
         // A larger pool: waiters may now open connections of their own.
-        while st.total < st.settings.size {
-            let Some((w, _)) = st.waiters.pop_front() else {
-                break;
-            };
+        while st.total < st.settings.size && !st.waiters.is_empty() {
             st.total += 1;
-            let slot = Slot {
+            let slot = Grant::Slot(Slot {
                 pool: Some(self.inner.clone()),
-            };
-            if let Err(Grant::Slot(mut s)) = w.send(Grant::Slot(slot)) {
-                s.pool = None;
-                st.total -= 1;
+            });
+            // Every waiter had given up.
+            if let Some(unwanted) = st.offer(slot) {
+                st.unclaimed(unwanted);
             }
         }
         drop(st);
@@ -350,7 +356,7 @@ impl Pool {
         let p = self.checkout().await?;
         self.checkin(p);
         self.defaults()
-            .ok_or_else(|| CheckoutError::Connect(ConnectError::Protocol("no defaults".into())))
+            .ok_or(CheckoutError::Connect(ConnectError::NoDefaults))
     }
 
     /// A clean, live server connection: an idle one, a new one if the pool
@@ -496,235 +502,8 @@ impl Pool {
             retire(p);
             return;
         }
-        while let Some((w, _)) = st.waiters.pop_front() {
-            match w.send(Grant::Conn(p)) {
-                Ok(()) => return,
-                Err(Grant::Conn(back)) => p = back,
-                Err(Grant::Slot(_)) => unreachable!("sent a connection"),
-            }
-        }
-        st.idle.push_back(p);
-    }
-
-    /// Logs in, retrying at once (with a short backoff) while the server is
-    /// restarting, so clients recover as soon as it accepts connections.
-    async fn connect_with_retry(
-        &self,
-        deadline: tokio::time::Instant,
-        may_wake: bool,
-    ) -> Result<(ServerConn, u64), ConnectError> {
-        let inner = &self.inner;
-        // Read together: a reload in between must not stamp a connection
-        // to the old server with the new epoch.
-        let (server, epoch) = {
-            let st = inner.lock();
-            (st.server.clone(), inner.epoch.load(Ordering::Relaxed))
-        };
-        let _login = LoginGuard::new(&inner.logins);
-        let mut give_up = deadline.min(tokio::time::Instant::now() + server.target.connect_timeout);
-        let mut wakes = 0;
-        let mut backoff = Duration::from_millis(25);
-        let mut retried_rotation = false;
-        loop {
-            // Waits only when no valid secret exists (a token source still
-            // fetching its first token, or one whose token expired).
-            let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
-            let generation = server.credentials.generation();
-            let password = match server.credentials.secret(wait).await {
-                Ok(p) => p,
-                Err(e) => {
-                    let e = ConnectError::Credential(e.to_string());
-                    self.note_failure(&e);
-                    return Err(e);
-                }
-            };
-            let mut phases = ConnectPhases::default();
-            let e = match ServerConn::connect_phased(
-                &server.target,
-                &inner.key.dbname,
-                &inner.key.user,
-                password,
-                &mut phases,
-            )
-            .await
-            {
-                Ok(mut conn) => {
-                    conn.credential_generation = generation;
-                    inner.metrics.connect_phases(&phases);
-                    inner.lock().auth_failure = None;
-                    inner.learn(&conn);
-                    return Ok((conn, epoch));
-                }
-                Err(e) => e,
-            };
-            // The server may be stopped: wake it (once for everyone) and
-            // wait, rather than fail. Upkeep only learns the state.
-            if let Some(l) = inner
-                .lifecycle
-                .as_ref()
-                .filter(|_| e.may_be_asleep() && wakes < 3)
-            {
-                let woke = if may_wake {
-                    match l.server_unavailable().await {
-                        Ok(woke) => woke,
-                        Err(w) => {
-                            let e = ConnectError::Asleep(w);
-                            self.note_failure(&e);
-                            return Err(e);
-                        }
-                    }
-                } else {
-                    let _ = l.state().await;
-                    false
-                };
-                if woke {
-                    wakes += 1;
-                    backoff = Duration::from_millis(25);
-                    give_up = tokio::time::Instant::now() + server.target.connect_timeout;
-                    continue;
-                }
-            }
-            if e.is_transient() && tokio::time::Instant::now() + backoff < give_up {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-                continue;
-            }
-            // The secret may have been rotated while this login was under
-            // way (the server already has the new one): once the fetch in
-            // progress lands, log in again with the new secret.
-            if e.is_auth() && !retried_rotation {
-                retried_rotation = true;
-                let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
-                server.credentials.settled(wait).await;
-                if server.credentials.generation() != generation {
-                    tracing::debug!(pool = %inner.key, "login refused while the secret rotated; retrying with the new one");
-                    continue;
-                }
-            }
-            self.note_failure(&e);
-            return Err(e);
-        }
-    }
-
-    /// Logs a failed login; a refused one pauses this pool's logins.
-    fn note_failure(&self, e: &ConnectError) {
-        let inner = &self.inner;
-        inner.metrics.connect_error(stats::error_kind(e));
-        if matches!(e, ConnectError::Timeout { .. }) {
-            inner.metrics.timeout(TimeoutKind::ServerConnect);
-        }
-        if matches!(e, ConnectError::Credential(_) | ConnectError::Asleep(_)) {
-            tracing::warn!(pool = %inner.key, error = %e, "server connection failed");
-        } else if e.is_auth() {
-            let mut st = inner.lock();
-            let window = st
-                .auth_failure
-                .as_ref()
-                .map_or(Duration::from_secs(1), |(_, _, w)| {
-                    (*w * 2).min(AUTH_BACKOFF_MAX)
-                });
-            tracing::warn!(pool = %inner.key, error = %e, "server refused login; pausing logins for {window:?}");
-            st.auth_failure = Some((e.clone(), Instant::now(), window));
-        } else {
-            tracing::warn!(pool = %inner.key, error = %e, "server connection failed");
-        }
-    }
-
-    /// Keeps `min_idle` connections open and closes idle ones past
-    /// `idle_timeout`, expired or dead ones. Runs until the pool closes.
-    pub async fn maintain(self) {
-        let stop = self.inner.stop.clone();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failures = 0u32;
-        let mut next_attempt = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            // Notices a changed secret (one stat for a password file), so
-            // connections made with the old one retire below.
-            let credentials = self.inner.lock().server.credentials.clone();
-            let _ = credentials.current();
-            self.prune();
-            // A server stopped on purpose stays stopped until a client comes.
-            let asleep = self.inner.lifecycle.as_ref().is_some_and(|l| {
-                matches!(
-                    l.last_state(),
-                    Some(ServerState::Stopped | ServerState::Stopping)
-                )
-            });
-            // Warm up to min_idle, one connection at a time.
-            while !asleep && tokio::time::Instant::now() >= next_attempt {
-                let (slot, connect_timeout) = {
-                    let mut st = self.inner.lock();
-                    let s = &st.settings;
-                    if st.closed
-                        || st.idle.len() >= s.min_idle
-                        || st.total >= s.size
-                        || !st.waiters.is_empty()
-                    {
-                        break;
-                    }
-                    st.total += 1;
-                    let slot = Slot {
-                        pool: Some(self.inner.clone()),
-                    };
-                    (slot, st.server.target.connect_timeout)
-                };
-                let deadline = tokio::time::Instant::now() + connect_timeout;
-                let conn = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    c = self.connect_with_retry(deadline, false) => c,
-                };
-                match conn {
-                    Ok((conn, epoch)) => {
-                        failures = 0;
-                        let p = self.inner.wrap(conn, slot, epoch);
-                        self.checkin(p);
-                    }
-                    Err(_) => {
-                        failures = failures.saturating_add(1);
-                        let pause =
-                            Duration::from_millis(250) * 2u32.saturating_pow(failures.min(7));
-                        next_attempt =
-                            tokio::time::Instant::now() + pause.min(Duration::from_secs(30));
-                    }
-                }
-            }
-        }
-    }
-
-    fn prune(&self) {
-        let now = Instant::now();
-        let epoch = self.inner.epoch.load(Ordering::Relaxed);
-        let mut gone = Vec::new();
-        {
-            let mut st = self.inner.lock();
-            let generation = st.server.credentials.generation();
-            let (min_idle, idle_timeout) = (st.settings.min_idle, st.settings.idle_timeout);
-            let mut keep = VecDeque::with_capacity(st.idle.len());
-            let mut idle = std::mem::take(&mut st.idle);
-            // Oldest-used first, so idle_timeout closes the coldest ones.
-            while let Some(mut p) = idle.pop_front() {
-                let surplus = keep.len() + idle.len() >= min_idle;
-                let stale = surplus && now.duration_since(p.conn.last_used) >= idle_timeout;
-                if stale
-                    || now >= p.retire_at
-                    || p.epoch != epoch
-                    || p.conn.credential_generation != generation
-                    || !p.conn.is_alive()
-                {
-                    gone.push(p);
-                } else {
-                    keep.push_back(p);
-                }
-            }
-            st.idle = keep;
-        }
-        for p in gone {
-            retire(p);
+        if let Some(unwanted) = st.offer(Grant::Conn(p)) {
+            st.unclaimed(unwanted);
         }
     }
 
@@ -741,55 +520,6 @@ impl Pool {
         for p in idle {
             retire(p);
         }
-    }
-}
-
-/// What [`Pool::snapshot`] returns.
-#[derive(Debug, Clone)]
-pub struct PoolSnapshot {
-    pub settings: PoolSettings,
-    /// Connections open or being opened.
-    pub total: usize,
-    pub idle: usize,
-    /// Being opened.
-    pub login: usize,
-    /// Clients waiting for a connection.
-    pub waiting: usize,
-    /// How long the longest-waiting client has waited.
-    pub max_wait: Duration,
-    pub idle_conns: Vec<IdleConn>,
-}
-
-impl PoolSnapshot {
-    /// Connections serving clients.
-    pub fn active(&self) -> usize {
-        self.total.saturating_sub(self.idle + self.login)
-    }
-}
-
-/// An idle server connection, for SHOW SERVERS.
-#[derive(Debug, Clone)]
-pub struct IdleConn {
-    pub pid: u32,
-    pub addr: std::net::SocketAddr,
-    pub age: Duration,
-    pub idle_for: Duration,
-    pub tls: bool,
-}
-
-/// Counts a login under way for as long as it lives.
-struct LoginGuard<'a>(&'a AtomicUsize);
-
-impl<'a> LoginGuard<'a> {
-    fn new(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        LoginGuard(n)
-    }
-}
-
-impl Drop for LoginGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -848,21 +578,18 @@ impl Inner {
 
     fn release_slot(self: &Arc<Self>) {
         let mut st = self.lock();
-        // Over the size after a reload shrank the pool: the slot goes.
-        while st.total <= st.settings.size {
-            let Some((w, _)) = st.waiters.pop_front() else {
-                break;
-            };
-            let grant = Grant::Slot(Slot {
-                pool: Some(self.clone()),
-            });
-            match w.send(grant) {
-                Ok(()) => return,
-                // The waiter gave up; defuse the slot so it does not release again.
-                Err(Grant::Slot(mut s)) => s.pool = None,
-                Err(Grant::Conn(_)) => unreachable!("sent a slot"),
-            }
+        // Over the size after a reload shrank the pool, or no one waiting:
+        // the slot goes.
+        if st.total > st.settings.size || st.waiters.is_empty() {
+            st.total = st.total.saturating_sub(1);
+            return;
         }
-        st.total = st.total.saturating_sub(1);
+        let slot = Grant::Slot(Slot {
+            pool: Some(self.clone()),
+        });
+        // Every waiter had given up.
+        if let Some(unwanted) = st.offer(slot) {
+            st.unclaimed(unwanted);
+        }
     }
 }

@@ -1,0 +1,110 @@
+//! The task each pool runs in the background: warm `min_idle`, close idle
+//! connections that are expired, dead, stale or past `idle_timeout`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pgwake_lifecycle::ServerState;
+
+use super::{retire, Pool, Slot};
+
+impl Pool {
+    /// Keeps `min_idle` connections open and closes idle ones past
+    /// `idle_timeout`, expired or dead ones. Runs until the pool closes.
+    pub async fn maintain(self) {
+        let stop = self.inner.stop.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        let mut next_attempt = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // Notices a changed secret (one stat for a password file), so
+            // connections made with the old one retire below.
+            let credentials = self.inner.lock().server.credentials.clone();
+            let _ = credentials.current();
+            self.prune();
+            // A server stopped on purpose stays stopped until a client comes.
+            let asleep = self.inner.lifecycle.as_ref().is_some_and(|l| {
+                matches!(
+                    l.last_state(),
+                    Some(ServerState::Stopped | ServerState::Stopping)
+                )
+            });
+            // Warm up to min_idle, one connection at a time.
+            while !asleep && tokio::time::Instant::now() >= next_attempt {
+                let (slot, connect_timeout) = {
+                    let mut st = self.inner.lock();
+                    let s = &st.settings;
+                    if st.closed
+                        || st.idle.len() >= s.min_idle
+                        || st.total >= s.size
+                        || !st.waiters.is_empty()
+                    {
+                        break;
+                    }
+                    st.total += 1;
+                    let slot = Slot {
+                        pool: Some(self.inner.clone()),
+                    };
+                    (slot, st.server.target.connect_timeout)
+                };
+                let deadline = tokio::time::Instant::now() + connect_timeout;
+                let conn = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    c = self.connect_with_retry(deadline, false) => c,
+                };
+                match conn {
+                    Ok((conn, epoch)) => {
+                        failures = 0;
+                        let p = self.inner.wrap(conn, slot, epoch);
+                        self.checkin(p);
+                    }
+                    Err(_) => {
+                        failures = failures.saturating_add(1);
+                        let pause =
+                            Duration::from_millis(250) * 2u32.saturating_pow(failures.min(7));
+                        next_attempt =
+                            tokio::time::Instant::now() + pause.min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+
+    fn prune(&self) {
+        let now = Instant::now();
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
+        let mut gone = Vec::new();
+        {
+            let mut st = self.inner.lock();
+            let generation = st.server.credentials.generation();
+            let (min_idle, idle_timeout) = (st.settings.min_idle, st.settings.idle_timeout);
+            let mut keep = VecDeque::with_capacity(st.idle.len());
+            let mut idle = std::mem::take(&mut st.idle);
+            // Oldest-used first, so idle_timeout closes the coldest ones.
+            while let Some(mut p) = idle.pop_front() {
+                let surplus = keep.len() + idle.len() >= min_idle;
+                let stale = surplus && now.duration_since(p.conn.last_used) >= idle_timeout;
+                if stale
+                    || now >= p.retire_at
+                    || p.epoch != epoch
+                    || p.conn.credential_generation != generation
+                    || !p.conn.is_alive()
+                {
+                    gone.push(p);
+                } else {
+                    keep.push_back(p);
+                }
+            }
+            st.idle = keep;
+        }
+        for p in gone {
+            retire(p);
+        }
+    }
+}
