@@ -169,6 +169,38 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: u32, key: u32) {
     });
 }
 
+/// The transaction status a ReadyForQuery reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// `I`: no transaction block.
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block (queries refused until it ends).
+    Failed,
+}
+
+impl TxStatus {
+    /// The status byte of a ReadyForQuery body; anything unknown counts as
+    /// failed, so that such a connection is never handed to another client.
+    pub fn from_byte(b: u8) -> TxStatus {
+        match b {
+            b'I' => TxStatus::Idle,
+            b'T' => TxStatus::InTransaction,
+            _ => TxStatus::Failed,
+        }
+    }
+
+    /// The status byte a ReadyForQuery carries.
+    pub fn byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InTransaction => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+}
+
 /// ReadyForQuery with a transaction status of `I`, `T` or `E`.
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     frame(buf, b'Z', |b| b.put_u8(status));

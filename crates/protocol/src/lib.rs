@@ -16,6 +16,7 @@ pub mod sql;
 pub mod sqlstate;
 pub mod startup;
 
+pub use backend::TxStatus;
 pub use frame::{FrameError, NextRequest, Scanned, Scanner};
 pub use startup::{StartupError, StartupRequest};
 

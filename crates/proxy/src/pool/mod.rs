@@ -478,7 +478,7 @@ impl Pool {
     /// back; anything else is closed.
     pub fn checkin(&self, mut p: Pooled) {
         let now = Instant::now();
-        let c = p.conn.prepared.statements.take_counts();
+        let c = p.conn.prepared.take_counts();
         if c.hits + c.misses + c.evictions > 0 {
             let counts = &self.inner.counts;
             PoolCounts::add(&counts.prepared_hits, c.hits);
@@ -552,7 +552,7 @@ impl Inner {
             let st = self.lock();
             (st.settings.max_lifetime, st.settings.max_prepared)
         };
-        conn.prepared.statements = crate::prepared::ServerStatements::new(max_prepared.max(1));
+        *conn.prepared = crate::prepared::OnServer::new(max_prepared);
         let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
         Pooled {
             retire_at: conn.created + (lifetime - jitter),

@@ -28,12 +28,13 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use pgwake_protocol::backend::{self, ErrorMessage};
-use pgwake_protocol::sqlstate;
+use pgwake_protocol::{sqlstate, TxStatus};
 
-use super::{
-    edit_error, length, put_close_statement, put_cstr, put_header, ClientUndo, Entry, Expect, Kind,
-    Position, Rename, Rewriter, ServerUndo, StatementSpec, Step, TooLarge, Undo, PROBE_NAME,
-    SERVER_NAME_LEN,
+use super::names::{StatementSpec, PROBE_NAME, SERVER_NAME_LEN};
+use super::plan::{ClientUndo, Entry, Expect, Kind, Rename, ServerUndo, Undo};
+use super::rewrite::{Rewriter, Step, TooLarge};
+use super::wire::{
+    edit_error, fixed_length, length, put_close_statement, put_cstr, put_header, Position,
 };
 use pgwake_protocol::sql::{self, Command, Name, Parsed};
 
@@ -101,12 +102,12 @@ impl Rewriter<'_> {
             }
             return Ok(Step::Wait);
         }
-        if self.plan.status == b'E' {
+        if self.status == TxStatus::Failed {
             // Refused by the server as in the client's session: 25P02, or
             // a syntax error first.
             return Ok(self.forward(Expect::Ready));
         }
-        let status = self.plan.status;
+        let status = self.status.byte();
         let text = &body[..body.len() - 1];
         match parsed {
             Parsed::Command(Command::Prepare { name, rest }) => {
@@ -287,7 +288,7 @@ impl Rewriter<'_> {
         put_header(
             to_server,
             b'P',
-            super::fixed_length(HELPER.len() + 1 + query + 1 + 2),
+            fixed_length(HELPER.len() + 1 + query + 1 + 2),
         );
         put_cstr(to_server, HELPER);
         to_server.put_slice(PREPARE);
@@ -300,11 +301,7 @@ impl Rewriter<'_> {
 
         // Bind: portal, statement, no parameter formats, no parameters, no
         // result formats.
-        put_header(
-            to_server,
-            b'B',
-            super::fixed_length(2 * (HELPER.len() + 1) + 6),
-        );
+        put_header(to_server, b'B', fixed_length(2 * (HELPER.len() + 1) + 6));
         put_cstr(to_server, HELPER);
         put_cstr(to_server, HELPER);
         to_server.put_i16(0);
@@ -313,7 +310,7 @@ impl Rewriter<'_> {
         self.plan
             .push(swallow(Expect::Bind, true, ServerUndo::None));
 
-        put_header(to_server, b'E', super::fixed_length(HELPER.len() + 1 + 4));
+        put_header(to_server, b'E', fixed_length(HELPER.len() + 1 + 4));
         put_cstr(to_server, HELPER);
         to_server.put_i32(0);
         self.plan.push(swallow(
@@ -322,7 +319,7 @@ impl Rewriter<'_> {
             ServerUndo::Unprepare(spec.hash),
         ));
 
-        put_header(to_server, b'C', super::fixed_length(HELPER.len() + 2));
+        put_header(to_server, b'C', fixed_length(HELPER.len() + 2));
         to_server.put_u8(b'P');
         put_cstr(to_server, HELPER);
         self.plan

@@ -6,9 +6,20 @@
 //! what it sees through pgwake must be byte for byte what that one
 //! session sends.
 
-use super::*;
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+
+use super::cache::{CacheCounts, Lookup, ServerStatements};
+use super::names::{server_name, ClientStatements, StatementHasher, StatementSpec, PROBE_NAME};
+use super::plan::ReplyPlan;
+use super::rewrite::{Rewriter, Step};
+use super::track::{ReplyTracker, Verdict};
+use super::wire::{cstr, put_empty};
+use super::SERVER_NAME_LEN;
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::frame::frame_len;
+use pgwake_protocol::TxStatus;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -451,6 +462,7 @@ impl Conn {
             client: &mut client.statements,
             server: &mut self.server,
             plan: &mut self.plan,
+            status: TxStatus::from_byte(self.status),
         }
         .message(tag, body, &mut self.to_server, &mut to_client)
         .unwrap();
@@ -1119,6 +1131,7 @@ fn syncs_sent_during_copy_in_are_not_answered() {
             client,
             server,
             plan,
+            status: TxStatus::Idle,
         }
         .message(f[0], &f[5..], &mut to_server, &mut to_client)
         .unwrap();

@@ -17,9 +17,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{
-    ConnectError, LoginProtocol, Prepared, ServerConn, TxState, TxStatus, SERVER_MAX_FRAME,
-};
+use super::{ConnectError, LoginProtocol, ServerConn, TxState, TxStatus, SERVER_MAX_FRAME};
 use crate::params::Params;
 use crate::tls::ServerStream;
 
@@ -438,11 +436,7 @@ async fn login(
                     last_used: now,
                     broken: false,
                     credential_generation: 0,
-                    prepared: Box::new(Prepared {
-                        statements: crate::prepared::ServerStatements::new(1),
-                        plan: crate::prepared::ReplyPlan::new(),
-                        dropping: false,
-                    }),
+                    prepared: Box::new(crate::prepared::OnServer::new(1)),
                 });
             }
             _ => return Err(LoginProtocol::UnexpectedMessage.into()),

@@ -28,28 +28,7 @@ pub use error::{ConnectError, LoginProtocol};
 /// than 1 GiB in one message.
 pub const SERVER_MAX_FRAME: usize = 1 << 30;
 
-/// The transaction status a ReadyForQuery reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxStatus {
-    /// `I`: no transaction block.
-    Idle,
-    /// `T`: in a transaction block.
-    InTransaction,
-    /// `E`: in a failed transaction block (queries refused until it ends).
-    Failed,
-}
-
-impl TxStatus {
-    /// The status byte of a ReadyForQuery body; anything unknown counts as
-    /// failed, so that such a connection is never handed to another client.
-    pub fn from_byte(b: u8) -> TxStatus {
-        match b {
-            b'I' => TxStatus::Idle,
-            b'T' => TxStatus::InTransaction,
-            _ => TxStatus::Failed,
-        }
-    }
-}
+pub use pgwake_protocol::TxStatus;
 
 /// Transaction status from the last ReadyForQuery, and the replies still owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +78,13 @@ impl TxState {
         self.owed = self.owed.saturating_sub(1);
         self.status = TxStatus::from_byte(status);
     }
+
+    /// Records the status of a ReadyForQuery that answered pgwake's own
+    /// Sync (not counted in `owed`): the status is the connection's all the same.
+    #[inline]
+    pub fn saw_status(&mut self, status: u8) {
+        self.status = TxStatus::from_byte(status);
+    }
 }
 
 /// A logged-in server connection.
@@ -128,18 +114,7 @@ pub struct ServerConn {
     pub(crate) broken: bool,
     /// Prepared statements and the reply plan (transaction mode). Boxed: a
     /// connection moves by value through checkouts and client tasks.
-    pub(crate) prepared: Box<Prepared>,
-}
-
-/// A server connection's side of named prepared statements.
-#[derive(Debug)]
-pub(crate) struct Prepared {
-    /// Server-side prepared statements on this connection.
-    pub(crate) statements: crate::prepared::ServerStatements,
-    /// What the replies in flight answer, for the client attached.
-    pub(crate) plan: crate::prepared::ReplyPlan,
-    /// The frame being read was dropped by the plan: so is the rest of it.
-    pub(crate) dropping: bool,
+    pub(crate) prepared: Box<crate::prepared::OnServer>,
 }
 
 /// The frames whose bodies the relay reads from the server side:
@@ -157,7 +132,7 @@ impl ServerConn {
     /// that holds this connection may give it back.
     pub fn is_at_rest(&self) -> bool {
         self.tx.is_idle()
-            && self.prepared.plan.is_empty()
+            && self.prepared.is_settled()
             && self.buf.is_empty()
             && self.scan.at_boundary()
     }

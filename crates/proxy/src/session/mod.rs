@@ -24,12 +24,21 @@ use crate::client_io::ClientStream;
 use crate::clients::{ClientState, Registered};
 use crate::params::{self, Params};
 use crate::pool::{Defaults, Pool, PoolKey, Pooled};
-use crate::stats::{micros, PoolCounts, TimeoutKind};
-use crate::{wake, Shared};
+use crate::stats::{micros, PoolCounts};
+use crate::Shared;
 use pgwake_lifecycle::Lifecycle;
 
+mod accounting;
+mod buffers;
+mod cleanup;
 mod login;
+mod notices;
 mod relay;
+mod timeouts;
+
+use buffers::spare_buffers;
+use notices::with_wake_notices;
+use timeouts::{sleep_for, CancelSent};
 
 pub(crate) use login::{serve_tcp, serve_unix};
 
@@ -38,50 +47,6 @@ pub(crate) use login::{serve_tcp, serve_unix};
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on statements pgwake runs itself (settings, ROLLBACK, DISCARD ALL).
 const INTERNAL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Awaits `fut`; while a wake of the server is under way, sends the client
-/// a notice every few seconds so that people know what they wait for.
-async fn with_wake_notices<C: ClientStream, F: std::future::Future>(
-    client: &mut C,
-    lifecycle: Option<&Lifecycle>,
-    mut fut: std::pin::Pin<&mut F>,
-) -> F::Output {
-    let Some(l) = lifecycle else {
-        return fut.await;
-    };
-    // Most checkouts are ready at once: no timer for those.
-    tokio::select! {
-        biased;
-        r = &mut fut => return r,
-        _ = std::future::ready(()) => {}
-    }
-    // Boxed: rare, and it would otherwise enlarge every session's task.
-    Box::pin(notify_while_waiting(client, l, fut)).await
-}
-
-async fn notify_while_waiting<C: ClientStream, F: std::future::Future>(
-    client: &mut C,
-    l: &Lifecycle,
-    mut fut: std::pin::Pin<&mut F>,
-) -> F::Output {
-    let began = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(began + wake::NOTICE_EVERY, wake::NOTICE_EVERY);
-    let mut out = BytesMut::new();
-    loop {
-        tokio::select! {
-            r = &mut fut => return r,
-            _ = tick.tick() => {
-                out.clear();
-                wake::waking_notice(l, began.elapsed(), &mut out);
-                if !out.is_empty() && client.send(&out).await.is_err() {
-                    // The client left; the checkout still completes, and the
-                    // session then notices the closed socket.
-                    return fut.await;
-                }
-            }
-        }
-    }
-}
 
 fn closed() -> ErrorMessage {
     ErrorMessage::fatal(sqlstate::CONNECTION_FAILURE, "client closed the connection")
@@ -92,43 +57,6 @@ async fn send_fatal<C: ClientStream>(client: &mut C, e: &ErrorMessage) -> io::Re
     e.write(&mut out);
     client.send(&out).await?;
     client.shutdown().await
-}
-
-/// Read buffers of clients between transactions, kept for the next client
-/// that needs one: an idle client holds none, and a busy one does not pay
-/// for an allocation on every transaction. A few per thread at most.
-mod spare_buffers {
-    use std::cell::RefCell;
-
-    use bytes::BytesMut;
-
-    const SIZE: usize = 8 * 1024;
-    const KEEP: usize = 64;
-
-    thread_local! {
-        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// An empty buffer with room for `SIZE` bytes.
-    pub(super) fn take() -> BytesMut {
-        let mut b = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-        // Reclaims the whole allocation when it is this buffer's alone.
-        b.reserve(SIZE);
-        b
-    }
-
-    /// Keeps an emptied buffer, or frees it when enough are kept (or when
-    /// it grew for a large message: that memory goes back at once).
-    pub(super) fn give_back(b: BytesMut) {
-        if b.is_empty() && b.capacity() > 0 && b.capacity() <= crate::budget::FREE {
-            SPARE.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < KEEP {
-                    s.push(b);
-                }
-            });
-        }
-    }
 }
 
 /// Why the relay stopped.
@@ -160,7 +88,6 @@ struct Session<C> {
     /// connection already has exactly these settings.
     want_fp: u64,
     cancel: CancelHandle,
-    server: Option<Pooled>,
     /// Starts a stopped server; clients waiting for it get notices.
     lifecycle: Option<Arc<Lifecycle>>,
     /// The proxy's shutdown signal, as a token of this session's own: waiting
@@ -356,7 +283,6 @@ impl<C: ClientStream> Session<C> {
             want,
             want_fp,
             cancel,
-            server: None,
             lifecycle,
             shutdown,
             prepared,
@@ -368,29 +294,31 @@ impl<C: ClientStream> Session<C> {
     }
 
     async fn run(&mut self) {
-        let stop = self.serve_loop().await;
+        let (stop, held) = self.serve_loop().await;
         if let Stop::Fatal(e) = &stop {
             let _ = send_fatal(&mut self.client, e).await;
         }
-        if let Some(p) = self.server.take() {
+        if let Some(p) = held {
             self.detached();
-            self.cancel.set(None);
             Box::pin(self.give_back_after_client_left(p)).await;
         }
     }
 
-    /// Notes that the client now holds the server connection `pid`.
-    fn attached(&mut self, pid: u32) {
+    /// Notes that the client now holds the server connection with the
+    /// cancel key `key` (its cancel requests go there).
+    fn attached(&mut self, key: (std::net::SocketAddr, u32, u32)) {
         if !self.counted_active {
             self.counted_active = true;
             self.pool.stats().active.fetch_add(1, Ordering::Relaxed);
         }
-        self.registered.info.set_state(ClientState::Active, pid);
+        self.registered.info.set_state(ClientState::Active, key.1);
+        self.cancel.set(Some(key));
     }
 
     /// Notes that the client holds no server connection; whatever was in
     /// flight on the last one is over.
     fn detached(&mut self) {
+        self.cancel.set(None);
         if self.counted_active {
             self.counted_active = false;
             self.pool.stats().active.fetch_sub(1, Ordering::Relaxed);
@@ -402,41 +330,42 @@ impl<C: ClientStream> Session<C> {
         self.query_text.clear();
     }
 
-    async fn serve_loop(&mut self) -> Stop {
+    /// Serves the client's requests until one side leaves; returns why,
+    /// and the server connection the client held at that moment, if any.
+    async fn serve_loop(&mut self) -> (Stop, Option<Pooled>) {
         loop {
             // Every turn spends from tokio's cooperative budget: should a
             // turn ever move no bytes, this session still yields, and
             // other clients, signals and the admin server go on.
             tokio::task::consume_budget().await;
-            if self.server.is_none() {
-                // Idle: wait for the client's next message.
-                match self.await_first_frame().await {
-                    Ok(Some(())) => {}
-                    Ok(None) => return Stop::ClientGone,
-                    Err(stop) => return stop,
-                }
-                match self.attach().await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(stop) => return stop,
-                }
+            // Idle: wait for the client's next message.
+            match self.await_first_frame().await {
+                Ok(Some(())) => {}
+                Ok(None) => return (Stop::ClientGone, None),
+                Err(stop) => return (stop, None),
             }
-            match self.relay().await {
-                Stop::Released => {
-                    if let Some(p) = self.server.take() {
+            let mut p = match self.attach().await {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(stop) => return (stop, None),
+            };
+            loop {
+                match self.relay(&mut p).await {
+                    Stop::Released => {
                         self.detached();
-                        self.cancel.set(None);
                         self.pool.checkin(p);
+                        if self.shutdown.is_cancelled() {
+                            return (Stop::Fatal(shutting_down()), None);
+                        }
+                        break;
                     }
-                    if self.shutdown.is_cancelled() {
-                        return Stop::Fatal(shutting_down());
-                    }
+                    Stop::Retry => match Box::pin(self.retry_on_fresh_connection(p)).await {
+                        Ok(Some(fresh)) => p = fresh,
+                        Ok(None) => break,
+                        Err(stop) => return (stop, None),
+                    },
+                    other => return (other, Some(p)),
                 }
-                Stop::Retry => match Box::pin(self.retry_on_fresh_connection()).await {
-                    Ok(_) => {}
-                    Err(stop) => return stop,
-                },
-                other => return other,
             }
         }
     }
@@ -514,9 +443,9 @@ impl<C: ClientStream> Session<C> {
     }
 
     /// Checks out a server connection and brings its settings in line with
-    /// the client's. `Ok(false)`: none could be had; the client was told and
+    /// the client's. `Ok(None)`: none could be had; the client was told and
     /// its request skipped.
-    async fn attach(&mut self) -> Result<bool, Stop> {
+    async fn attach(&mut self) -> Result<Option<Pooled>, Stop> {
         if let Some(l) = &self.lifecycle {
             l.touch();
         }
@@ -548,18 +477,16 @@ impl<C: ClientStream> Session<C> {
             Err(e) => {
                 self.registered.info.set_state(ClientState::Idle, 0);
                 Box::pin(self.skip_request(e.to_client())).await?;
-                return Ok(false);
+                return Ok(None);
             }
         };
         PoolCounts::add(&self.pool.stats().assignments, 1);
         if p.conn.settings_fp != self.want_fp {
             Box::pin(self.sync_settings(&mut p)).await?;
         }
-        self.attached(p.conn.cancel_key().1);
-        self.cancel.set(Some(p.conn.cancel_key()));
-        self.server = Some(p);
+        self.attached(p.conn.cancel_key());
         self.fresh = true;
-        Ok(true)
+        Ok(Some(p))
     }
 
     /// Brings a connection's settings in line with the client's (one round
@@ -644,102 +571,6 @@ impl<C: ClientStream> Session<C> {
     }
 }
 
-impl<C: ClientStream> Session<C> {
-    /// Lets `cbuf` grow to hold a whole frame of `want` bytes (header
-    /// included), taking room for it from the shared budget first; waits
-    /// for room up to the pool's `pool_wait_timeout`.
-    async fn room_for(&mut self, want: usize) -> Result<(), Stop> {
-        if self.lease.as_ref().is_none_or(|l| l.covers() < want) {
-            self.lease = None;
-            let wait = self.pool.settings().wait_timeout;
-            let budget = &self.shared.buffer_budget;
-            let leased = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
-                l = budget.lease(want, wait) => l,
-            };
-            match leased {
-                Ok(l) => self.lease = Some(l),
-                Err(e) => {
-                    tracing::warn!(peer = %self.peer, error = %e, "refused a client message");
-                    let (code, hint) = match e {
-                        crate::budget::BudgetError::TooLarge { .. } => (
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            "raise listen.client_buffer_budget (and the memory limit with it) if such messages are expected",
-                        ),
-                        crate::budget::BudgetError::Busy { .. } => (
-                            sqlstate::OUT_OF_MEMORY,
-                            "other clients are sending large messages; retry, or raise listen.client_buffer_budget",
-                        ),
-                    };
-                    return Err(Stop::Fatal(
-                        ErrorMessage::fatal(code, format!("pgwake: {e}")).with_hint(hint),
-                    ));
-                }
-            }
-        }
-        let missing = want.saturating_sub(self.cbuf.len());
-        if self.cbuf.capacity() - self.cbuf.len() < missing {
-            self.cbuf.reserve(missing);
-        }
-        Ok(())
-    }
-
-    /// Once `cbuf` holds no large frame, gives its memory and its room in
-    /// the budget back: what is buffered moves to an ordinary buffer.
-    fn settle_buffer(&mut self) {
-        if self.lease.is_none() && self.cbuf.capacity() <= 2 * crate::budget::FREE {
-            return;
-        }
-        if self.cbuf.len() > crate::budget::FREE {
-            return;
-        }
-        // The start of a large frame being read whole keeps its room.
-        let track = self.mode == PoolMode::Transaction;
-        if self.cscan.at_boundary() && relay::read_whole_at(track, &self.cbuf) {
-            if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
-                if len > crate::budget::FREE {
-                    return;
-                }
-            }
-        }
-        let mut small = spare_buffers::take();
-        small.extend_from_slice(&self.cbuf);
-        self.cbuf = small;
-        self.lease = None;
-    }
-}
-
-/// A cancel request pgwake sent because a query ran past `query_timeout`.
-#[derive(Debug, Clone, Copy)]
-struct CancelSent {
-    at: Instant,
-    /// The server answered it: the query failed with 57014.
-    answered: bool,
-}
-
-/// Sleeps for `d`, or forever when there is no limit.
-async fn sleep_for(d: Option<Duration>) {
-    match d {
-        // Boxed: a timer is large, and every idle client's task holds this.
-        Some(d) => Box::pin(tokio::time::sleep(d)).await,
-        None => std::future::pending().await,
-    }
-}
-
-impl<C: ClientStream> Session<C> {
-    /// The error a client idle past `timeouts.client_idle_timeout` gets.
-    fn client_idle_timeout(&self, limit: Option<Duration>) -> ErrorMessage {
-        self.shared.metrics.timeout(TimeoutKind::ClientIdle);
-        let limit = limit.unwrap_or_default();
-        tracing::info!(peer = %self.peer, "closing a client idle for {limit:?} (timeouts.client_idle_timeout)");
-        ErrorMessage::fatal(
-            sqlstate::IDLE_SESSION_TIMEOUT,
-            format!("terminating connection due to idle-session timeout (pgwake timeouts.client_idle_timeout = {limit:?})"),
-        )
-    }
-}
-
 fn shutting_down() -> ErrorMessage {
     ErrorMessage::fatal(sqlstate::ADMIN_SHUTDOWN, "pgwake is shutting down")
         .with_hint("reconnect in a moment")
@@ -755,30 +586,4 @@ fn too_large(e: &FrameError) -> ErrorMessage {
         m = m.with_hint("raise listen.max_message_size if such messages are expected");
     }
     m
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every idle client is one task holding this future: its size is the
-    /// memory an idle client costs (rare paths are boxed to keep it small).
-    #[tokio::test]
-    async fn an_idle_client_task_stays_small() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
-        let mut cfg = pgwake_config::load(None, Some("postgres://a@127.0.0.1:1/a"), []).unwrap();
-        cfg.listen.addr = "127.0.0.1:0".into();
-        cfg.admin.addr = "127.0.0.1:0".into();
-        let proxy = crate::Proxy::bind(cfg).await.unwrap();
-        let peer = crate::client_io::Peer {
-            text: "test".into(),
-            origin: crate::client_io::ClientOrigin { ip: None },
-        };
-        let fut = super::serve_tcp(c, peer, proxy.shared(), true);
-        let size = std::mem::size_of_val(&fut);
-        // The session's own state (buffers' handles, settings, the registry
-        // entry, query timing for metrics and timeouts) is most of it.
-        assert!(size <= 3328, "a client's task future is {size} bytes");
-    }
 }

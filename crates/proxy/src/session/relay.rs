@@ -3,90 +3,39 @@
 //! owed, transaction status, settings, named statements), and cleaning up
 //! when either side goes away.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use pgwake_config::PoolMode;
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::{sqlstate, Scanned};
-use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{too_large, ClientStream, Session, Stop, CLEANUP_TIMEOUT, INTERNAL_TIMEOUT};
+use super::accounting::keep_text;
+use super::timeouts::expiry;
+use super::{too_large, ClientStream, Session, Stop};
 use crate::params;
 use crate::pool::Pooled;
-use crate::server::{inspected_server_frame, send_cancel};
-use crate::stats::{micros, PoolCounts, TimeoutKind};
+use crate::prepared::Verdict;
+use crate::server::{inspected_server_frame, ServerConn};
+use crate::stats::PoolCounts;
 
 /// Largest first request kept for a replay on a fresh connection.
 const MAX_REPLAY: usize = 64 * 1024;
-/// How long the server has to answer a cancel sent for `query_timeout`
-/// before its connection is given up.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
-/// Bytes of query text kept for the slow-query log.
-const QUERY_TEXT_MAX: usize = 200;
-
-/// Waits for the session's timer when a deadline applies, else forever.
-async fn expiry(
-    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    deadline: Option<(Instant, TimeoutKind)>,
-) -> TimeoutKind {
-    match (timer.as_mut(), deadline) {
-        (Some(t), Some((_, kind))) => {
-            t.await;
-            kind
-        }
-        _ => std::future::pending().await,
-    }
-}
-
-/// A query's text for the log, with the contents of string literals
-/// replaced by `…` (they may hold secrets: `ALTER ROLE … PASSWORD '…'`).
-fn mask_literals(text: &[u8]) -> String {
-    let text = String::from_utf8_lossy(text);
-    let mut out = String::with_capacity(text.len());
-    let mut in_literal = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_literal {
-            if c == '\'' {
-                if chars.peek() == Some(&'\'') {
-                    chars.next();
-                } else {
-                    in_literal = false;
-                    out.push_str("…'");
-                }
-            }
-        } else {
-            out.push(c);
-            in_literal = c == '\'';
-        }
-    }
-    if in_literal {
-        out.push('…');
-    }
-    out
-}
-
-/// Keeps the start of a query's text (up to its terminating NUL).
-fn keep_text(out: &mut Vec<u8>, text: &[u8]) {
-    let text = &text[..text.len().min(QUERY_TEXT_MAX)];
-    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    out.extend_from_slice(&text[..end]);
-}
 
 impl<C: ClientStream> Session<C> {
     /// Moves bytes both ways until the transaction ends (transaction mode)
     /// or either side leaves.
-    pub(super) async fn relay(&mut self) -> Stop {
-        if let Err(stop) = self.forward_client().await {
+    pub(super) async fn relay(&mut self, p: &mut Pooled) -> Stop {
+        let server = &mut *p.conn;
+        if let Err(stop) = self.forward_client(server).await {
             return stop;
         }
         loop {
             if let Err(stop) = self.reserve_client_buffer().await {
                 return stop;
             }
-            let deadline = self.timeout_deadline();
+            let deadline = self.timeout_deadline(server);
             // One timer per session, moved only when the deadline changes
             // (allocated once, for clients a timeout applies to).
             if let Some((at, _)) = deadline {
@@ -98,7 +47,6 @@ impl<C: ClientStream> Session<C> {
                 }
             }
             let timer = &mut self.timer;
-            let server = &mut self.server.as_mut().expect("attached").conn;
             if self.mode == PoolMode::Transaction
                 && self.cscan.at_boundary()
                 && !self.held
@@ -111,7 +59,7 @@ impl<C: ClientStream> Session<C> {
                 biased;
                 r = self.client.read_buf(&mut self.cbuf) => match r {
                     Ok(0) | Err(_) => return Stop::ClientGone,
-                    Ok(_) => if let Err(stop) = self.forward_client().await { return stop },
+                    Ok(_) => if let Err(stop) = self.forward_client(server).await { return stop },
                 },
                 r = server.read_more() => match r {
                     Err(e) => {
@@ -121,97 +69,21 @@ impl<C: ClientStream> Session<C> {
                             return Stop::Retry;
                         }
                         tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
-                        return Box::pin(self.server_lost(&e.to_string())).await;
+                        return Box::pin(self.server_lost(server, &e.to_string())).await;
                     }
                     Ok(_) => {
-                        if let Err(stop) = self.forward_server().await { return stop }
+                        if let Err(stop) = self.forward_server(server).await { return stop }
                         // Frames held back until the server answered more.
                         if self.held {
                             // Boxed: rare, and it would enlarge every session's task.
-                            if let Err(stop) = Box::pin(self.forward_client()).await { return stop }
+                            if let Err(stop) = Box::pin(self.forward_client(server)).await { return stop }
                         }
                     }
                 },
                 kind = expiry(timer, deadline) => {
-                    if let Err(stop) = Box::pin(self.on_timeout(kind)).await { return stop }
+                    if let Err(stop) = Box::pin(self.on_timeout(server, kind)).await { return stop }
                 },
             }
-        }
-    }
-
-    /// When the next timeout fires, if any applies now.
-    fn timeout_deadline(&self) -> Option<(Instant, TimeoutKind)> {
-        if let Some(c) = self.cancel_sent {
-            return Some((c.at + CANCEL_GRACE, TimeoutKind::Query));
-        }
-        let server = &self.server.as_ref()?.conn;
-        let t = &self.shared.timeouts;
-        if server.tx.owed > 0 {
-            return Some((self.query_start? + t.query()?, TimeoutKind::Query));
-        }
-        if !self.cbuf.is_empty() || !self.cscan.at_boundary() {
-            return None;
-        }
-        if server.tx.in_transaction() {
-            return Some((
-                self.idle_since + t.idle_transaction()?,
-                TimeoutKind::IdleTransaction,
-            ));
-        }
-        // Idle between transactions while still holding the connection
-        // (session mode): the client is idle here, not in `await_first_frame`.
-        if self.mode == PoolMode::Session {
-            return Some((self.idle_since + t.client_idle()?, TimeoutKind::ClientIdle));
-        }
-        None
-    }
-
-    /// A timeout fired while the client held a server connection.
-    async fn on_timeout(&mut self, kind: TimeoutKind) -> Result<(), Stop> {
-        let limit = |d: Option<Duration>| d.unwrap_or_default();
-        if self.cancel_sent.is_some() {
-            // The server did not answer the cancel: give the connection up.
-            drop(self.server.take());
-            self.detached();
-            self.cancel.set(None);
-            tracing::warn!(peer = %self.peer, pool = %self.pool.key(), "the server did not answer a cancel request within {CANCEL_GRACE:?}; closed its connection");
-            return Err(Stop::Fatal(ErrorMessage::fatal(
-                sqlstate::QUERY_CANCELED,
-                format!("canceling statement due to pgwake timeouts.query_timeout ({:?}); the server did not answer the cancel, so the connection was closed", limit(self.shared.timeouts.query())),
-            )));
-        }
-        match kind {
-            TimeoutKind::Query => {
-                self.shared.metrics.timeout(kind);
-                let (addr, pid, key) = self.server.as_ref().expect("attached").conn.cancel_key();
-                tracing::info!(peer = %self.peer, pool = %self.pool.key(), backend_pid = pid, "query ran past timeouts.query_timeout; cancelling it");
-                self.cancel_sent = Some(super::CancelSent {
-                    at: Instant::now(),
-                    answered: false,
-                });
-                self.shared
-                    .metrics
-                    .cancels
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Err(e) = send_cancel(addr, pid, key).await {
-                    tracing::warn!(peer = %self.peer, error = %e, "could not send the cancel request");
-                }
-                Ok(())
-            }
-            TimeoutKind::IdleTransaction => {
-                self.shared.metrics.timeout(kind);
-                let limit = limit(self.shared.timeouts.idle_transaction());
-                tracing::info!(peer = %self.peer, pool = %self.pool.key(), "client idle in transaction for {limit:?} (timeouts.idle_transaction_timeout); rolling back and disconnecting it");
-                // `run` rolls the transaction back and returns the connection.
-                Err(Stop::Fatal(ErrorMessage::fatal(
-                    sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                    format!("terminating connection due to idle-in-transaction timeout (pgwake timeouts.idle_transaction_timeout = {limit:?}); the transaction was rolled back"),
-                )))
-            }
-            // Counted by `client_idle_timeout`, which the idle path shares.
-            _ => Err(Stop::Fatal(
-                self.client_idle_timeout(self.shared.timeouts.client_idle()),
-            )),
         }
     }
 
@@ -242,13 +114,12 @@ impl<C: ClientStream> Session<C> {
     /// ReadyForQuery for each reply owed, and its next statement runs on a
     /// fresh connection. Inside a transaction the session state is gone, so
     /// the client is closed, as a direct connection would be.
-    async fn server_lost(&mut self, e: &str) -> Stop {
-        let p = self.server.take().expect("attached");
-        let tx = p.conn.tx;
-        drop(p);
+    ///
+    /// The connection is marked broken: whoever holds it closes it.
+    async fn server_lost(&mut self, server: &mut ServerConn, e: &str) -> Stop {
+        server.broken = true;
+        let tx = server.tx;
         self.detached();
-        self.cancel_sent = None;
-        self.cancel.set(None);
         let lost = ErrorMessage::error(
             sqlstate::CONNECTION_FAILURE,
             format!("pgwake lost its server connection while running this statement: {e}"),
@@ -280,14 +151,13 @@ impl<C: ClientStream> Session<C> {
 
     /// Forwards every buffered client byte that belongs to a frame whose
     /// header arrived; a partial header waits for more.
-    async fn forward_client(&mut self) -> Result<(), Stop> {
+    async fn forward_client(&mut self, server: &mut ServerConn) -> Result<(), Stop> {
         // More client bytes before the server answered: the first request is
         // no longer alone in flight, so it can no longer be replayed.
         if self.replay > 0 {
             self.cbuf.advance(std::mem::take(&mut self.replay));
         }
         self.held = false;
-        let server = &mut self.server.as_mut().expect("attached").conn;
         let track = self.mode == PoolMode::Transaction;
         // A first request on a fresh attachment, with no session state on the
         // connection, may go to another connection if this one proves dead.
@@ -345,18 +215,22 @@ impl<C: ClientStream> Session<C> {
                 continue;
             }
             let mut to_server = BytesMut::new();
-            let step = crate::prepared::Rewriter {
-                client: &mut self.prepared,
-                server: &mut server.prepared.statements,
-                plan: &mut server.prepared.plan,
-            }
-            .message(tag, body, &mut to_server, &mut to_client)
-            .map_err(|e| {
-                Stop::Fatal(ErrorMessage::fatal(
-                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                    format!("invalid message from client: {e}"),
-                ))
-            })?;
+            let step = server
+                .prepared
+                .client_message(
+                    &mut self.prepared,
+                    server.tx.status,
+                    tag,
+                    body,
+                    &mut to_server,
+                    &mut to_client,
+                )
+                .map_err(|e| {
+                    Stop::Fatal(ErrorMessage::fatal(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!("invalid message from client: {e}"),
+                    ))
+                })?;
             if step == crate::prepared::Step::Wait {
                 if !to_server.is_empty() {
                     // A Sync so that what is in flight gets answered.
@@ -365,7 +239,7 @@ impl<C: ClientStream> Session<C> {
                     copied = pos;
                 }
                 // Offered again once the server has answered more.
-                tracing::debug!(peer = %self.peer, tag = %(tag as char), plan = server.prepared.plan.len(), owed = server.tx.owed, "holding a client message until the server answers");
+                tracing::debug!(peer = %self.peer, tag = %(tag as char), plan = server.prepared.owed(), owed = server.tx.owed, "holding a client message until the server answers");
                 self.held = true;
                 break;
             }
@@ -425,7 +299,7 @@ impl<C: ClientStream> Session<C> {
                     return Err(Stop::Retry);
                 }
                 // Answered by server_lost like any other request in flight.
-                return Err(Box::pin(self.server_lost(&e.to_string())).await);
+                return Err(Box::pin(self.server_lost(server, &e.to_string())).await);
             }
         } else {
             self.cbuf.advance(pos);
@@ -444,15 +318,14 @@ impl<C: ClientStream> Session<C> {
     /// sent on it, and sends that request again on a fresh one: the client
     /// never sees the dead connection. `Ok(false)`: no connection could be
     /// had; the client got an error for the request instead.
-    pub(super) async fn retry_on_fresh_connection(&mut self) -> Result<bool, Stop> {
-        if let Some(mut dead) = self.server.take() {
-            // What the request did to the session's statements is taken back:
-            // it is sent again, as new, on the next connection.
-            let prepared = &mut *dead.conn.prepared;
-            prepared
-                .plan
-                .undo_all(&mut self.prepared, &mut prepared.statements);
-        }
+    pub(super) async fn retry_on_fresh_connection(
+        &mut self,
+        mut dead: Pooled,
+    ) -> Result<Option<Pooled>, Stop> {
+        // What the request did to the session's statements is taken back:
+        // it is sent again, as new, on the next connection.
+        dead.conn.prepared.undo_unanswered(&mut self.prepared);
+        drop(dead);
         self.cancel.set(None);
         // The request is still at the front of the buffer.
         self.replay = 0;
@@ -463,7 +336,7 @@ impl<C: ClientStream> Session<C> {
                 // The request is still buffered; answer it with the error.
                 self.detached();
                 Box::pin(self.skip_request(e.to_client())).await?;
-                return Ok(false);
+                return Ok(None);
             }
         };
         if p.conn.settings_fp != self.want_fp {
@@ -472,19 +345,16 @@ impl<C: ClientStream> Session<C> {
                 return Err(stop);
             }
         }
-        self.attached(p.conn.cancel_key().1);
-        self.cancel.set(Some(p.conn.cancel_key()));
-        self.server = Some(p);
-        // Sent as any request is; no second replay if this one dies too.
+        self.attached(p.conn.cancel_key());
+        // Sent as any request is (by the relay, first thing); no second
+        // replay if this one dies too.
         self.fresh = false;
-        self.forward_client().await?;
-        Ok(true)
+        Ok(Some(p))
     }
 
     /// Forwards every buffered server byte to the client, noting
     /// ReadyForQuery and ParameterStatus on the way.
-    async fn forward_server(&mut self) -> Result<(), Stop> {
-        let server = &mut self.server.as_mut().expect("attached").conn;
+    async fn forward_server(&mut self, server: &mut ServerConn) -> Result<(), Stop> {
         let track = self.mode == PoolMode::Transaction;
         let mut pos = 0;
         // Once a frame is dropped, replaced or followed by pgwake's own
@@ -520,45 +390,24 @@ impl<C: ClientStream> Session<C> {
                 }
             }
             // The plan of replies: which go to the client, and pgwake's own.
-            let mut dropped = false;
-            if track {
-                let verdict = match item {
-                    Scanned::Body => {
-                        if server.prepared.dropping {
-                            server.prepared.dropping = !server.scan.at_boundary();
-                            Some(crate::prepared::Verdict::Drop)
-                        } else {
-                            None
-                        }
-                    }
-                    Scanned::Start { tag } => Some(
-                        crate::prepared::ReplyTracker {
-                            client: &mut self.prepared,
-                            server: &mut server.prepared.statements,
-                            plan: &mut server.prepared.plan,
-                        }
-                        .frame(tag, &[], &mut extra),
-                    ),
-                    Scanned::Frame { tag, body } => Some(
-                        crate::prepared::ReplyTracker {
-                            client: &mut self.prepared,
-                            server: &mut server.prepared.statements,
-                            plan: &mut server.prepared.plan,
-                        }
-                        .frame(tag, body, &mut extra),
-                    ),
-                };
-                if verdict == Some(crate::prepared::Verdict::Drop) {
-                    dropped = true;
-                    if matches!(item, Scanned::Start { .. }) {
-                        server.prepared.dropping = !server.scan.at_boundary();
-                    }
-                    out.extend_from_slice(&server.buf[flushed..frame_at]);
-                    flushed = next;
-                    edited = true;
-                }
+            let dropped = track
+                && server.prepared.server_item(
+                    &mut self.prepared,
+                    &item,
+                    server.scan.at_boundary(),
+                    &mut extra,
+                ) == Verdict::Drop;
+            if dropped {
+                out.extend_from_slice(&server.buf[flushed..frame_at]);
+                flushed = next;
+                edited = true;
             }
             match item {
+                // The answer to pgwake's own Sync: not the client's, and not
+                // counted as owed, but the status is the connection's.
+                Scanned::Frame { tag: b'Z', body } if dropped => {
+                    server.tx.saw_status(body.first().copied().unwrap_or(b'E'));
+                }
                 _ if dropped => {}
                 Scanned::Frame { tag: b'Z', body } => {
                     server.tx.ready(body.first().copied().unwrap_or(b'E'));
@@ -646,120 +495,13 @@ impl<C: ClientStream> Session<C> {
                 return Err(Stop::Retry);
             }
             tracing::warn!(peer = %self.peer, pool = %self.pool.key(), %message, "server closed a connection while serving a client");
-            return Err(Box::pin(self.server_lost(&format!("server: {message}"))).await);
+            return Err(Box::pin(self.server_lost(server, &format!("server: {message}"))).await);
         }
         if readies > 0 {
             let owed = server.tx.owed;
             self.account_ready(readies, xact_ends, owed);
         }
         Ok(())
-    }
-
-    /// Counts and times the queries (`readies` ReadyForQuery messages) and
-    /// transactions (`xact_ends` of them left it idle) just answered.
-    fn account_ready(&mut self, readies: u64, xact_ends: u64, owed: u32) {
-        let now = Instant::now();
-        self.idle_since = now;
-        let stats = self.pool.stats();
-        PoolCounts::add(&stats.queries, readies);
-        if let Some(start) = self.query_start.take() {
-            let took = now.duration_since(start);
-            PoolCounts::add(&stats.query_us, micros(took));
-            if let Some(h) = self.pool.histograms() {
-                h.query.record(took.as_secs_f64());
-            }
-            if self
-                .shared
-                .timeouts
-                .slow_query()
-                .is_some_and(|slow| took >= slow)
-            {
-                let info = &self.registered.info;
-                tracing::warn!(
-                    duration_ms = micros(took) / 1000,
-                    database = %info.database,
-                    user = %info.user,
-                    application_name = %info.application_name,
-                    client = %self.peer,
-                    query = %mask_literals(&self.query_text),
-                    "slow query"
-                );
-            }
-        }
-        self.query_text.clear();
-        if owed > 0 {
-            // The next pipelined query runs from now.
-            self.query_start = Some(now);
-        }
-        if xact_ends > 0 {
-            PoolCounts::add(&stats.xacts, xact_ends);
-            if let Some(start) = self.xact_start.take() {
-                let took = now.duration_since(start);
-                PoolCounts::add(&stats.xact_us, micros(took));
-                if let Some(h) = self.pool.histograms() {
-                    h.xact.record(took.as_secs_f64());
-                }
-            }
-        }
-    }
-
-    /// The client left while holding a server connection: make it clean
-    /// (cancel a running query, end COPY, roll back) and return it, or close it.
-    pub(super) async fn give_back_after_client_left(&mut self, mut p: Pooled) {
-        if p.conn.broken || !self.cscan.at_boundary() {
-            // A message was cut off mid-way; the server cannot be brought back in step.
-            return;
-        }
-        let pool = self.pool.clone();
-        let mode = self.mode;
-        let peer = self.peer.clone();
-
-        let cleanup = async move {
-            if !p.conn.tx.is_idle() {
-                let mut out = BytesMut::new();
-                if p.conn.tx.owed > 0 {
-                    let (addr, pid, key) = p.conn.cancel_key();
-                    let _ = send_cancel(addr, pid, key).await;
-                    // Ends a COPY FROM STDIN; ignored by the server otherwise.
-                    frontend::copy_fail("client disconnected", &mut out).ok()?;
-                }
-                if p.conn.tx.open_extended {
-                    frontend::sync(&mut out);
-                    p.conn.tx.sent(b'S');
-                }
-                frontend::query("ROLLBACK", &mut out).ok()?;
-                p.conn.tx.sent(b'Q');
-                p.conn.stream.write_all(&out).await.ok()?;
-                p.conn.drain().await.ok()?;
-            }
-            if !p.conn.prepared.plan.is_empty() {
-                // Replies the departed client's plan still expected: what the
-                // connection has prepared can no longer be vouched for.
-                p.conn
-                    .prepared
-                    .plan
-                    .abandon(&mut p.conn.prepared.statements);
-                p.conn
-                    .run_internal("DEALLOCATE ALL", INTERNAL_TIMEOUT)
-                    .await
-                    .ok()?;
-                p.conn.prepared.statements.invalidate();
-            }
-            if mode == PoolMode::Session {
-                p.conn
-                    .run_internal("DISCARD ALL", INTERNAL_TIMEOUT)
-                    .await
-                    .ok()?;
-                p.conn.params = self.defaults.params.clone();
-            }
-            Some(p)
-        };
-        match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
-            Ok(Some(p)) => pool.checkin(p),
-            _ => {
-                tracing::warn!(%peer, "closed a server connection that could not be cleaned after its client left")
-            }
-        }
     }
 }
 
@@ -769,14 +511,4 @@ impl<C: ClientStream> Session<C> {
 #[inline]
 pub(super) fn read_whole_at(track: bool, frame: &[u8]) -> bool {
     track && crate::prepared::client_frame_read_whole_at(frame)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn string_literals_are_masked_in_the_slow_query_log() {
-        let m = super::mask_literals(b"alter role app password 'se''cret' valid until 'x");
-        assert_eq!(m, "alter role app password '…' valid until '…");
-        assert_eq!(super::mask_literals(b"select 1"), "select 1");
-    }
 }

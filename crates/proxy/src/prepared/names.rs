@@ -1,0 +1,249 @@
+//! Naming statements: the client's names (its statement specs) and the
+//! content-hashed names pgwake gives them on server connections.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Length of a server statement name: `pgwake_` and 16 hex digits.
+pub const SERVER_NAME_LEN: usize = 23;
+
+/// A statement pgwake keeps on a server connection only so that a client's
+/// Parse of a name it already uses fails there as it would in the client's
+/// own session (see [`Rewriter`]). `ROLLBACK` parses even in a failed
+/// transaction, so preparing it never fails; it is never executed.
+pub(super) const PROBE_NAME: &[u8] = b"pgwake_probe";
+pub(super) const PROBE_QUERY: &[u8] = b"ROLLBACK";
+
+/// The server statement name for a content hash.
+pub fn server_name(hash: u64) -> [u8; SERVER_NAME_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = *b"pgwake_0000000000000000";
+    for (i, byte) in hash.to_be_bytes().into_iter().enumerate() {
+        name[7 + 2 * i] = HEX[usize::from(byte >> 4)];
+        name[8 + 2 * i] = HEX[usize::from(byte & 0xf)];
+    }
+    name
+}
+
+/// The keyed hash that names server statements. One per pool: every client
+/// of a pool must derive the same name from the same content. The key is
+/// random per process, so nobody can craft a statement whose name collides
+/// with another client's.
+///
+/// It also counts the schema changes the pool's connections reported
+/// ("cached plan must not change result type"): a server statement
+/// prepared before the last one is not used for a client statement
+/// prepared after it (see [`StatementSpec`]).
+#[derive(Clone, Default)]
+pub struct StatementHasher {
+    pub(super) key: RandomState,
+    pub(super) schema: Arc<AtomicU64>,
+    /// The client's `search_path` (a fingerprint; 0: the server's): the
+    /// same text under another one may mean other tables, so it is another
+    /// server statement.
+    pub(super) settings: u64,
+}
+
+impl StatementHasher {
+    pub fn new() -> Self {
+        StatementHasher::default()
+    }
+
+    /// This hasher for a client whose `search_path` has fingerprint `settings`.
+    pub fn for_settings(&self, settings: u64) -> Self {
+        StatementHasher {
+            settings,
+            ..self.clone()
+        }
+    }
+
+    pub(super) fn hash(&self, content: &[u8]) -> u64 {
+        self.key.hash_one((self.settings, content))
+    }
+
+    /// The hash of a SQL `PREPARE`'s text after the name: never the same
+    /// input as a Parse's content.
+    pub(super) fn hash_sql(&self, rest: &[u8]) -> u64 {
+        self.key.hash_one((self.settings, b'S', rest))
+    }
+
+    /// Schema changes reported so far.
+    pub fn schema_epoch(&self) -> u64 {
+        self.schema.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn schema_changed(&self) {
+        self.schema.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for StatementHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatementHasher")
+    }
+}
+
+/// A client's named statement: its Parse as the client sent it, or the
+/// text of its SQL `PREPARE`, which is all it takes to prepare it again on
+/// another server connection.
+pub struct StatementSpec {
+    /// The Parse body: name, NUL, query text, NUL, parameter count and
+    /// types; for SQL: name, NUL, the `PREPARE` text after the name.
+    pub(super) parse: Box<[u8]>,
+    pub(super) name_len: usize,
+    /// Hash of everything after the name.
+    pub(super) hash: u64,
+    /// Prepared by SQL `PREPARE` (parameter types by name, so it is
+    /// prepared on a connection by `PREPARE` too).
+    pub(super) sql: bool,
+    /// The pool's schema epoch when the client prepared it: a server
+    /// statement prepared in an earlier one may return rows of another
+    /// shape than the client's statement would, and is prepared anew.
+    pub(super) epoch: u64,
+}
+
+impl StatementSpec {
+    pub(super) fn new(body: &[u8], name_len: usize, hasher: &StatementHasher) -> Self {
+        StatementSpec {
+            hash: hasher.hash(&body[name_len + 1..]),
+            parse: body.into(),
+            name_len,
+            sql: false,
+            epoch: hasher.schema_epoch(),
+        }
+    }
+
+    /// The statement of `PREPARE name rest`.
+    pub(super) fn new_sql(name: &[u8], rest: &[u8], hasher: &StatementHasher) -> Self {
+        let mut parse = Vec::with_capacity(name.len() + 1 + rest.len());
+        parse.extend_from_slice(name);
+        parse.push(0);
+        parse.extend_from_slice(rest);
+        StatementSpec {
+            hash: hasher.hash_sql(rest),
+            parse: parse.into(),
+            name_len: name.len(),
+            sql: true,
+            epoch: hasher.schema_epoch(),
+        }
+    }
+
+    /// The client's name for it.
+    pub fn name(&self) -> &[u8] {
+        &self.parse[..self.name_len]
+    }
+
+    /// Query text, NUL, parameter count and types: the Parse body after the name.
+    pub(super) fn content(&self) -> &[u8] {
+        &self.parse[self.name_len + 1..]
+    }
+
+    /// The query text.
+    pub fn query(&self) -> &[u8] {
+        let c = self.content();
+        &c[..c.iter().position(|&b| b == 0).unwrap_or(c.len())]
+    }
+
+    /// The parameter type OIDs the client declared (as far as they are well formed).
+    pub fn param_types(&self) -> impl Iterator<Item = u32> + '_ {
+        let types = self.content().get(self.query().len() + 3..).unwrap_or(&[]);
+        types
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    }
+
+    /// The content hash the server name is derived from.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Its name on server connections.
+    pub fn server_name(&self) -> [u8; SERVER_NAME_LEN] {
+        server_name(self.hash)
+    }
+}
+
+impl fmt::Debug for StatementSpec {
+    // No query text: it may carry secrets (`ALTER ROLE … PASSWORD '…'`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatementSpec")
+            .field("name", &String::from_utf8_lossy(self.name()))
+            .field("hash", &format_args!("{:016x}", self.hash))
+            .finish()
+    }
+}
+
+/// A spec in a set keyed by its client name.
+#[derive(Debug, Clone)]
+pub(super) struct ByName(Arc<StatementSpec>);
+
+impl Borrow<[u8]> for ByName {
+    fn borrow(&self) -> &[u8] {
+        self.0.name()
+    }
+}
+
+impl Hash for ByName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.name().hash(state)
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name() == other.0.name()
+    }
+}
+
+impl Eq for ByName {}
+
+/// One client's named statements, by the client's names.
+#[derive(Debug)]
+pub struct ClientStatements {
+    pub(super) by_name: HashSet<ByName>,
+    pub(super) hasher: StatementHasher,
+}
+
+impl ClientStatements {
+    /// `hasher`: the pool's, shared by all its clients.
+    pub fn new(hasher: StatementHasher) -> Self {
+        ClientStatements {
+            by_name: HashSet::new(),
+            hasher,
+        }
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<StatementSpec>> {
+        self.by_name.get(name).map(|b| &b.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Forgets every statement (`DEALLOCATE ALL`, `DISCARD ALL`, or a lost
+    /// server connection in the middle of a transaction).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<StatementSpec>> {
+        self.by_name.iter().map(|b| &b.0)
+    }
+
+    pub(super) fn put(&mut self, spec: Arc<StatementSpec>) {
+        self.by_name.replace(ByName(spec));
+    }
+
+    pub(super) fn take(&mut self, name: &[u8]) -> Option<Arc<StatementSpec>> {
+        self.by_name.take(name).map(|b| b.0)
+    }
+}

@@ -1,0 +1,112 @@
+//! A client's read buffer: none while it is idle, an ordinary one while
+//! it is busy, and room from the shared budget for a large frame read whole.
+
+use pgwake_config::PoolMode;
+use pgwake_protocol::backend::ErrorMessage;
+use pgwake_protocol::sqlstate;
+
+use super::{relay, shutting_down, Session, Stop};
+use crate::client_io::ClientStream;
+
+/// Read buffers of clients between transactions, kept for the next client
+/// that needs one: an idle client holds none, and a busy one does not pay
+/// for an allocation on every transaction. A few per thread at most.
+pub(super) mod spare_buffers {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    const SIZE: usize = 8 * 1024;
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for `SIZE` bytes.
+    pub(in crate::session) fn take() -> BytesMut {
+        let mut b = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        // Reclaims the whole allocation when it is this buffer's alone.
+        b.reserve(SIZE);
+        b
+    }
+
+    /// Keeps an emptied buffer, or frees it when enough are kept (or when
+    /// it grew for a large message: that memory goes back at once).
+    pub(in crate::session) fn give_back(b: BytesMut) {
+        if b.is_empty() && b.capacity() > 0 && b.capacity() <= crate::budget::FREE {
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < KEEP {
+                    s.push(b);
+                }
+            });
+        }
+    }
+}
+
+impl<C: ClientStream> Session<C> {
+    /// Lets `cbuf` grow to hold a whole frame of `want` bytes (header
+    /// included), taking room for it from the shared budget first; waits
+    /// for room up to the pool's `pool_wait_timeout`.
+    pub(super) async fn room_for(&mut self, want: usize) -> Result<(), Stop> {
+        if self.lease.as_ref().is_none_or(|l| l.covers() < want) {
+            self.lease = None;
+            let wait = self.pool.settings().wait_timeout;
+            let budget = &self.shared.buffer_budget;
+            let leased = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                l = budget.lease(want, wait) => l,
+            };
+            match leased {
+                Ok(l) => self.lease = Some(l),
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "refused a client message");
+                    let (code, hint) = match e {
+                        crate::budget::BudgetError::TooLarge { .. } => (
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            "raise listen.client_buffer_budget (and the memory limit with it) if such messages are expected",
+                        ),
+                        crate::budget::BudgetError::Busy { .. } => (
+                            sqlstate::OUT_OF_MEMORY,
+                            "other clients are sending large messages; retry, or raise listen.client_buffer_budget",
+                        ),
+                    };
+                    return Err(Stop::Fatal(
+                        ErrorMessage::fatal(code, format!("pgwake: {e}")).with_hint(hint),
+                    ));
+                }
+            }
+        }
+        let missing = want.saturating_sub(self.cbuf.len());
+        if self.cbuf.capacity() - self.cbuf.len() < missing {
+            self.cbuf.reserve(missing);
+        }
+        Ok(())
+    }
+
+    /// Once `cbuf` holds no large frame, gives its memory and its room in
+    /// the budget back: what is buffered moves to an ordinary buffer.
+    pub(super) fn settle_buffer(&mut self) {
+        if self.lease.is_none() && self.cbuf.capacity() <= 2 * crate::budget::FREE {
+            return;
+        }
+        if self.cbuf.len() > crate::budget::FREE {
+            return;
+        }
+        // The start of a large frame being read whole keeps its room.
+        let track = self.mode == PoolMode::Transaction;
+        if self.cscan.at_boundary() && relay::read_whole_at(track, &self.cbuf) {
+            if let Ok(Some(len)) = self.cscan.frame_len(&self.cbuf) {
+                if len > crate::budget::FREE {
+                    return;
+                }
+            }
+        }
+        let mut small = spare_buffers::take();
+        small.extend_from_slice(&self.cbuf);
+        self.cbuf = small;
+        self.lease = None;
+    }
+}
