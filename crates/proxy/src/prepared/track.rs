@@ -90,8 +90,10 @@ impl ReplyTracker<'_> {
                         return Verdict::Drop;
                     }
                     let verdict = self.failed(body, to_client);
-                    let head = self.plan.entries.front().expect("head");
-                    apply_undo(self.client, self.server, &head.undo);
+                    // `failed` leaves the plan's head in place.
+                    if let Some(head) = self.plan.entries.front() {
+                        apply_undo(self.client, self.server, &head.undo);
+                    }
                     return verdict;
                 }
             }
