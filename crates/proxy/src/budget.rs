@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgwake_protocol::backend::ErrorMessage;
+use pgwake_protocol::sqlstate;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Frames up to this size (header included) are not charged.
@@ -53,6 +55,23 @@ pub(crate) enum BudgetError {
         budget: u64,
         waited: Duration,
     },
+}
+
+impl BudgetError {
+    /// The error the client gets: its connection is closed.
+    pub(crate) fn to_client(&self) -> ErrorMessage {
+        let (code, hint) = match self {
+            BudgetError::TooLarge { .. } => (
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                "raise listen.client_buffer_budget (and the memory limit with it) if such messages are expected",
+            ),
+            BudgetError::Busy { .. } => (
+                sqlstate::OUT_OF_MEMORY,
+                "other clients are sending large messages; retry, or raise listen.client_buffer_budget",
+            ),
+        };
+        ErrorMessage::fatal(code, format!("pgwake: {self}")).with_hint(hint)
+    }
 }
 
 impl BufferBudget {

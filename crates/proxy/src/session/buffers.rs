@@ -2,8 +2,6 @@
 //! it is busy, and room from the shared budget for a large frame read whole.
 
 use pgwake_config::PoolMode;
-use pgwake_protocol::backend::ErrorMessage;
-use pgwake_protocol::sqlstate;
 
 use super::{relay, shutting_down, Session, Stop};
 use crate::client_io::ClientStream;
@@ -63,19 +61,7 @@ impl<C: ClientStream> Session<C> {
                 Ok(l) => self.lease = Some(l),
                 Err(e) => {
                     tracing::warn!(peer = %self.peer, error = %e, "refused a client message");
-                    let (code, hint) = match e {
-                        crate::budget::BudgetError::TooLarge { .. } => (
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            "raise listen.client_buffer_budget (and the memory limit with it) if such messages are expected",
-                        ),
-                        crate::budget::BudgetError::Busy { .. } => (
-                            sqlstate::OUT_OF_MEMORY,
-                            "other clients are sending large messages; retry, or raise listen.client_buffer_budget",
-                        ),
-                    };
-                    return Err(Stop::Fatal(
-                        ErrorMessage::fatal(code, format!("pgwake: {e}")).with_hint(hint),
-                    ));
+                    return Err(Stop::Fatal(e.to_client()));
                 }
             }
         }
