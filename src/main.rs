@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
-//! The `pgwake` command: `run`, `check`, `doctor` and `demo`. Wiring only;
+//! The `pgwake` command: `run`, `check`, `doctor`, `demo` and
+//! `import-pgbouncer`. Wiring only;
 //! the work is in the crates.
 
 mod demo;
@@ -41,6 +42,29 @@ enum Command {
     Doctor(Source),
     /// Start a throwaway PostgreSQL and pgwake in front of it, and show pooling at work.
     Demo(demo::DemoArgs),
+    /// Print the pgwake configuration equivalent to a PgBouncer one.
+    ///
+    /// Reads PGBOUNCER.INI (following %include, and reading its auth_file
+    /// and auth_hba_file) and prints pgwake's TOML on stdout, with the
+    /// comments that explain its settings. On stderr, one line per setting
+    /// that has no equivalent or a different meaning in pgwake, saying what
+    /// pgwake does instead (FILE:LINE: KEY: …). Relative paths are taken
+    /// from the current directory, as PgBouncer takes them. The output
+    /// passes `pgwake check`. Exit status: 0 when converted (warnings or
+    /// not), 2 when the file cannot be read or converted.
+    ImportPgbouncer(ImportArgs),
+}
+
+/// What `import-pgbouncer` reads.
+#[derive(Args)]
+struct ImportArgs {
+    /// PgBouncer's configuration file (pgbouncer.ini).
+    #[arg(value_name = "PGBOUNCER.INI")]
+    ini: PathBuf,
+    /// The user list to read in place of the file's auth_file (userlist.txt
+    /// format), e.g. a copy when the original is on another machine.
+    #[arg(long, value_name = "FILE")]
+    userlist: Option<PathBuf>,
 }
 
 /// Where the configuration comes from.
@@ -80,6 +104,7 @@ fn main() -> ExitCode {
         Command::Run(src) => run(&src),
         Command::Doctor(src) => doctor(&src),
         Command::Demo(args) => demo::main(args),
+        Command::ImportPgbouncer(args) => import_pgbouncer(&args),
     };
     match result {
         Ok(code) => code,
@@ -112,6 +137,44 @@ fn check(src: &Source) -> anyhow::Result<ExitCode> {
         }
         Err(errors) => Ok(report(&errors)),
     }
+}
+
+fn import_pgbouncer(args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let options = pgwake_config::pgbouncer::ImportOptions {
+        base_dir: std::env::current_dir().context("cannot tell the current directory")?,
+        userlist: args.userlist.clone(),
+    };
+    let imported = match pgwake_config::pgbouncer::import(&args.ini, &options) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("pgwake: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // The files it names (user file, TLS certificate) are read as
+    // `pgwake check` reads them, so the output passes it as printed.
+    let loaded = pgwake_config::load(
+        Some(("the imported configuration", &imported.toml)),
+        None,
+        std::iter::empty(),
+    );
+    let problems = match loaded {
+        Ok(config) => pgwake_proxy::check_client_files(&config),
+        Err(errors) => errors.0,
+    };
+    if !problems.is_empty() {
+        eprintln!(
+            "pgwake: {}: the imported configuration would not pass pgwake check:\n{}",
+            args.ini.display(),
+            pgwake_config::ConfigErrors(problems)
+        );
+        return Ok(ExitCode::from(2));
+    }
+    for w in &imported.warnings {
+        eprintln!("{w}");
+    }
+    print!("{}", imported.toml);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn doctor(src: &Source) -> anyhow::Result<ExitCode> {

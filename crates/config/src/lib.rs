@@ -9,10 +9,12 @@
 mod client_auth;
 mod env;
 mod load;
+pub mod pgbouncer;
 mod secret_serde;
 mod server;
 mod tree;
 mod url;
+mod userlist;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ pub use client_auth::{ClientAddress, ClientAuth, ClientAuthMethod, ClientAuthRul
 pub use load::{load, ConfigErrors};
 use serde::{Deserialize, Serialize};
 pub use server::{AuthMethod, Server, ServerAuth, SslMode};
+pub use userlist::{parse_userlist, SecretKind, UserlistEntry};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,10 +1,11 @@
-//! The user file, in PgBouncer's `userlist.txt` format: one user a line,
-//! `"name" "secret"`, where a `"` inside a field is written `""` and the
-//! secret is a SCRAM verifier (`SCRAM-SHA-256$…`, as `pg_authid` holds it),
-//! an MD5 hash (`md5…`, which cannot check SCRAM) or a plain password.
-//! Blank lines and lines starting with `;` or `#` are skipped.
+//! The user file, in PgBouncer's `userlist.txt` format (read by
+//! [`pgwake_config::parse_userlist`]): each user's secret is a SCRAM
+//! verifier (`SCRAM-SHA-256$…`, as `pg_authid` holds it), an MD5 hash
+//! (`md5…`, which cannot check SCRAM) or a plain password.
 
 use std::collections::HashMap;
+
+use pgwake_config::SecretKind;
 
 use super::scram::Verifier;
 
@@ -23,19 +24,13 @@ impl Secret {
     /// A password as `pg_authid` or a user file holds it: a SCRAM verifier,
     /// an MD5 hash or a plain password. The error never repeats the text.
     pub fn from_text(text: &str) -> Result<Secret, &'static str> {
-        if text.starts_with("SCRAM-SHA-256$") {
-            Verifier::parse(text)
+        match SecretKind::of(text) {
+            SecretKind::Scram => Verifier::parse(text)
                 .map(Secret::Scram)
-                .ok_or("a malformed SCRAM-SHA-256 verifier")
-        } else if text.len() == 35
-            && text.starts_with("md5")
-            && text[3..].bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            Ok(Secret::Md5)
-        } else if text.is_empty() {
-            Err("an empty password")
-        } else {
-            Ok(Secret::Scram(Verifier::from_password(text)))
+                .ok_or("a malformed SCRAM-SHA-256 verifier"),
+            SecretKind::Md5 => Ok(Secret::Md5),
+            SecretKind::Empty => Err("an empty password"),
+            SecretKind::Plain => Ok(Secret::Scram(Verifier::from_password(text))),
         }
     }
 }
@@ -71,25 +66,10 @@ impl Users {
 
     pub fn parse(text: &str) -> Result<Users, String> {
         let mut map = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
-                continue;
-            }
-            let n = i + 1;
-            let (user, rest) =
-                quoted(line).ok_or_else(|| format!("line {n}: expected \"user\" \"password\""))?;
-            let (secret, _) = quoted(rest.trim_start()).ok_or_else(|| {
-                format!("line {n}: expected a quoted password after the user name")
-            })?;
-            if user.is_empty() {
-                return Err(format!("line {n}: the user name is empty"));
-            }
-            let secret = Secret::from_text(&secret)
-                .map_err(|e| format!("line {n}: user {user:?} has {e}"))?;
-            if map.insert(user.clone(), secret).is_some() {
-                return Err(format!("line {n}: user {user:?} is listed twice"));
-            }
+        for entry in pgwake_config::parse_userlist(text)? {
+            let secret = Secret::from_text(entry.secret.expose())
+                .map_err(|e| format!("line {}: user {:?} has {e}", entry.line, entry.user))?;
+            map.insert(entry.user, secret);
         }
         Ok(Users { map })
     }
@@ -104,24 +84,6 @@ impl Users {
             .collect();
         v.sort_unstable();
         v
-    }
-}
-
-/// A `"…"` field at the start of `s` (with `""` for a quote) and what follows it.
-fn quoted(s: &str) -> Option<(String, &str)> {
-    let mut rest = s.strip_prefix('"')?;
-    let mut out = String::new();
-    loop {
-        let at = rest.find('"')?;
-        out.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
-        match rest.strip_prefix('"') {
-            Some(more) => {
-                out.push('"');
-                rest = more;
-            }
-            None => return Some((out, rest)),
-        }
     }
 }
 
