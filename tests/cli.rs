@@ -3,27 +3,10 @@
 mod common;
 
 use std::future::ready;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{cluster, config_for, wait_until_async, Pgwake};
-
-fn pgwake(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwake"));
-    cmd.args(args).stdin(Stdio::null());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGWAKE_")) {
-        cmd.env_remove(k);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{cluster, config_for, run_pgwake as pgwake, wait_until_async, Pgwake};
 
 fn example(name: &str) -> String {
     format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"))

@@ -5,10 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{cluster, code, config_for, http_get, metric, pki, Pgwake};
+use common::{cluster, code, config_for, http_get, metric, pki, psql, Pgwake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// pgwake for `cluster` with `listen` lines added to `[listen]` and `tail`
@@ -36,33 +36,6 @@ async fn connect_err(port: u16, user: &str, password: Option<&str>, db: &str) ->
             (code(&e), msg)
         }
     }
-}
-
-/// Runs psql through pgwake with a libpq connection string; (success, output).
-fn psql(
-    cluster: &pgwake_testkit::Cluster,
-    conninfo: &str,
-    sql: &str,
-    env: &[(&str, &str)],
-) -> (bool, String) {
-    let mut cmd = Command::new(cluster.bin().path("psql"));
-    cmd.args(["-X", "-A", "-t", "-c", sql, conninfo])
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSSLMODE")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run psql");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// pgwake asking every client for SCRAM, with user alice (password

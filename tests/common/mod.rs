@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod deployenv;
+pub mod pgbouncer;
 pub mod proc;
 pub mod raw;
 
@@ -406,14 +407,27 @@ pub fn metric(text: &str, series: &str) -> f64 {
 /// Runs pgbench through pgwake on `port` as `app` on database `app`; its
 /// output. Fails the test unless pgbench exits 0.
 pub fn pgbench(cluster: &pgwake_testkit::Cluster, port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new(cluster.bin().path("pgbench"))
-        .args(["-h", "127.0.0.1", "-U", "app", "-p"])
+    pgbench_with_password(cluster, port, None, args)
+}
+
+/// [`pgbench`] with `PGPASSWORD` set to `password`, for a pooler (or the
+/// server itself) that asks `app` for one.
+pub fn pgbench_with_password(
+    cluster: &pgwake_testkit::Cluster,
+    port: u16,
+    password: Option<&str>,
+    args: &[&str],
+) -> String {
+    let mut cmd = std::process::Command::new(cluster.bin().path("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-U", "app", "-p"])
         .arg(port.to_string())
         .args(args)
         .arg("app")
-        .env_remove("PGPASSWORD")
-        .output()
-        .unwrap();
+        .env_remove("PGPASSWORD");
+    if let Some(pw) = password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let out = cmd.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -421,6 +435,65 @@ pub fn pgbench(cluster: &pgwake_testkit::Cluster, port: u16, args: &[&str]) -> S
     );
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
+}
+
+/// Runs psql with a libpq connection string (and `env`, e.g. PGPASSWORD);
+/// (success, output).
+pub fn psql(
+    cluster: &pgwake_testkit::Cluster,
+    conninfo: &str,
+    sql: &str,
+    env: &[(&str, &str)],
+) -> (bool, String) {
+    let mut cmd = Command::new(cluster.bin().path("psql"));
+    cmd.args(["-X", "-A", "-t", "-c", sql, conninfo])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSSLMODE")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run psql");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Runs the pgwake binary with `args`, without the caller's PGWAKE_*
+/// variables but with `env`: (exit code, stdout, stderr).
+pub fn run_pgwake(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    run_pgwake_in(None, args, env)
+}
+
+/// [`run_pgwake`] in the directory `dir` (relative paths resolve there).
+pub fn run_pgwake_in(
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwake"));
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PGWAKE_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A tokio-postgres TLS connector trusting `ca_pem` and checking the host

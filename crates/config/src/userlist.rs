@@ -57,8 +57,8 @@ pub fn parse_userlist(text: &str) -> Result<Vec<UserlistEntry>, String> {
         }
         let n = i + 1;
         let (user, rest) =
-            quoted(line).ok_or_else(|| format!("line {n}: expected \"user\" \"password\""))?;
-        let (secret, _) = quoted(rest.trim_start())
+            quoted(line, '"').ok_or_else(|| format!("line {n}: expected \"user\" \"password\""))?;
+        let (secret, _) = quoted(rest.trim_start(), '"')
             .ok_or_else(|| format!("line {n}: expected a quoted password after the user name"))?;
         if user.is_empty() {
             return Err(format!("line {n}: the user name is empty"));
@@ -75,17 +75,19 @@ pub fn parse_userlist(text: &str) -> Result<Vec<UserlistEntry>, String> {
     Ok(out)
 }
 
-/// A `"…"` field at the start of `s` (with `""` for a quote) and what follows it.
-fn quoted(s: &str) -> Option<(String, &str)> {
-    let mut rest = s.strip_prefix('"')?;
+/// A field quoted with `q` at the start of `s` (`q` doubled for itself) and
+/// what follows it: PgBouncer's user file and ini names use `"`, its
+/// connection strings `'`.
+pub(crate) fn quoted(s: &str, q: char) -> Option<(String, &str)> {
+    let mut rest = s.strip_prefix(q)?;
     let mut out = String::new();
     loop {
-        let at = rest.find('"')?;
+        let at = rest.find(q)?;
         out.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
-        match rest.strip_prefix('"') {
+        rest = &rest[at + q.len_utf8()..];
+        match rest.strip_prefix(q) {
             Some(more) => {
-                out.push('"');
+                out.push(q);
                 rest = more;
             }
             None => return Some((out, rest)),

@@ -20,8 +20,9 @@ pub(super) fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
             return Err(format!("a value without a key at {:?}", clip(rest)));
         }
         let after = after.trim_start();
-        let (value, next) = if let Some(quoted) = after.strip_prefix('\'') {
-            unquote(quoted).ok_or_else(|| format!("{key}: the quoted value has no closing '"))?
+        let (value, next) = if after.starts_with('\'') {
+            crate::userlist::quoted(after, '\'')
+                .ok_or_else(|| format!("{key}: the quoted value has no closing '"))?
         } else {
             let end = after.find(char::is_whitespace).unwrap_or(after.len());
             (after[..end].to_owned(), &after[end..])
@@ -33,24 +34,6 @@ pub(super) fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
         rest = next.trim_start();
     }
     Ok(out)
-}
-
-/// The value up to the closing `'` (with `''` for a quote) and what follows.
-fn unquote(s: &str) -> Option<(String, &str)> {
-    let mut out = String::new();
-    let mut rest = s;
-    loop {
-        let at = rest.find('\'')?;
-        out.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
-        match rest.strip_prefix('\'') {
-            Some(more) => {
-                out.push('\'');
-                rest = more;
-            }
-            None => return Some((out, rest)),
-        }
-    }
 }
 
 /// The start of `s`, for a message.

@@ -160,13 +160,7 @@ impl Convert<'_> {
             None => None,
         };
         let mut entries: Vec<Entry> = Vec::new();
-        let lines: Vec<Setting> = self
-            .ini
-            .settings
-            .iter()
-            .filter(|s| s.section == Section::Databases)
-            .cloned()
-            .collect();
+        let lines = self.ini.section(Section::Databases);
         for s in lines {
             let entry = self.entry(s)?;
             match entries.iter_mut().find(|e| e.name == entry.name) {
@@ -438,18 +432,7 @@ impl Convert<'_> {
             }
             None => routes.client_named = true,
         }
-        if let Some(mode) = e.get("pool_mode") {
-            let mode = mode.to_ascii_lowercase();
-            let pgwake = match mode.as_str() {
-                "session" | "transaction" | "statement" => self.pool_mode(&e.s, &mode),
-                _ => {
-                    return Err(ImportError::at(
-                        &e.s.at,
-                        &e.label(),
-                        format!("pool_mode={mode} is not session, transaction or statement"),
-                    ))
-                }
-            };
+        if let Some(pgwake) = self.entry_pool_mode(e)? {
             self.doc
                 .set(&path, "mode", string(pgwake), &e.origin("pool_mode"), &[]);
         }
@@ -502,6 +485,20 @@ impl Convert<'_> {
         self.entry_leftovers(e, routes)
     }
 
+    /// The entry's `pool_mode=` as pgwake's mode, if it sets one.
+    fn entry_pool_mode(&mut self, e: &Entry) -> Result<Option<&'static str>, ImportError> {
+        let Some(mode) = e.get("pool_mode") else {
+            return Ok(None);
+        };
+        let mode = mode.to_ascii_lowercase();
+        if !matches!(mode.as_str(), "session" | "transaction" | "statement") {
+            let message = format!("pool_mode={mode} is not session, transaction or statement");
+            return Err(ImportError::at(&e.s.at, &e.label(), message));
+        }
+        let key = format!("{}: pool_mode", e.label());
+        Ok(Some(self.pool_mode(&e.s.at, &key, &mode)))
+    }
+
     /// Per-entry keys without an equivalent, and the auth_* keys for later.
     fn entry_leftovers(&mut self, e: &Entry, routes: &mut Routes) -> Result<(), ImportError> {
         for key in ["reserve_pool", "reserve_pool_size"] {
@@ -551,16 +548,10 @@ impl Convert<'_> {
         if let Some(db) = f.get("dbname") {
             self.warn_at(&f.s.at, &format!("{}: dbname", f.label()), format!("pgwake without a [databases] table uses each client's database name on the server, never {db:?}"));
         }
-        if let Some(mode) = f.get("pool_mode") {
-            let mode = mode.to_ascii_lowercase();
-            let pgwake = self.pool_mode(&f.s, &mode);
-            self.doc.set(
-                &["pool"],
-                "mode",
-                string(pgwake),
-                &f.origin("pool_mode"),
-                &[],
-            );
+        if let Some(pgwake) = self.entry_pool_mode(f)? {
+            let origin = f.origin("pool_mode");
+            self.doc
+                .set(&["pool"], "mode", string(pgwake), &origin, &[]);
         }
         if let Some(n) = f.count("pool_size")? {
             if n == 0 {
@@ -608,13 +599,7 @@ impl Convert<'_> {
 
     /// `[users]`: per-user settings, none of which pgwake has.
     pub(super) fn users_section(&mut self) -> Result<(), ImportError> {
-        let lines: Vec<Setting> = self
-            .ini
-            .settings
-            .iter()
-            .filter(|s| s.section == Section::Users)
-            .cloned()
-            .collect();
+        let lines = self.ini.section(Section::Users);
         for s in lines {
             let label = format!("[users] {}", s.key);
             let params = connstr::parse(&s.value).map_err(|e| ImportError::at(&s.at, &label, e))?;
@@ -647,13 +632,7 @@ impl Convert<'_> {
             }
             None => None,
         };
-        let lines: Vec<Setting> = self
-            .ini
-            .settings
-            .iter()
-            .filter(|s| s.section == Section::Peers)
-            .cloned()
-            .collect();
+        let lines = self.ini.section(Section::Peers);
         if lines.is_empty() {
             return Ok(());
         }

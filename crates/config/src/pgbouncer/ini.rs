@@ -74,9 +74,22 @@ pub(super) struct Ini {
     pub settings: Vec<Setting>,
     /// The first header of each section, for what the file leaves unset.
     pub headers: Vec<(Section, Place)>,
+    /// `[pgbouncer]` settings that a later `[pgbouncer]` header undid (PgBouncer
+    /// sets every key of the section to its default when the section starts),
+    /// with that header.
+    pub undone: Vec<(Setting, Place)>,
 }
 
 impl Ini {
+    /// The settings of `section`, in file order.
+    pub fn section(&self, section: Section) -> Vec<Setting> {
+        self.settings
+            .iter()
+            .filter(|s| s.section == section)
+            .cloned()
+            .collect()
+    }
+
     pub fn header(&self, section: Section) -> Option<&Place> {
         self.headers
             .iter()
@@ -175,6 +188,15 @@ impl Reader<'_> {
                 })?;
                 if self.ini.header(section).is_none() {
                     self.ini.headers.push((section, at.clone()));
+                } else if section == Section::PgBouncer {
+                    let (undone, kept) = std::mem::take(&mut self.ini.settings)
+                        .into_iter()
+                        .partition(|s| s.section == Section::PgBouncer);
+                    self.ini.settings = kept;
+                    let undone: Vec<Setting> = undone;
+                    self.ini
+                        .undone
+                        .extend(undone.into_iter().map(|s| (s, at.clone())));
                 }
                 self.section = Some(section);
                 continue;
@@ -229,22 +251,8 @@ impl Reader<'_> {
 /// `_.-*`, or a `"quoted"` name with `""` for a quote), the value to the end
 /// of the line without surrounding blanks.
 fn key_value(line: &str) -> Option<(String, String)> {
-    let (key, rest) = if let Some(quoted) = line.strip_prefix('"') {
-        let mut key = String::new();
-        let mut rest = quoted;
-        loop {
-            let at = rest.find('"')?;
-            key.push_str(&rest[..at]);
-            rest = &rest[at + 1..];
-            match rest.strip_prefix('"') {
-                Some(more) => {
-                    key.push('"');
-                    rest = more;
-                }
-                None => break,
-            }
-        }
-        (key, rest)
+    let (key, rest) = if line.starts_with('"') {
+        crate::userlist::quoted(line, '"')?
     } else {
         let end = line
             .find(|c: char| !(c.is_ascii_alphanumeric() || "_.-*".contains(c)))

@@ -164,6 +164,9 @@ const PGBOUNCER_DEFAULT: &str = "PgBouncer's default";
 impl<'a> Convert<'a> {
     fn new(path: &Path, options: &'a ImportOptions, ini: Ini) -> Result<Convert<'a>, ImportError> {
         let mut settings = BTreeMap::new();
+        for (s, _) in &ini.undone {
+            settings::check_known(s)?;
+        }
         for s in ini
             .settings
             .iter()
@@ -172,7 +175,7 @@ impl<'a> Convert<'a> {
             settings::check_known(s)?;
             settings.insert(s.key.to_ascii_lowercase(), s.clone());
         }
-        Ok(Convert {
+        let mut c = Convert {
             options,
             ini,
             doc: Doc::default(),
@@ -182,7 +185,12 @@ impl<'a> Convert<'a> {
             loopback_listener: true,
             pool_size: 20,
             min_pool_size: 0,
-        })
+        };
+        for (s, header) in c.ini.undone.clone() {
+            let message = format!("no effect: PgBouncer sets every [pgbouncer] setting back to its default when the section starts again ({}), so this one was left out; move it below that header", header.short());
+            c.warn(&s, message);
+        }
+        Ok(c)
     }
 
     /// Takes a `[pgbouncer]` setting for conversion.

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::ini::Setting;
+use super::ini::{Place, Setting};
 use super::{
     duration, int_value, list, string, strings, Convert, ImportError, NEVER, PGBOUNCER_DEFAULT,
 };
@@ -263,23 +263,12 @@ impl Convert<'_> {
                 self.set_from(&["listen"], to, int_value(n), &s);
             }
         }
-        match self.take("client_login_timeout") {
-            Some(s) => {
-                let mut d = s.seconds()?;
-                if d.is_zero() {
-                    self.warn(&s, format!("0 (no limit) has no equivalent: pgwake always bounds a login, here by {}", humantime::format_duration(NEVER)));
-                    d = NEVER;
-                }
-                self.set_from(&["listen"], "client_login_timeout", duration(d), &s);
-            }
-            None => self.doc.set(
-                &["listen"],
-                "client_login_timeout",
-                duration(Duration::from_secs(60)),
-                PGBOUNCER_DEFAULT,
-                &[],
-            ),
-        }
+        self.time(
+            "client_login_timeout",
+            &["listen"],
+            "client_login_timeout",
+            60,
+        )?;
         if let Some(s) = self.take("max_packet_size") {
             let n = s.count()?;
             if n < 1024 {
@@ -332,7 +321,7 @@ impl Convert<'_> {
         match self.take("pool_mode") {
             Some(s) => {
                 let mode = s.choice(&["session", "transaction", "statement"])?;
-                let pgwake = self.pool_mode(&s, mode);
+                let pgwake = self.pool_mode(&s.at, &s.key, mode);
                 self.set_from(&["pool"], "mode", string(pgwake), &s);
             }
             None => self
@@ -380,36 +369,22 @@ impl Convert<'_> {
             }
         };
         self.min_pool_size = min;
-        let timed = [
-            ("server_lifetime", "max_lifetime", 3600),
-            ("server_idle_timeout", "idle_timeout", 600),
-            ("query_wait_timeout", "pool_wait_timeout", 120),
-        ];
-        for (key, to, default) in timed {
-            match self.take(key) {
-                Some(s) => {
-                    let mut d = s.seconds()?;
-                    if d.is_zero() && key != "server_lifetime" {
-                        self.warn(
-                            &s,
-                            format!(
-                                "0 (never) has no equivalent in pgwake: pool.{to} became {}",
-                                humantime::format_duration(NEVER)
-                            ),
-                        );
-                        d = NEVER;
-                    }
-                    self.set_from(&["pool"], to, duration(d), &s);
-                }
-                None => self.doc.set(
-                    &["pool"],
-                    to,
-                    duration(Duration::from_secs(default)),
-                    PGBOUNCER_DEFAULT,
-                    &[],
-                ),
+        match self.take("server_lifetime") {
+            // 0: each connection serves once, in both.
+            Some(s) => {
+                let d = s.seconds()?;
+                self.set_from(&["pool"], "max_lifetime", duration(d), &s);
             }
+            None => self.doc.set(
+                &["pool"],
+                "max_lifetime",
+                duration(Duration::from_secs(3600)),
+                PGBOUNCER_DEFAULT,
+                &[],
+            ),
         }
+        self.time("server_idle_timeout", &["pool"], "idle_timeout", 600)?;
+        self.time("query_wait_timeout", &["pool"], "pool_wait_timeout", 120)?;
         if let Some(s) = self.take("max_prepared_statements") {
             match s.count()? {
                 0 => self.warn(&s, "pgwake always serves named prepared statements in transaction mode; pool.max_prepared_statements stays 200".into()),
@@ -436,13 +411,39 @@ impl Convert<'_> {
         Ok(())
     }
 
-    /// pgwake's pool mode for PgBouncer's.
-    pub(super) fn pool_mode(&mut self, s: &Setting, mode: &str) -> &'static str {
+    /// A time setting whose pgwake key must be above zero: PgBouncer's 0
+    /// (no limit) becomes [`NEVER`], with a warning; unset, PgBouncer's
+    /// `default` seconds.
+    fn time(
+        &mut self,
+        key: &str,
+        path: &[&str],
+        to: &str,
+        default: u64,
+    ) -> Result<(), ImportError> {
+        let Some(s) = self.take(key) else {
+            let d = duration(Duration::from_secs(default));
+            self.doc.set(path, to, d, PGBOUNCER_DEFAULT, &[]);
+            return Ok(());
+        };
+        let mut d = s.seconds()?;
+        if d.is_zero() {
+            let never = humantime::format_duration(NEVER);
+            let message = format!("0 (no limit) has no equivalent: pgwake's {}.{to} must be above zero, so it became {never}", path.join("."));
+            self.warn(&s, message);
+            d = NEVER;
+        }
+        self.set_from(path, to, duration(d), &s);
+        Ok(())
+    }
+
+    /// pgwake's pool mode for PgBouncer's, set by `key` at `at`.
+    pub(super) fn pool_mode(&mut self, at: &Place, key: &str, mode: &str) -> &'static str {
         match mode {
             "session" => "session",
             "transaction" => "transaction",
             _ => {
-                self.warn(s, format!("pgwake has no statement pooling: {mode:?} became transaction (multi-statement transactions are allowed)"));
+                self.warn_at(at, key, format!("pgwake has no statement pooling: {mode:?} became transaction (multi-statement transactions are allowed)"));
                 "transaction"
             }
         }
@@ -450,23 +451,7 @@ impl Convert<'_> {
 
     /// `[server]`: connecting, TLS, TCP.
     pub(super) fn server_connections(&mut self) -> Result<(), ImportError> {
-        match self.take("server_connect_timeout") {
-            Some(s) => {
-                let mut d = s.seconds()?;
-                if d.is_zero() {
-                    self.warn(&s, format!("0 (no limit) has no equivalent: pgwake always bounds a server login, here by {}", humantime::format_duration(NEVER)));
-                    d = NEVER;
-                }
-                self.set_from(&["server"], "connect_timeout", duration(d), &s);
-            }
-            None => self.doc.set(
-                &["server"],
-                "connect_timeout",
-                duration(Duration::from_secs(15)),
-                PGBOUNCER_DEFAULT,
-                &[],
-            ),
-        }
+        self.time("server_connect_timeout", &["server"], "connect_timeout", 15)?;
         match self.take("server_tls_sslmode") {
             Some(s) => {
                 let mode = s.choice(&[

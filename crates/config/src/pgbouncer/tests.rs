@@ -194,7 +194,7 @@ fn pool_and_timeouts() {
         c.timeouts.client_idle_timeout, None,
         "0 is no limit in both"
     );
-    assert!(warned(&i, "server_idle_timeout").contains("0 (never) has no equivalent"));
+    assert!(warned(&i, "server_idle_timeout").contains("0 (no limit) has no equivalent: pgwake's pool.idle_timeout must be above zero, so it became 30days"));
     assert!(warned(&i, "reserve_pool_size").contains("no reserve pool"));
     assert!(warned(&i, "reserve_pool_timeout").contains("no reserve pool"));
     assert!(warned(&i, "server_login_retry").contains("at once"));
@@ -682,6 +682,27 @@ fn includes_are_followed_and_comments_carried() {
         "explanation kept, commented-out setting dropped:\n{}",
         i.toml
     );
+}
+
+#[test]
+fn a_second_pgbouncer_header_undoes_the_settings_above_it() {
+    // As PgBouncer's loader does: the section starts from its defaults again.
+    let (_d, i, c) = imported(&[
+        (
+            "pgbouncer.ini",
+            &format!(
+                "{DB}[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 7000\n%include more.ini\n"
+            ),
+        ),
+        (
+            "more.ini",
+            "[pgbouncer]\nlisten_addr = 127.0.0.1\nserver_lifetime = 100\n",
+        ),
+    ]);
+    assert_eq!(c.listen.addr, "127.0.0.1:6432", "listen_port was undone");
+    assert_eq!(c.pool.max_lifetime, Duration::from_secs(100));
+    let w = warned(&i, "listen_port");
+    assert!(w.starts_with("pgbouncer.ini:5: listen_port: no effect: PgBouncer sets every [pgbouncer] setting back to its default when the section starts again (more.ini:1)"), "{w}");
 }
 
 #[test]

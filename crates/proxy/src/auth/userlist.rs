@@ -106,28 +106,19 @@ mod tests {
     }
 
     #[test]
-    fn bad_lines_are_named_without_their_secret() {
+    fn bad_secrets_are_named_without_the_secret() {
+        // The format's own errors are pgwake_config::parse_userlist's.
         for (text, want) in [
-            ("alice secret", "line 1: expected \"user\" \"password\""),
-            ("\"alice\"", "line 1: expected a quoted password"),
-            (
-                "\n\"alice\" \"unterminated",
-                "line 2: expected a quoted password",
-            ),
-            ("\"\" \"pw\"", "line 1: the user name is empty"),
             ("\"a\" \"\"", "line 1: user \"a\" has an empty password"),
-            (
-                "\"a\" \"x\"\n\"a\" \"y\"",
-                "line 2: user \"a\" is listed twice",
-            ),
             (
                 "\"a\" \"SCRAM-SHA-256$hunter2\"",
                 "line 1: user \"a\" has a malformed",
             ),
+            ("\"alice\"", "line 1: expected a quoted password"),
         ] {
             let e = Users::parse(text).expect_err(text);
             assert!(e.starts_with(want), "{text:?}: {e}");
-            assert!(!e.contains("hunter2") && !e.contains("secret"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
         }
     }
 }
