@@ -154,7 +154,9 @@ impl Convert<'_> {
 
 fn read_line<'a>(at: &Place, tokens: &'a [String], dir: &Path) -> Result<Line<'a>, ImportError> {
     let bad = |m: String| ImportError::at(at, "hba rule", m);
-    let kind = tokens[0].as_str();
+    let Some(kind) = tokens.first().map(String::as_str) else {
+        return Err(bad("an empty line".into()));
+    };
     if !matches!(
         kind,
         "local" | "host" | "hostssl" | "hostnossl" | "hostgssenc" | "hostnogssenc"
@@ -192,7 +194,7 @@ fn read_line<'a>(at: &Place, tokens: &'a [String], dir: &Path) -> Result<Line<'a
         user,
         address,
         method: field(rest, "authentication method")?.to_owned(),
-        options: tokens[rest + 1..].to_vec(),
+        options: tokens.get(rest + 1..).unwrap_or_default().to_vec(),
     })
 }
 

@@ -14,6 +14,7 @@ mod emit;
 mod hba;
 mod ini;
 mod settings;
+mod users_and_peers;
 
 use std::collections::BTreeMap;
 use std::fmt;

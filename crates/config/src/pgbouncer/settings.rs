@@ -120,6 +120,16 @@ const WITHOUT_EQUIVALENT: &[(&str, Option<&str>, &str)] = &[
     ("max_user_connections", Some("0"), "pgwake does not cap server connections per user; each pool is capped by its size (pool.size, [databases.NAME] size)"),
 ];
 
+/// PgBouncer's TLS modes, for clients and for servers alike.
+const SSLMODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 const TLS_FIXED: &str = "pgwake's TLS (rustls) offers TLS 1.2 and 1.3 with its own safe cipher suites; this is not configurable";
 const DNS: &str =
     "pgwake resolves the server's name with the system resolver for every new server connection";
@@ -192,15 +202,12 @@ impl Convert<'_> {
                 }
             },
         };
-        if addrs.len() > 1 {
-            if let Some(s) = &addr_s {
-                let rest = addrs[1..].join(", ");
+        if let (Some(s), Some((first, rest))) = (&addr_s, addrs.split_first()) {
+            if !rest.is_empty() {
+                let rest = rest.join(", ");
                 self.warn(
                     s,
-                    format!(
-                        "pgwake listens on one address: {} only, not {rest}",
-                        addrs[0]
-                    ),
+                    format!("pgwake listens on one address: {first} only, not {rest}"),
                 );
             }
         }
@@ -234,26 +241,13 @@ impl Convert<'_> {
             }
         }
 
-        match self.take("max_client_conn") {
-            Some(s) => {
-                let n = s.count()?;
-                if n == 0 {
-                    return Err(ImportError::at(
-                        &s.at,
-                        &s.key,
-                        "0 lets no client in; pgwake needs at least 1".into(),
-                    ));
-                }
-                self.set_from(&["listen"], "max_client_conn", int_value(n), &s);
-            }
-            None => self.doc.set(
-                &["listen"],
-                "max_client_conn",
-                int_value(100),
-                PGBOUNCER_DEFAULT,
-                &[],
-            ),
-        }
+        self.at_least_one(
+            "max_client_conn",
+            &["listen"],
+            "max_client_conn",
+            100,
+            "lets no client in",
+        )?;
         for (key, to) in [
             ("max_db_client_connections", "max_client_conn_per_database"),
             ("max_user_client_connections", "max_client_conn_per_user"),
@@ -285,14 +279,7 @@ impl Convert<'_> {
 
     fn client_tls(&mut self) -> Result<(), ImportError> {
         if let Some(s) = self.take("client_tls_sslmode") {
-            let mode = s.choice(&[
-                "disable",
-                "allow",
-                "prefer",
-                "require",
-                "verify-ca",
-                "verify-full",
-            ])?;
+            let mode = s.choice(SSLMODES)?;
             let pgwake = match mode {
                 "verify-ca" | "verify-full" => {
                     self.warn(&s, format!("pgwake does not check client certificates: {mode} became require (TLS required, then [client_auth] as usual)"));
@@ -328,25 +315,13 @@ impl Convert<'_> {
                 .doc
                 .set(&["pool"], "mode", string("session"), PGBOUNCER_DEFAULT, &[]),
         }
-        let size = match self.take("default_pool_size") {
-            Some(s) => {
-                let n = s.count()?;
-                if n == 0 {
-                    return Err(ImportError::at(
-                        &s.at,
-                        &s.key,
-                        "0 gives pools no server connection; pgwake needs at least 1".into(),
-                    ));
-                }
-                self.set_from(&["pool"], "size", int_value(n), &s);
-                n
-            }
-            None => {
-                self.doc
-                    .set(&["pool"], "size", int_value(20), PGBOUNCER_DEFAULT, &[]);
-                20
-            }
-        };
+        let size = self.at_least_one(
+            "default_pool_size",
+            &["pool"],
+            "size",
+            20,
+            "gives pools no server connection",
+        )?;
         self.pool_size = size;
         let min = match self.take("min_pool_size") {
             Some(s) => {
@@ -411,6 +386,30 @@ impl Convert<'_> {
         Ok(())
     }
 
+    /// A count pgwake needs at least 1 of: PgBouncer's 0 is refused, saying
+    /// what it would mean; unset, PgBouncer's `default`.
+    fn at_least_one(
+        &mut self,
+        key: &str,
+        path: &[&str],
+        to: &str,
+        default: usize,
+        zero: &str,
+    ) -> Result<usize, ImportError> {
+        let Some(s) = self.take(key) else {
+            self.doc
+                .set(path, to, int_value(default), PGBOUNCER_DEFAULT, &[]);
+            return Ok(default);
+        };
+        let n = s.count()?;
+        if n == 0 {
+            let message = format!("0 {zero}; pgwake needs at least 1");
+            return Err(ImportError::at(&s.at, &s.key, message));
+        }
+        self.set_from(path, to, int_value(n), &s);
+        Ok(n)
+    }
+
     /// A time setting whose pgwake key must be above zero: PgBouncer's 0
     /// (no limit) becomes [`NEVER`], with a warning; unset, PgBouncer's
     /// `default` seconds.
@@ -454,14 +453,7 @@ impl Convert<'_> {
         self.time("server_connect_timeout", &["server"], "connect_timeout", 15)?;
         match self.take("server_tls_sslmode") {
             Some(s) => {
-                let mode = s.choice(&[
-                    "disable",
-                    "allow",
-                    "prefer",
-                    "require",
-                    "verify-ca",
-                    "verify-full",
-                ])?;
+                let mode = s.choice(SSLMODES)?;
                 let pgwake = if mode == "allow" {
                     self.warn(&s, "pgwake has no allow mode (plaintext first, TLS if refused): it became prefer (TLS first)".into());
                     "prefer"
