@@ -3,6 +3,7 @@
 
 pub mod deployenv;
 pub mod proc;
+pub mod python;
 pub mod raw;
 
 use std::future::Future;

@@ -1,11 +1,13 @@
 //! The user file, in PgBouncer's `userlist.txt` format: one user a line,
 //! `"name" "secret"`, where a `"` inside a field is written `""` and the
 //! secret is a SCRAM verifier (`SCRAM-SHA-256$…`, as `pg_authid` holds it),
-//! an MD5 hash (`md5…`, which cannot check SCRAM) or a plain password.
+//! an MD5 hash (`md5…`, checked with the MD5 challenge under `md5` rules)
+//! or a plain password.
 //! Blank lines and lines starting with `;` or `#` are skipped.
 
 use std::collections::HashMap;
 
+use super::md5::Md5Hash;
 use super::scram::Verifier;
 
 /// Largest user file read, against a mistaken path to a huge file.
@@ -15,8 +17,8 @@ const MAX_FILE: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) enum Secret {
     Scram(Verifier),
-    /// An MD5 hash: SCRAM cannot be checked against it.
-    Md5,
+    /// An MD5 hash: only the MD5 challenge can check it.
+    Md5(Md5Hash),
 }
 
 impl Secret {
@@ -27,11 +29,8 @@ impl Secret {
             Verifier::parse(text)
                 .map(Secret::Scram)
                 .ok_or("a malformed SCRAM-SHA-256 verifier")
-        } else if text.len() == 35
-            && text.starts_with("md5")
-            && text[3..].bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            Ok(Secret::Md5)
+        } else if let Some(hash) = Md5Hash::parse(text) {
+            Ok(Secret::Md5(hash))
         } else if text.is_empty() {
             Err("an empty password")
         } else {
@@ -94,12 +93,12 @@ impl Users {
         Ok(Users { map })
     }
 
-    /// Users whose entries cannot check SCRAM-SHA-256.
+    /// Users whose entries are MD5 hashes, in name order.
     pub fn md5_users(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
             .map
             .iter()
-            .filter(|(_, s)| matches!(s, Secret::Md5))
+            .filter(|(_, s)| matches!(s, Secret::Md5(_)))
             .map(|(u, _)| u.as_str())
             .collect();
         v.sort_unstable();
@@ -138,7 +137,7 @@ mod tests {
         assert_eq!(users.len(), 3);
         assert!(matches!(users.get("alice"), Some(Secret::Scram(_))));
         assert!(matches!(users.get("bob"), Some(Secret::Scram(v)) if v.iterations == 4096));
-        assert!(matches!(users.get("we\"ird"), Some(Secret::Md5)));
+        assert!(matches!(users.get("we\"ird"), Some(Secret::Md5(_))));
         assert_eq!(users.md5_users(), vec!["we\"ird"]);
         assert!(users.get("carol").is_none());
     }
