@@ -744,7 +744,23 @@ async fn loopback_without_an_admin_user_may_only_look() {
     let rows = neighbour.simple_query("SHOW POOLS").await.unwrap();
     assert!(rows.len() >= 2, "a pool row and the completion");
     // ...but nothing that changes state.
-    for command in ["SHUTDOWN", "SLEEP", "PAUSE", "RESUME", "RELOAD", "WAKE"] {
+    for command in [
+        "SHUTDOWN",
+        "SLEEP",
+        "PAUSE",
+        "RESUME",
+        "RELOAD",
+        "WAKE",
+        "PAUSE app",
+        "RECONNECT",
+        "KILL app",
+        "KILL_CLIENT 1",
+        "WAIT_CLOSE",
+        "DISABLE app",
+        "ENABLE app",
+        "SUSPEND",
+        "SET pool.size = 3",
+    ] {
         let e = neighbour
             .simple_query(command)
             .await

@@ -11,6 +11,7 @@ mod env;
 mod load;
 mod secret_serde;
 mod server;
+mod set;
 mod tree;
 mod url;
 mod validate;
@@ -24,6 +25,7 @@ pub use client_auth::{ClientAddress, ClientAuth, ClientAuthMethod, ClientAuthRul
 pub use load::{load, ConfigErrors};
 use serde::{Deserialize, Serialize};
 pub use server::{AuthMethod, Server, ServerAuth, SslMode};
+pub use set::{needs_restart, SetError};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ mod budget;
 mod cancel;
 mod client_io;
 mod clients;
+mod control;
 mod credentials;
 pub mod doctor;
 mod listener;
@@ -30,7 +31,7 @@ mod wake;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -75,9 +76,8 @@ pub struct Shared {
     /// TLS for clients when `listen.client_tls_mode` is not `disable`;
     /// replaced on reload (new certificate files).
     client_tls: RwLock<Option<tls::ClientTlsConfig>>,
-    /// PAUSE from the admin console: no new transactions start.
-    paused: AtomicBool,
-    resumed: tokio::sync::Notify,
+    /// PAUSE, KILL and DISABLE from the admin console (and SIGUSR1).
+    pub(crate) control: control::Control,
     hooks: Hooks,
     reloading: Mutex<()>,
     /// Stop accepting; idle clients leave.
@@ -244,30 +244,24 @@ impl Shared {
         }
     }
 
-    /// PAUSE is in force.
-    pub(crate) fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Relaxed)
+    /// PAUSE, as the console's and SIGUSR1's: no new transactions start
+    /// (those in flight finish). Whether pgwake was paused already.
+    pub fn pause(&self) -> bool {
+        let was = self.control.pause(None);
+        if !was {
+            tracing::info!("PAUSE: no new transactions start until RESUME");
+        }
+        was
     }
 
-    /// Waits until RESUME (or shutdown).
-    pub(crate) async fn wait_resumed(&self) {
-        loop {
-            let resumed = self.resumed.notified();
-            if !self.is_paused() || self.shutdown.is_cancelled() {
-                return;
-            }
-            tokio::select! {
-                _ = resumed => {}
-                _ = self.shutdown.cancelled() => return,
-            }
+    /// RESUME, as the console's and SIGUSR2's: ends PAUSE. Whether pgwake
+    /// was paused.
+    pub fn resume(&self) -> bool {
+        let was = self.control.resume(None);
+        if was {
+            tracing::info!("RESUME: transactions start again");
         }
-    }
-
-    pub(crate) fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Relaxed);
-        if !paused {
-            self.resumed.notify_waiters();
-        }
+        was
     }
 
     /// `host:port` of the server.
@@ -444,8 +438,7 @@ impl Proxy {
             metrics,
             clients: Arc::new(Clients::default()),
             timeouts,
-            paused: AtomicBool::new(false),
-            resumed: tokio::sync::Notify::new(),
+            control: control::Control::default(),
             hooks,
             reloading: Mutex::new(()),
             shutdown: CancellationToken::new(),
@@ -533,7 +526,7 @@ impl Proxy {
         let config = shared.config();
         tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
         shared.shutdown.cancel();
-        shared.set_paused(false);
+        shared.control.resume_everything();
         shared.tasks.close();
         let grace = config.listen.shutdown_grace;
         // Sessions hold connections back to the pools until they end.

@@ -238,6 +238,11 @@ impl ClientAuth {
     pub fn user_count(&self) -> usize {
         self.rules().users.len()
     }
+
+    /// The names of the users in the file (SHOW USERS).
+    pub fn user_names(&self) -> Vec<String> {
+        self.rules().users.names().map(str::to_owned).collect()
+    }
 }
 
 /// The password `client_auth.query` gives for `user`, if it is configured

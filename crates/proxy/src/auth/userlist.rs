@@ -53,6 +53,11 @@ impl Users {
         self.map.len()
     }
 
+    /// The user names, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
     /// Reads and parses the file; errors name the file and line, never a secret.
     pub fn load(path: &std::path::Path) -> Result<Users, String> {
         let shown = path.display();

@@ -119,6 +119,32 @@ pub struct Pooled {
     /// The pool's server settings epoch when the connection was made.
     epoch: u64,
     slot: Slot,
+    /// Counts the connection among its epoch's until it is closed.
+    live: Live,
+}
+
+/// A connection counted among those of its epoch (for `WAIT_CLOSE`).
+struct Live {
+    pool: Arc<Inner>,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Live({})", self.epoch)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = self.pool.live_lock();
+        if let Some(n) = live.get_mut(&self.epoch) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(&self.epoch);
+            }
+        }
+    }
 }
 
 /// A place in the pool's `size`. Freed on drop: handed to the first waiter,
@@ -207,8 +233,12 @@ pub struct Pool {
 
 struct Inner {
     key: PoolKey,
-    /// Bumped when the server settings change: older connections retire.
+    /// Bumped when the server settings change (or `RECONNECT`): older
+    /// connections retire.
     epoch: AtomicU64,
+    /// Open connections per epoch. Its own lock, never held with `state`'s:
+    /// a connection may close wherever it is dropped.
+    live: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Connections being opened.
     logins: AtomicUsize,
     counts: Arc<PoolCounts>,
@@ -247,6 +277,7 @@ impl Pool {
             inner: Arc::new(Inner {
                 key,
                 epoch: AtomicU64::new(0),
+                live: Mutex::new(std::collections::BTreeMap::new()),
                 logins: AtomicUsize::new(0),
                 counts: Arc::new(PoolCounts::default()),
                 hasher: crate::prepared::StatementHasher::new(),
@@ -379,12 +410,44 @@ impl Pool {
     }
 
     /// Closes the idle connections (before the server is stopped); the pool
-    /// stays open and reconnects when next needed.
-    pub fn drain_idle(&self) {
+    /// stays open and reconnects when next needed. How many closed.
+    pub fn drain_idle(&self) -> usize {
         let idle = std::mem::take(&mut self.inner.lock().idle);
+        let n = idle.len();
         for p in idle {
             retire(p);
         }
+        n
+    }
+
+    /// `RECONNECT`: every connection open now is closed, idle ones at once
+    /// and busy ones when given back; new ones replace them as needed.
+    pub fn reconnect(&self) {
+        let stale = {
+            let mut st = self.inner.lock();
+            self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+            std::mem::take(&mut st.idle)
+        };
+        for p in stale {
+            retire(p);
+        }
+    }
+
+    /// Connections still open that were made before the last `RECONNECT`
+    /// or change of server settings (PgBouncer's `close_needed`).
+    pub fn closing(&self) -> usize {
+        let current = self.inner.epoch.load(Ordering::Relaxed);
+        self.inner
+            .live_lock()
+            .range(..current)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Closes a connection that must not serve again (its client was
+    /// killed), with Terminate in the background.
+    pub fn discard(&self, p: Pooled) {
+        retire(p);
     }
 
     /// Like [`Pool::checkout`], but opens a new connection when the pool has
@@ -530,13 +593,19 @@ fn retire_counted(mut p: Pooled) {
     retire(p);
 }
 
-/// Closes a connection with Terminate in the background; its slot frees at once.
+/// Closes a connection with Terminate in the background; its slot frees at
+/// once, and it stops counting as open once the Terminate is sent.
 fn retire(p: Pooled) {
-    let Pooled { conn, slot, .. } = p;
+    let Pooled {
+        conn, slot, live, ..
+    } = p;
     drop(slot);
     if !conn.broken {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(conn.terminate());
+            rt.spawn(async move {
+                conn.terminate().await;
+                drop(live);
+            });
         }
     }
 }
@@ -546,7 +615,11 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wrap(&self, mut conn: ServerConn, slot: Slot, epoch: u64) -> Pooled {
+    fn live_lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, usize>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wrap(self: &Arc<Self>, mut conn: ServerConn, slot: Slot, epoch: u64) -> Pooled {
         // Up to 10 % jitter, so connections made together do not all expire together.
         let (lifetime, max_prepared) = {
             let st = self.lock();
@@ -554,11 +627,16 @@ impl Inner {
         };
         *conn.prepared = crate::prepared::OnServer::new(max_prepared);
         let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
+        *self.live_lock().entry(epoch).or_insert(0) += 1;
         Pooled {
             retire_at: conn.created + (lifetime - jitter),
             epoch,
             conn: Box::new(conn),
             slot,
+            live: Live {
+                pool: self.clone(),
+                epoch,
+            },
         }
     }
 

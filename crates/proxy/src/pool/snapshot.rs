@@ -11,6 +11,7 @@ impl Pool {
     pub fn snapshot(&self) -> PoolSnapshot {
         let st = self.inner.lock();
         let now = Instant::now();
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
         PoolSnapshot {
             settings: st.settings.clone(),
             total: st.total,
@@ -30,6 +31,7 @@ impl Pool {
                     age: now.duration_since(p.conn.created),
                     idle_for: now.duration_since(p.conn.last_used),
                     tls: p.conn.is_tls(),
+                    close_needed: p.epoch != epoch,
                 })
                 .collect(),
         }
@@ -67,4 +69,6 @@ pub struct IdleConn {
     pub age: Duration,
     pub idle_for: Duration,
     pub tls: bool,
+    /// Made before the last `RECONNECT` or change of server settings.
+    pub close_needed: bool,
 }
