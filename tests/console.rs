@@ -1,7 +1,7 @@
 //! The admin console's PgBouncer commands over databases and clients
 //! (PAUSE and RESUME per database, RECONNECT and WAIT_CLOSE, KILL and
 //! KILL_CLIENT, DISABLE and ENABLE, SET, SHOW USERS and SHOW MEM,
-//! SUSPEND's refusal).
+//! SUSPEND's refusal), and SIGUSR1/SIGUSR2 sent to a real pgwake.
 
 mod common;
 
@@ -435,4 +435,24 @@ async fn show_users_and_mem_answer_and_suspend_says_why_not() {
     assert!(m.contains("SUSPEND is not supported"), "{m}");
     // Nothing was suspended.
     c.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_pauses_and_sigusr2_resumes() {
+    let cluster = cluster();
+    let p = Pgwake::start(&cluster, "size = 2\nmin_idle = 1");
+    let c = client(&p, "app", "signalled").await;
+    c.simple_query("select 1").await.unwrap();
+    p.signal("USR1");
+    p.wait_for_log_async("SIGUSR1 received: PAUSE", 10 * SECOND)
+        .await;
+    let paused = select_later(c, 8);
+    // Loopback console users may look.
+    let console = admin(&p).await;
+    wait_for_waiting(&console, "signalled").await;
+    assert!(!paused.is_finished(), "served while paused");
+    p.signal("USR2");
+    assert_eq!(answer(paused, "SIGUSR2").await, 8);
+    p.wait_for_log_async("SIGUSR2 received: RESUME", 10 * SECOND)
+        .await;
 }
