@@ -332,6 +332,82 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
     assert!(p.wait_exit(20 * SECOND).is_some());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_stats_lines_appear_only_when_enabled() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let toml =
+        config_for(&cluster, port, "size = 2\nmin_idle = 1") + "[admin]\nadmin_users = [\"app\"]\n";
+    let p = Pgwake::start_config(&toml, port, &[]);
+    let url = |name: &str| format!("{}?application_name={name}", p.url("app"));
+    let clients = || p.psql(&cluster, "pgwake", "SHOW CLIENTS").unwrap();
+    // Off by default: a client comes and goes.
+    let quiet = pgwake_testkit::connect_url(&url("quiet-one"))
+        .await
+        .unwrap();
+    quiet.simple_query("select 1").await.unwrap();
+    assert!(clients().contains("|quiet-one|"));
+    drop(quiet);
+    wait_until_async("the quiet client to leave", 20 * SECOND, || {
+        ready(!clients().contains("|quiet-one|"))
+    })
+    .await;
+
+    // On, live (one by PgBouncer's name): a login and a logout line each,
+    // and a stats line every second.
+    for sql in [
+        "SET log_connections = 1",
+        "SET log.disconnections = on",
+        "SET log.stats_period = '1s'",
+    ] {
+        p.psql(&cluster, "pgwake", sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let loud = pgwake_testkit::connect_url(&url("loud-one")).await.unwrap();
+    for _ in 0..5 {
+        loud.simple_query("select 1").await.unwrap();
+    }
+    drop(loud);
+    let line = |words: &[&str]| {
+        p.logs()
+            .lines()
+            .find(|l| words.iter().all(|w| l.contains(w)))
+            .map(str::to_owned)
+    };
+    wait_until_async("the logout line", 20 * SECOND, || {
+        ready(line(&["client logout", "application_name=loud-one"]).is_some())
+    })
+    .await;
+    let login = line(&["client login", "application_name=loud-one"]).expect("a login line");
+    let logout = line(&["client logout", "application_name=loud-one"]).unwrap();
+    for l in [&login, &logout] {
+        assert!(
+            l.contains("client=127.0.0.1:") && l.contains("database=app") && l.contains("user=app"),
+            "{l}"
+        );
+    }
+    assert!(
+        logout.contains("reason=") && logout.contains("age="),
+        "{logout}"
+    );
+    wait_until_async("a stats line", 20 * SECOND, || {
+        ready(line(&["stats: ", "xacts/s", "database=app"]).is_some())
+    })
+    .await;
+
+    // Now that such lines are known to reach the log: none came while off.
+    let logs = p.logs();
+    assert!(!logs.contains("quiet-one"), "{logs}");
+    let set_at = logs
+        .find("log.stats_period")
+        .expect("the SET of log.stats_period logged");
+    let first_stats = logs.find("stats: ").unwrap();
+    assert!(
+        first_stats > set_at,
+        "a stats line before it was on:\n{logs}"
+    );
+}
+
 /// A client that sends garbage instead of a startup packet: pgwake logs
 /// that at debug level.
 fn malformed_startup(port: u16) {

@@ -444,6 +444,17 @@ pub struct Log {
     /// bytes of their text, never their parameters. `0s`: off.
     #[serde(with = "humantime_serde")]
     pub slow_query: Duration,
+    /// Log each client login (at `info`): its address, database, user and
+    /// application_name. Off by default: an app may open a connection per
+    /// request, and a sidecar's log is the app's.
+    pub connections: bool,
+    /// Log each client logout: who, after how long, and why.
+    pub disconnections: bool,
+    /// Log one line of statistics per database this often (transactions,
+    /// queries and bytes per second, average times, as PgBouncer's
+    /// `stats_period` line). `0s`: never, the default.
+    #[serde(with = "humantime_serde")]
+    pub stats_period: Duration,
 }
 
 impl Default for Log {
@@ -452,6 +463,9 @@ impl Default for Log {
             format: LogFormat::Text,
             level: "info".into(),
             slow_query: Duration::from_secs(1),
+            connections: false,
+            disconnections: false,
+            stats_period: Duration::ZERO,
         }
     }
 }

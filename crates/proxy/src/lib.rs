@@ -25,6 +25,7 @@ mod reload;
 pub mod server;
 mod session;
 pub mod stats;
+mod stats_log;
 pub mod tls;
 mod wake;
 
@@ -80,6 +81,8 @@ pub struct Shared {
     pub(crate) control: control::Control,
     hooks: Hooks,
     reloading: Mutex<()>,
+    /// Woken when a reload or `SET` put a new configuration in force.
+    pub(crate) reconfigured: tokio::sync::Notify,
     /// Stop accepting; idle clients leave.
     shutdown: CancellationToken,
     /// The grace period is over: everything closes.
@@ -441,6 +444,7 @@ impl Proxy {
             control: control::Control::default(),
             hooks,
             reloading: Mutex::new(()),
+            reconfigured: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             stop_request: CancellationToken::new(),
@@ -490,6 +494,7 @@ impl Proxy {
                 "peering: cancel requests for other replicas' clients are forwarded to them"
             );
         }
+        shared.spawn_until_stopped(stats_log::run(shared.clone()));
         shared.warm_configured_pools(&config);
         Ok(Proxy {
             shared,

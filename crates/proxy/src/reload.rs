@@ -80,14 +80,19 @@ impl Shared {
         let mut notes = Vec::new();
         let old_keys: BTreeMap<String, String> = old.flatten().into_iter().collect();
         let new_keys: BTreeMap<String, String> = new.flatten().into_iter().collect();
-        let mut restart: Vec<&str> = old_keys
+        let mut changed: Vec<&str> = old_keys
             .keys()
             .chain(new_keys.keys())
-            .filter(|k| needs_restart(k) && old_keys.get(*k) != new_keys.get(*k))
+            .filter(|k| old_keys.get(*k) != new_keys.get(*k))
             .map(String::as_str)
             .collect();
-        restart.sort_unstable();
-        restart.dedup();
+        changed.sort_unstable();
+        changed.dedup();
+        let (mut restart, live): (Vec<&str>, Vec<&str>) =
+            changed.into_iter().partition(|k| needs_restart(k));
+        if !live.is_empty() {
+            notes.push(format!("changed: {}", live.join(", ")));
+        }
         // Build everything that can fail before changing anything.
         let server_changed = server_fingerprint(&old.server) != server_fingerprint(&new.server);
         let server = if server_changed {
@@ -178,6 +183,7 @@ impl Shared {
             pool.reconfigure(settings, side.clone());
         }
         self.warm_configured_pools(&new);
+        self.reconfigured.notify_waiters();
         if !restart.is_empty() {
             notes.push(format!(
                 "changed but only applied at restart: {}",

@@ -9,8 +9,8 @@ use pgwake_config::PoolMode;
 use pgwake_protocol::backend::oid::{INT4, INT8, TEXT};
 
 use crate::clients::{unix_micros, ClientState};
-use crate::pool::PoolSnapshot;
-use crate::stats::{micros, PoolCounts};
+use crate::pool::{totals_by_database, PoolSnapshot};
+use crate::stats::micros;
 use crate::Shared;
 
 /// A result set.
@@ -196,55 +196,39 @@ fn stats(shared: &Shared, averages: bool) -> Table {
         columns,
         rows: Vec::new(),
     };
-    let mut by_db: BTreeMap<String, [u64; 8]> = BTreeMap::new();
-    for p in shared.pools() {
-        let c: &PoolCounts = p.stats();
-        let e = by_db.entry(p.key().database.clone()).or_default();
-        for (slot, v) in e.iter_mut().zip([
-            &c.assignments,
-            &c.xacts,
-            &c.queries,
-            &c.received,
-            &c.sent,
-            &c.xact_us,
-            &c.query_us,
-            &c.wait_us,
-        ]) {
-            *slot += PoolCounts::get(v);
-        }
-    }
     let uptime = shared.started.elapsed().as_secs().max(1);
-    for (db, [assign, xacts, queries, recv, sent, xact_us, query_us, wait_us]) in by_db {
+    for (db, c) in totals_by_database(&shared.pools()) {
         let mut row = vec![
             s(db),
-            s(assign),
-            s(xacts),
-            s(queries),
-            s(recv),
-            s(sent),
-            s(xact_us),
-            s(query_us),
-            s(wait_us),
+            s(c.assignments),
+            s(c.xacts),
+            s(c.queries),
+            s(c.received),
+            s(c.sent),
+            s(c.xact_us),
+            s(c.query_us),
+            s(c.wait_us),
             s(0),
             s(0),
             s(0),
         ];
         if averages {
+            let (xact, query, wait) = c.averages();
             row.extend([
-                s(assign / uptime),
-                s(xacts / uptime),
-                s(queries / uptime),
-                s(recv / uptime),
-                s(sent / uptime),
-                s(xact_us.checked_div(xacts).unwrap_or(0)),
-                s(query_us.checked_div(queries).unwrap_or(0)),
-                s(wait_us.checked_div(assign).unwrap_or(0)),
+                s(c.assignments / uptime),
+                s(c.xacts / uptime),
+                s(c.queries / uptime),
+                s(c.received / uptime),
+                s(c.sent / uptime),
+                s(xact),
+                s(query),
+                s(wait),
                 s(0),
                 s(0),
                 s(0),
             ]);
         }
-        row.push(s(queries));
+        row.push(s(c.queries));
         t.row(row);
     }
     t

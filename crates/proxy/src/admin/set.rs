@@ -1,7 +1,7 @@
 //! `SET key = value` (or `SET key TO value`) on the admin console: one key
 //! of the configuration in force, named as SHOW CONFIG names it
-//! (`pool.size`) or by the PgBouncer name SHOW CONFIG also lists
-//! (`default_pool_size`), applied as a reload applies a file. It lasts
+//! (`pool.size`) or by its PgBouncer name (`default_pool_size`,
+//! `log_connections`), applied as a reload applies a file. It lasts
 //! until the next reload, which reads the file again.
 
 use bytes::BytesMut;
@@ -17,6 +17,9 @@ const PGBOUNCER_NAMES: &[(&str, &str)] = &[
     ("min_pool_size", "pool.min_idle"),
     ("pool_mode", "pool.mode"),
     ("max_client_conn", "listen.max_client_conn"),
+    ("log_connections", "log.connections"),
+    ("log_disconnections", "log.disconnections"),
+    ("stats_period", "log.stats_period"),
 ];
 
 /// Session settings some PgBouncer clients send on connecting: accepted and
@@ -49,10 +52,15 @@ pub(super) fn run(shared: &Shared, arg: Option<&str>, out: &mut BytesMut) {
         backend::command_complete(out, "SET");
         return;
     }
-    let key = PGBOUNCER_NAMES
-        .iter()
-        .find(|(name, _)| *name == lower)
-        .map_or(key, |(_, ours)| (*ours).to_owned());
+    let pgbouncer = PGBOUNCER_NAMES.iter().find(|(name, _)| *name == lower);
+    let key = pgbouncer.map_or(key, |(_, ours)| (*ours).to_owned());
+    // PgBouncer's periods are seconds; pgwake's durations say their unit.
+    let value = match pgbouncer {
+        Some(_) if key == "log.stats_period" && value.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{value}s")
+        }
+        _ => value,
+    };
     match shared.set_setting(&key, &value) {
         Ok(notes) => {
             for n in notes {

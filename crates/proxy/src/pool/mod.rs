@@ -31,7 +31,7 @@ mod login;
 mod snapshot;
 mod upkeep;
 
-pub use snapshot::{IdleConn, PoolSnapshot};
+pub use snapshot::{totals_by_database, IdleConn, PoolSnapshot};
 
 /// Which pool: the server database and the server user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

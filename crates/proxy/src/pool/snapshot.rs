@@ -4,7 +4,23 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use super::{Pool, PoolSettings};
+use crate::stats::Totals;
+
+/// Counts since start per client database name (the pools of one
+/// `[databases]` entry summed), for SHOW STATS and the stats line.
+pub fn totals_by_database(pools: &[Pool]) -> BTreeMap<String, Totals> {
+    let mut by_db: BTreeMap<String, Totals> = BTreeMap::new();
+    for p in pools {
+        by_db
+            .entry(p.key().database.clone())
+            .or_default()
+            .add(p.stats());
+    }
+    by_db
+}
 
 impl Pool {
     /// A consistent view for the admin console and metrics.

@@ -253,6 +253,10 @@ impl<C: ClientStream> Session<C> {
         if client.send(&out).await.is_err() {
             return Err((client, closed()));
         }
+        if shared.config().log.connections {
+            let info = &registered.info;
+            tracing::info!(client = %peer, database = %info.database, user = %info.user, application_name = %info.application_name, "client login");
+        }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
         // Statement text means other tables under another search_path (the
@@ -298,6 +302,9 @@ impl<C: ClientStream> Session<C> {
 
     async fn run(&mut self) {
         let (stop, held) = self.serve_loop().await;
+        if self.shared.config().log.disconnections {
+            self.log_logout(&stop);
+        }
         match &stop {
             Stop::Fatal(e) => {
                 let _ = send_fatal(&mut self.client, e).await;
@@ -315,6 +322,26 @@ impl<C: ClientStream> Session<C> {
                 Box::pin(self.give_back_after_client_left(p)).await;
             }
         }
+    }
+
+    /// The logout line (`log.disconnections`): who, after how long, and why.
+    fn log_logout(&self, stop: &Stop) {
+        let reason = match stop {
+            Stop::Fatal(e) => e.message.as_str(),
+            Stop::Killed(by) => by.command(),
+            Stop::ClientGone | Stop::Released | Stop::Retry => "the client closed the connection",
+        };
+        let info = &self.registered.info;
+        let age = info.connect_time.elapsed().unwrap_or_default();
+        tracing::info!(
+            client = %self.peer,
+            database = %info.database,
+            user = %info.user,
+            application_name = %info.application_name,
+            age = %humantime::format_duration(Duration::from_millis(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))),
+            reason,
+            "client logout"
+        );
     }
 
     /// Notes that the client now holds the server connection with the
