@@ -82,6 +82,9 @@ pub struct Shared {
     reloading: Mutex<()>,
     /// Stop accepting; idle clients leave.
     shutdown: CancellationToken,
+    /// `shutdown` was cancelled: one atomic load for the check a session
+    /// makes after every transaction (the token's check takes a lock).
+    stopping: AtomicBool,
     /// The grace period is over: everything closes.
     hard_stop: CancellationToken,
     /// SHUTDOWN from the admin console.
@@ -242,6 +245,11 @@ impl Shared {
                 pools.remove(key);
             }
         }
+    }
+
+    /// Shutdown has begun: sessions end after their transaction.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// PAUSE is in force.
@@ -449,6 +457,7 @@ impl Proxy {
             hooks,
             reloading: Mutex::new(()),
             shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
             hard_stop: CancellationToken::new(),
             stop_request: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -532,6 +541,7 @@ impl Proxy {
         }
         let config = shared.config();
         tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
+        shared.stopping.store(true, Ordering::Relaxed);
         shared.shutdown.cancel();
         shared.set_paused(false);
         shared.tasks.close();
