@@ -32,7 +32,7 @@ mod wake;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -85,6 +85,9 @@ pub struct Shared {
     pub(crate) reconfigured: tokio::sync::Notify,
     /// Stop accepting; idle clients leave.
     shutdown: CancellationToken,
+    /// `shutdown` was cancelled: one atomic load for the check a session
+    /// makes after every transaction (the token's check takes a lock).
+    stopping: AtomicBool,
     /// The grace period is over: everything closes.
     hard_stop: CancellationToken,
     /// SHUTDOWN from the admin console.
@@ -245,6 +248,11 @@ impl Shared {
                 pools.remove(key);
             }
         }
+    }
+
+    /// Shutdown has begun: sessions end after their transaction.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// PAUSE, as the console's and SIGUSR1's: no new transactions start
@@ -446,6 +454,7 @@ impl Proxy {
             reloading: Mutex::new(()),
             reconfigured: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
             hard_stop: CancellationToken::new(),
             stop_request: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -530,6 +539,7 @@ impl Proxy {
         }
         let config = shared.config();
         tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
+        shared.stopping.store(true, Ordering::Relaxed);
         shared.shutdown.cancel();
         shared.control.resume_everything();
         shared.tasks.close();

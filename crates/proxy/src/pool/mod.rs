@@ -20,13 +20,14 @@ use pgwake_credentials::CredentialSource;
 use pgwake_lifecycle::Lifecycle;
 use pgwake_protocol::backend::ErrorMessage;
 use pgwake_protocol::sqlstate;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::params::Params;
 use crate::server::{ConnectError, ServerConn, Target};
 use crate::stats::{Metrics, PoolCounts, PoolHistograms, TimeoutKind};
+use handoff::{Content, Handoff, Waiting};
 
+mod handoff;
 mod login;
 mod snapshot;
 mod upkeep;
@@ -191,24 +192,24 @@ struct State {
     /// Connections open or being opened, idle ones included.
     total: usize,
     /// Clients waiting, and since when.
-    waiters: VecDeque<(oneshot::Sender<Grant>, Instant)>,
+    waiters: VecDeque<(Arc<Handoff>, Instant)>,
     /// The last login refused by the server, and until when to answer with it.
     auth_failure: Option<(ConnectError, Instant, Duration)>,
     closed: bool,
 }
 
 impl State {
-    /// Hands `grant` to the longest-waiting client still waiting. A waiter
-    /// that gave up sends it back, and the next in line is tried; what no
-    /// one took comes back to the caller.
-    fn offer(&mut self, mut grant: Grant) -> Option<Grant> {
-        while let Some((w, _)) = self.waiters.pop_front() {
-            match w.send(grant) {
-                Ok(()) => return None,
-                Err(back) => grant = back,
+    /// Hands `grant` to the longest-waiting client. A waiter that gives
+    /// up leaves the queue first ([`Waiting`]), so whoever is queued takes
+    /// it; with no one waiting it comes back to the caller.
+    fn offer(&mut self, grant: Grant) -> Option<Grant> {
+        match self.waiters.pop_front() {
+            Some((w, _)) => {
+                w.fill(Content::Granted(grant));
+                None
             }
+            None => Some(grant),
         }
-        Some(grant)
     }
 
     /// Keeps what no waiter took: a connection goes idle; a slot leaves
@@ -458,12 +459,11 @@ impl Pool {
     }
 
     async fn checkout_inner(&self, fresh: bool, may_wake: bool) -> Result<Pooled, CheckoutError> {
+        // Set at the first wait (a clock read only then).
         let mut deadline = None;
         loop {
             let next = {
                 let mut st = self.inner.lock();
-                let deadline = *deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + st.settings.wait_timeout);
                 if st.closed {
                     return Err(CheckoutError::Closed);
                 }
@@ -481,38 +481,51 @@ impl Pool {
                         pool: Some(self.inner.clone()),
                     }))
                 } else {
-                    let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back((tx, Instant::now()));
-                    Err((rx, deadline, st.settings.size, st.settings.wait_timeout))
+                    let now = Instant::now();
+                    let until = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::from_std(now) + st.settings.wait_timeout
+                    });
+                    let h = Handoff::take_spare();
+                    st.waiters.push_back((h.clone(), now));
+                    Err((h, until, st.settings.size, st.settings.wait_timeout))
                 }
             };
             let grant = match next {
                 Ok(g) => g,
-                Err((mut rx, mut until, size, waited)) => loop {
-                    match tokio::time::timeout_at(until, &mut rx).await {
-                        Ok(Ok(g)) => break g,
-                        Ok(Err(_)) => return Err(CheckoutError::Closed),
-                        Err(_) => {
-                            // Waiting behind a wake: wait as long as it may take.
-                            let wake_until = self
-                                .inner
-                                .lifecycle
-                                .as_ref()
-                                .and_then(|l| l.wake_deadline());
-                            if let Some(later) = wake_until.filter(|u| *u > until) {
-                                until = later;
-                                deadline = Some(later);
-                                continue;
+                Err((h, mut until, size, waited)) => {
+                    let mut waiting = Waiting::new(&self.inner, h);
+                    loop {
+                        match tokio::time::timeout_at(until, waiting.granted()).await {
+                            Ok(Some(g)) => break g,
+                            Ok(None) => return Err(CheckoutError::Closed),
+                            Err(_) => {
+                                // Waiting behind a wake: wait as long as it may take.
+                                let wake_until = self
+                                    .inner
+                                    .lifecycle
+                                    .as_ref()
+                                    .and_then(|l| l.wake_deadline());
+                                if let Some(later) = wake_until.filter(|u| *u > until) {
+                                    until = later;
+                                    deadline = Some(later);
+                                    continue;
+                                }
+                                match waiting.give_up() {
+                                    // Granted just as the time ran out.
+                                    Ok(Some(g)) => break g,
+                                    Ok(None) => {}
+                                    Err(()) => return Err(CheckoutError::Closed),
+                                }
+                                self.inner.metrics.timeout(TimeoutKind::PoolWait);
+                                return Err(CheckoutError::WaitTimeout {
+                                    key: self.inner.key.to_string(),
+                                    size,
+                                    waited,
+                                });
                             }
-                            self.inner.metrics.timeout(TimeoutKind::PoolWait);
-                            return Err(CheckoutError::WaitTimeout {
-                                key: self.inner.key.to_string(),
-                                size,
-                                waited,
-                            });
                         }
                     }
-                },
+                }
             };
             match grant {
                 Grant::Conn(mut p) => {
@@ -529,7 +542,9 @@ impl Pool {
                 Grant::Slot(slot) => {
                     // Boxed: a login is rare and its future is large; every
                     // session's task would otherwise carry its size.
-                    let until = deadline.unwrap_or_else(tokio::time::Instant::now);
+                    let until = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.inner.lock().settings.wait_timeout
+                    });
                     let (conn, epoch) = Box::pin(self.connect_with_retry(until, may_wake)).await?;
                     return Ok(self.inner.wrap(conn, slot, epoch));
                 }
@@ -577,7 +592,9 @@ impl Pool {
         let idle = {
             let mut st = self.inner.lock();
             st.closed = true;
-            st.waiters.clear();
+            for (w, _) in st.waiters.drain(..) {
+                w.fill(Content::Closed);
+            }
             std::mem::take(&mut st.idle)
         };
         for p in idle {

@@ -394,7 +394,7 @@ impl<C: ClientStream> Session<C> {
                     Stop::Released => {
                         self.detached();
                         self.pool.checkin(p);
-                        if self.shutdown.is_cancelled() {
+                        if self.shared.is_stopping() {
                             return (Stop::Fatal(shutting_down()), None);
                         }
                         break;
