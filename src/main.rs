@@ -262,18 +262,20 @@ fn run(src: &Source) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Handles SIGTERM and SIGINT on a thread of their own, so that they are
-/// obeyed whatever the runtime is doing. The first begins the graceful stop
-/// (after `listen.shutdown_delay`, during which pgwake serves as usual);
-/// a second stops pgwake at once, as PgBouncer's second SIGINT does. Should
-/// the graceful stop not finish well after its grace period, the process
-/// ends anyway. Returns what `Proxy::run` waits on.
+/// Handles SIGTERM and SIGINT, and PgBouncer's SIGUSR1 (PAUSE) and
+/// SIGUSR2 (RESUME), on a thread of their own, so that they are obeyed
+/// whatever the runtime is doing. The first SIGTERM or SIGINT begins the
+/// graceful stop (after `listen.shutdown_delay`, during which pgwake serves
+/// as usual); a second stops pgwake at once, as PgBouncer's second SIGINT
+/// does. Should the graceful stop not finish well after its grace period,
+/// the process ends anyway. Returns what `Proxy::run` waits on.
 fn watch_stop_signals(
     shared: std::sync::Arc<pgwake_proxy::Shared>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .context("cannot install the SIGTERM/SIGINT handlers")?;
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGUSR2])
+        .context("cannot install the SIGTERM/SIGINT/SIGUSR1/SIGUSR2 handlers")?;
+    let control = shared.clone();
     let requested = tokio_util::sync::CancellationToken::new();
     let on_signal = requested.clone();
     let settings = shared.clone();
@@ -283,6 +285,21 @@ fn watch_stop_signals(
         .spawn(move || {
             let mut received = false;
             for sig in signals.forever() {
+                // PAUSE and RESUME without waiting: a signal has no one to answer.
+                if sig == SIGUSR1 || sig == SIGUSR2 {
+                    let (name, done, action) = if sig == SIGUSR1 {
+                        let was = control.pause();
+                        ("SIGUSR1", !was, "PAUSE (SIGUSR2 resumes)")
+                    } else {
+                        ("SIGUSR2", control.resume(), "RESUME")
+                    };
+                    if done {
+                        tracing::info!("{name} received: {action}");
+                    } else {
+                        tracing::info!("{name} received: nothing to do (paused: {})", sig == SIGUSR1);
+                    }
+                    continue;
+                }
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
                 if received {
                     tracing::warn!("{name} received again: stopping at once");

@@ -137,6 +137,126 @@ async fn scram_logins_pass_with_the_right_password_and_fail_alike_otherwise() {
     );
 }
 
+/// pgwake with mel's MD5 hash and alice's plain password in its user file,
+/// PgBouncer's `md5` method for every database but `strict`, which allows
+/// SCRAM-SHA-256 only.
+fn md5_for_mel(cluster: &pgwake_testkit::Cluster) -> (Pgwake, tempfile::TempDir, String) {
+    let hash = postgres_protocol::password::md5(b"mel-pw", "mel");
+    let dir = tempfile::tempdir().unwrap();
+    let users = write(
+        dir.path(),
+        "userlist.txt",
+        &format!("\"mel\" \"{hash}\"\n\"alice\" \"alice-pw\"\n"),
+    );
+    let pg = start(
+        cluster,
+        "",
+        &format!("[client_auth]\nfile = \"{users}\"\n[[client_auth.rules]]\ndatabase = \"strict\"\nmethod = \"scram-sha-256\"\n[[client_auth.rules]]\nmethod = \"md5\"\n"),
+    );
+    (pg, dir, hash)
+}
+
+/// The authentication request pgwake answers `user`'s startup for `db`
+/// with: 5 for MD5, 10 for SASL (SCRAM).
+async fn auth_request(port: u16, user: &str, db: &str) -> u32 {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&common::raw::startup(user, db)).await.unwrap();
+    let (tag, body) = read_message(&mut s)
+        .await
+        .expect("an authentication request");
+    assert_eq!(tag, b'R', "{user}@{db}: {}", String::from_utf8_lossy(&body));
+    u32::from_be_bytes(body[..4].try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_entries_log_in_with_the_md5_challenge_under_md5_rules() {
+    let cluster = cluster();
+    let (pg, _dir, hash) = md5_for_mel(&cluster);
+    // At start, one warning for mel, naming the user and never the hash.
+    pg.wait_for_log_async(
+        "user \"mel\" has an MD5 password hash",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // libpq (psql) answers the MD5 challenge.
+    let conninfo = format!("host=127.0.0.1 port={} user=mel dbname=app", pg.port);
+    let (ok, out) = psql(
+        &cluster,
+        &conninfo,
+        "select current_user || ' ' || 6 * 7",
+        &[("PGPASSWORD", "mel-pw")],
+    );
+    assert!(ok && out.trim() == "app 42", "{out}\n{}", pg.logs());
+    let (ok, out) = psql(&cluster, &conninfo, "select 1", &[("PGPASSWORD", "bad")]);
+    assert!(
+        !ok && out.contains("password authentication failed for user \"mel\""),
+        "{out}"
+    );
+    // tokio-postgres too; a wrong password gets 28P01, worded as for SCRAM.
+    let c = pgwake_testkit::connect("127.0.0.1", pg.port, "mel", Some("mel-pw"), "app")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", pg.logs()));
+    let v: i32 = c.query_one("select 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+    let wrong = connect_err(pg.port, "mel", Some("not-it"), "app").await;
+    assert_eq!(wrong.0, "28P01", "{wrong:?}");
+    assert_eq!(wrong.1, "password authentication failed for user \"mel\"");
+
+    // MD5 is asked of MD5 entries only: a plain password keeps SCRAM, and
+    // so do unknown users and the SCRAM-only database.
+    assert_eq!(auth_request(pg.port, "mel", "app").await, 5);
+    assert_eq!(auth_request(pg.port, "alice", "app").await, 10);
+    assert_eq!(auth_request(pg.port, "nobody", "app").await, 10);
+    assert_eq!(auth_request(pg.port, "mel", "strict").await, 10);
+    pgwake_testkit::connect("127.0.0.1", pg.port, "alice", Some("alice-pw"), "app")
+        .await
+        .unwrap();
+    // Under a SCRAM-only rule the MD5 entry cannot log in; the log says why.
+    let strict = connect_err(pg.port, "mel", Some("mel-pw"), "strict").await;
+    assert_eq!(strict.0, "28P01", "{strict:?}");
+    pg.wait_for_log_async(
+        "only client_auth rules with method = \\\"md5\\\" accept",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let logs = pg.logs();
+    assert_eq!(
+        logs.matches("has an MD5 password hash").count(),
+        1,
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(&hash[3..]) && !logs.contains("mel-pw") && !logs.contains("not-it"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn psycopg_logs_in_with_an_md5_entry() -> anyhow::Result<()> {
+    let cluster = cluster();
+    let (pg, dir, _) = md5_for_mel(&cluster);
+    common::python::ensure_venv(dir.path())?;
+    let mut cmd = common::python::python_cmd("python");
+    cmd.arg(common::python::python_dir().join("password_login.py"))
+        .args(["--port", &pg.port.to_string()])
+        .args(["--dbname", "app", "--user", "mel"])
+        .args(["--password", "mel-pw", "--wrong-password", "not-it"]);
+    let out = common::proc::Proc::spawn("password_login.py", cmd, dir.path().join("py.log"))?
+        .finish(Duration::from_secs(60))
+        .map_err(|e| e.context(pg.logs()))?;
+    assert!(out.contains("login ok: app 42"), "{out}");
+    assert!(
+        out.contains("wrong password refused:")
+            && out.contains("password authentication failed for user \"mel\""),
+        "{out}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_missing_from_the_file_are_looked_up_with_the_auth_query() {
     let cluster = cluster();
@@ -597,7 +717,23 @@ async fn loopback_without_an_admin_user_may_only_look() {
     let rows = neighbour.simple_query("SHOW POOLS").await.unwrap();
     assert!(rows.len() >= 2, "a pool row and the completion");
     // ...but nothing that changes state.
-    for command in ["SHUTDOWN", "SLEEP", "PAUSE", "RESUME", "RELOAD", "WAKE"] {
+    for command in [
+        "SHUTDOWN",
+        "SLEEP",
+        "PAUSE",
+        "RESUME",
+        "RELOAD",
+        "WAKE",
+        "PAUSE app",
+        "RECONNECT",
+        "KILL app",
+        "KILL_CLIENT 1",
+        "WAIT_CLOSE",
+        "DISABLE app",
+        "ENABLE app",
+        "SUSPEND",
+        "SET pool.size = 3",
+    ] {
         let e = neighbour
             .simple_query(command)
             .await

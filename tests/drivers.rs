@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::proc::Proc;
+use common::python::{ensure_venv, python_cmd, python_dir, without_client_env, workspace};
 use common::{cluster, Pgwake};
 use pgwake_testkit::Cluster;
 
-const VENV_TIMEOUT: Duration = Duration::from_secs(1200);
 const NPM_TIMEOUT: Duration = Duration::from_secs(600);
 /// Outer bound on a driver; each has its own deadline below it.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,33 +41,8 @@ const DRIVER_DEADLINE_SECS: u32 = 180;
 /// Transaction mode (the default) over five server connections.
 const POOL: &str = "size = 5\nmin_idle = 1\npool_wait_timeout = \"30s\"";
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python_dir() -> PathBuf {
-    workspace().join("tests").join("python")
-}
-
 fn node_dir() -> PathBuf {
     workspace().join("tests").join("node")
-}
-
-fn venv() -> PathBuf {
-    workspace().join("target").join("pyenv")
-}
-
-/// Creates target/pyenv from tests/python/requirements.txt unless it already
-/// holds them; concurrent callers are serialized by ensure_venv.py's lock.
-fn ensure_venv(logs: &Path) -> Result<()> {
-    let mut cmd = Command::new("python3");
-    cmd.arg(python_dir().join("ensure_venv.py"))
-        .arg(venv())
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    Proc::spawn("ensure_venv.py", cmd, logs.join("ensure_venv.log"))?
-        .finish(VENV_TIMEOUT)
-        .context("setting up the Python virtualenv for the driver tests")?;
-    Ok(())
 }
 
 /// Installs tests/node/node_modules from package-lock.json with `npm ci`
@@ -108,16 +83,6 @@ fn ensure_node_modules(logs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Drops settings that could redirect or alter a driver's connections.
-fn without_client_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        if key_str.starts_with("PG") || key_str.to_ascii_lowercase().ends_with("_proxy") {
-            cmd.env_remove(&key);
-        }
-    }
-}
-
 /// `python prepared_clients.py MODE` against pgwake on `port`.
 fn python_driver(mode: &str, port: u16, args: &[String]) -> Command {
     python_script("prepared_clients.py", mode, port, args)
@@ -125,11 +90,8 @@ fn python_driver(mode: &str, port: u16, args: &[String]) -> Command {
 
 /// `python SCRIPT MODE` (a script in tests/python) against pgwake on `port`.
 fn python_script(script: &str, mode: &str, port: u16, args: &[String]) -> Command {
-    let mut cmd = Command::new(venv().join("bin").join("python"));
-    without_client_env(&mut cmd);
-    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .arg(python_dir().join(script))
+    let mut cmd = python_cmd("python");
+    cmd.arg(python_dir().join(script))
         .arg(mode)
         .args(["--port", &port.to_string()])
         .args(["--deadline", &DRIVER_DEADLINE_SECS.to_string()])

@@ -17,32 +17,6 @@ fn scrape(p: &Pgwake) -> String {
     body
 }
 
-/// Runs `sql` on the admin console with psql; its output (tuples only, `|`-separated).
-fn console(cluster: &pgwake_testkit::Cluster, p: &Pgwake, sql: &str) -> Result<String, String> {
-    psql(cluster, p, "pgwake", sql)
-}
-
-/// Runs `sql` with psql through pgwake on database `db`.
-fn psql(
-    cluster: &pgwake_testkit::Cluster,
-    p: &Pgwake,
-    db: &str,
-    sql: &str,
-) -> Result<String, String> {
-    let out = Command::new(cluster.bin().path("psql"))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args(["-p", &p.port.to_string(), "-U", "app", "-d", db, "-c", sql])
-        .env_remove("PGPASSWORD")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_workload_and_pass_promtool() {
     let cluster = cluster();
@@ -137,7 +111,9 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
     for _ in 0..10 {
         client.simple_query("select 1").await.unwrap();
     }
-    let pools = console(&cluster, &p, "SHOW POOLS").expect("SHOW POOLS");
+    let pools = p
+        .psql(&cluster, "pgwake", "SHOW POOLS")
+        .expect("SHOW POOLS");
     // database|user|cl_active|cl_waiting|...|pool_mode|load_balance_hosts
     let row: Vec<&str> = pools
         .lines()
@@ -147,7 +123,7 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
         .collect();
     assert_eq!(row[2], "1", "one client logged in: {pools}");
     assert_eq!(row[15], "transaction", "{pools}");
-    let stats = console(&cluster, &p, "SHOW STATS").unwrap();
+    let stats = p.psql(&cluster, "pgwake", "SHOW STATS").unwrap();
     let xacts: u64 = stats
         .lines()
         .find(|l| l.starts_with("app|"))
@@ -163,20 +139,26 @@ async fn the_admin_console_answers_psql_and_the_pgbouncer_exporter() {
         "SHOW CONFIG",
         "SHOW VERSION",
         "SHOW STATE",
+        "SHOW USERS",
+        "SHOW MEM",
     ] {
-        let out = console(&cluster, &p, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        let out = p
+            .psql(&cluster, "pgwake", cmd)
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
         assert!(!out.trim().is_empty(), "{cmd} printed nothing");
     }
-    assert!(console(&cluster, &p, "SHOW CLIENTS")
+    assert!(p
+        .psql(&cluster, "pgwake", "SHOW CLIENTS")
         .unwrap()
         .contains("|app|app|"));
-    assert!(console(&cluster, &p, "SHOW CONFIG")
+    assert!(p
+        .psql(&cluster, "pgwake", "SHOW CONFIG")
         .unwrap()
         .contains("pool.size|3|20|yes"));
-    let bad = console(&cluster, &p, "SHOW NOTHING").unwrap_err();
+    let bad = p.psql(&cluster, "pgwake", "SHOW NOTHING").unwrap_err();
     assert!(bad.contains("unknown SHOW command"), "{bad}");
     // The pgbouncer alias works too.
-    let version = psql(&cluster, &p, "pgbouncer", "SHOW VERSION").unwrap();
+    let version = p.psql(&cluster, "pgbouncer", "SHOW VERSION").unwrap();
     assert!(version.starts_with("pgwake "), "{version}");
 
     // prometheus-pgbouncer-exporter (Debian's) reads SHOW STATS, POOLS,
@@ -318,16 +300,18 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
     p.wait_for_log_async("refused malformed startup", 20 * SECOND)
         .await;
     assert!(p.logs().contains("DEBUG"), "debug lines after the reload");
-    assert!(console(&cluster, &p, "SHOW CONFIG")
+    assert!(p
+        .psql(&cluster, "pgwake", "SHOW CONFIG")
         .unwrap()
         .contains("pool.size|5|"));
 
     // A bad file: rejected, with the key named; the old settings stay.
     p.rewrite_config(&base.replace("size = 2", "size = 3\nsise = 4"));
-    let err = console(&cluster, &p, "RELOAD").unwrap_err();
+    let err = p.psql(&cluster, "pgwake", "RELOAD").unwrap_err();
     assert!(err.contains("sise"), "{err}");
     assert!(p.logs().contains("configuration reload rejected"));
-    assert!(console(&cluster, &p, "SHOW CONFIG")
+    assert!(p
+        .psql(&cluster, "pgwake", "SHOW CONFIG")
         .unwrap()
         .contains("pool.size|5|"));
     p.client().await.simple_query("select 1").await.unwrap();
@@ -337,7 +321,7 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
 
     // Shrinking closes the connections beyond the new size.
     p.rewrite_config(&base.replace("size = 2", "size = 1"));
-    let notes = console(&cluster, &p, "RELOAD").unwrap();
+    let notes = p.psql(&cluster, "pgwake", "RELOAD").unwrap();
     assert!(notes.is_empty() || !notes.contains("ERROR"), "{notes}");
     wait_until_async("the pool to shrink to 1", 20 * SECOND, || {
         ready(common::app_backends(&cluster) <= 1)
@@ -346,6 +330,82 @@ async fn reload_changes_pool_size_and_log_level_and_rejects_a_bad_file() {
     p.client().await.simple_query("select 1").await.unwrap();
     p.signal("TERM");
     assert!(p.wait_exit(20 * SECOND).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_stats_lines_appear_only_when_enabled() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let toml =
+        config_for(&cluster, port, "size = 2\nmin_idle = 1") + "[admin]\nadmin_users = [\"app\"]\n";
+    let p = Pgwake::start_config(&toml, port, &[]);
+    let url = |name: &str| format!("{}?application_name={name}", p.url("app"));
+    let clients = || p.psql(&cluster, "pgwake", "SHOW CLIENTS").unwrap();
+    // Off by default: a client comes and goes.
+    let quiet = pgwake_testkit::connect_url(&url("quiet-one"))
+        .await
+        .unwrap();
+    quiet.simple_query("select 1").await.unwrap();
+    assert!(clients().contains("|quiet-one|"));
+    drop(quiet);
+    wait_until_async("the quiet client to leave", 20 * SECOND, || {
+        ready(!clients().contains("|quiet-one|"))
+    })
+    .await;
+
+    // On, live (one by PgBouncer's name): a login and a logout line each,
+    // and a stats line every second.
+    for sql in [
+        "SET log_connections = 1",
+        "SET log.disconnections = on",
+        "SET log.stats_period = '1s'",
+    ] {
+        p.psql(&cluster, "pgwake", sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let loud = pgwake_testkit::connect_url(&url("loud-one")).await.unwrap();
+    for _ in 0..5 {
+        loud.simple_query("select 1").await.unwrap();
+    }
+    drop(loud);
+    let line = |words: &[&str]| {
+        p.logs()
+            .lines()
+            .find(|l| words.iter().all(|w| l.contains(w)))
+            .map(str::to_owned)
+    };
+    wait_until_async("the logout line", 20 * SECOND, || {
+        ready(line(&["client logout", "application_name=loud-one"]).is_some())
+    })
+    .await;
+    let login = line(&["client login", "application_name=loud-one"]).expect("a login line");
+    let logout = line(&["client logout", "application_name=loud-one"]).unwrap();
+    for l in [&login, &logout] {
+        assert!(
+            l.contains("client=127.0.0.1:") && l.contains("database=app") && l.contains("user=app"),
+            "{l}"
+        );
+    }
+    assert!(
+        logout.contains("reason=") && logout.contains("age="),
+        "{logout}"
+    );
+    wait_until_async("a stats line", 20 * SECOND, || {
+        ready(line(&["stats: ", "xacts/s", "database=app"]).is_some())
+    })
+    .await;
+
+    // Now that such lines are known to reach the log: none came while off.
+    let logs = p.logs();
+    assert!(!logs.contains("quiet-one"), "{logs}");
+    let set_at = logs
+        .find("log.stats_period")
+        .expect("the SET of log.stats_period logged");
+    let first_stats = logs.find("stats: ").unwrap();
+    assert!(
+        first_stats > set_at,
+        "a stats line before it was on:\n{logs}"
+    );
 }
 
 /// A client that sends garbage instead of a startup packet: pgwake logs

@@ -14,19 +14,19 @@ mod common;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use common::proc::Proc;
+use common::python::{ensure_venv, python_cmd, python_dir, workspace};
 use pgwake_testkit::{free_port, Cluster, HostAuth};
 
 const USER: &str = "app";
 const PASSWORD: &str = "app-secret";
 const DB: &str = "app";
 
-const VENV_TIMEOUT: Duration = Duration::from_secs(1200);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Outer bound on a load script; each script also has its own deadline below it.
@@ -41,22 +41,6 @@ const GUNICORN_WORKERS: u32 = 4;
 /// than this, so that under server-side binding its extended-protocol batch
 /// (Parse, Bind, Describe, Execute, Sync) is larger too.
 const LONG_SQL_BYTES: usize = 512;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python_dir() -> PathBuf {
-    workspace().join("tests").join("python")
-}
-
-fn venv() -> PathBuf {
-    workspace().join("target").join("pyenv")
-}
-
-fn venv_bin(tool: &str) -> PathBuf {
-    venv().join("bin").join(tool)
-}
 
 /// The sidecar quick start of the README: `config/sidecar.toml` as shipped,
 /// pointed at this test's server and listen port by the environment
@@ -75,41 +59,6 @@ fn sidecar_env(listen_port: u16, server_port: u16) -> Vec<(&'static str, String)
 /// it exits 0. Returns its output.
 fn run_to_end(name: &str, cmd: Command, log: PathBuf, limit: Duration) -> Result<String> {
     Proc::spawn(name, cmd, log)?.finish(limit)
-}
-
-/// Creates target/pyenv from tests/python/requirements.txt unless it already
-/// holds them; concurrent callers are serialized by a lock file.
-fn ensure_venv(logs: &Path) -> Result<()> {
-    let mut cmd = Command::new("python3");
-    cmd.arg(python_dir().join("ensure_venv.py"))
-        .arg(venv())
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    run_to_end(
-        "ensure_venv.py",
-        cmd,
-        logs.join("ensure_venv.log"),
-        VENV_TIMEOUT,
-    )
-    .context("setting up the Python virtualenv for the client tests")?;
-    Ok(())
-}
-
-/// A Python command from the venv, with an environment free of settings
-/// that could redirect or alter its connections.
-fn python_cmd(program: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        if key_str.starts_with("PG")
-            || key_str.starts_with("DJANGO")
-            || key_str.to_ascii_lowercase().ends_with("_proxy")
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1");
-    cmd
 }
 
 /// A throwaway cluster with SCRAM auth for `app` and the given extra
@@ -232,7 +181,7 @@ fn multiples(n: u32, m: u32) -> u32 {
 fn psycopg3_threads_through_pgwake() -> Result<()> {
     let mut stack = Stack::start("psycopg", &[])?;
 
-    let mut cmd = python_cmd(&venv_bin("python"));
+    let mut cmd = python_cmd("python");
     cmd.arg(python_dir().join("psycopg_load.py"))
         .args(["--host", "127.0.0.1"])
         .args(["--port", &stack.port.to_string()])
@@ -301,7 +250,7 @@ fn django_under_gunicorn(name: &str, server_side_binding: bool) -> Result<()> {
         cmd
     };
 
-    let mut migrate = python_cmd(&venv_bin("python"));
+    let mut migrate = python_cmd("python");
     migrate.arg("manage.py").args(["migrate", "--noinput"]);
     stack.python("migrate", django_env(migrate, stack.port), MIGRATE_TIMEOUT)?;
     assert_eq!(
@@ -310,7 +259,7 @@ fn django_under_gunicorn(name: &str, server_side_binding: bool) -> Result<()> {
     );
 
     let http_port = free_port();
-    let mut gunicorn = python_cmd(&venv_bin("gunicorn"));
+    let mut gunicorn = python_cmd("gunicorn");
     gunicorn
         .args(["--workers", &GUNICORN_WORKERS.to_string()])
         .args(["--worker-class", "sync"])
@@ -324,7 +273,7 @@ fn django_under_gunicorn(name: &str, server_side_binding: bool) -> Result<()> {
         stack.dir.path().join("gunicorn.log"),
     )?;
 
-    let mut driver = python_cmd(&venv_bin("python"));
+    let mut driver = python_cmd("python");
     driver
         .arg(python_dir().join("http_load.py"))
         .args(["--port", &http_port.to_string()])

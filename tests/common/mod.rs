@@ -4,6 +4,7 @@
 pub mod deployenv;
 pub mod pgbouncer;
 pub mod proc;
+pub mod python;
 pub mod raw;
 
 use std::future::Future;
@@ -140,6 +141,33 @@ impl Pgwake {
         let (status, body) = http_get(self.admin_port, "/metrics", Duration::from_secs(10));
         assert_eq!(status, 200, "/metrics: {body}");
         metric(&body, series)
+    }
+
+    /// Runs `sql` with psql through pgwake as `app` on database `db`
+    /// (`pgwake` for the admin console): its output (tuples only,
+    /// `|`-separated), or psql's error text.
+    pub fn psql(&self, cluster: &Cluster, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(cluster.bin().path("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "app",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     pub fn url(&self, db: &str) -> String {

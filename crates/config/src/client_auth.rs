@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct ClientAuth {
     /// Users and their passwords, in PgBouncer's `userlist.txt` format:
-    /// `"user" "SCRAM-SHA-256$…"` (a verifier, as in `pg_authid`) or
+    /// `"user" "SCRAM-SHA-256$…"` (a verifier, as in `pg_authid`),
+    /// `"user" "md5…"` (an MD5 hash, for `md5` rules) or
     /// `"user" "plain password"`; re-read on reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
@@ -87,6 +88,24 @@ pub struct ClientAuthRule {
     #[serde(default = "Names::all")]
     pub user: Names,
     pub method: ClientAuthMethod,
+}
+
+impl ClientAuthMethod {
+    /// Whether the method checks a password against `client_auth.file`
+    /// or `client_auth.query`.
+    pub fn checks_password(self) -> bool {
+        matches!(self, ClientAuthMethod::ScramSha256 | ClientAuthMethod::Md5)
+    }
+
+    /// The name written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAuthMethod::Trust => "trust",
+            ClientAuthMethod::ScramSha256 => "scram-sha-256",
+            ClientAuthMethod::Md5 => "md5",
+            ClientAuthMethod::Reject => "reject",
+        }
+    }
 }
 
 impl ClientAuthRule {
@@ -184,9 +203,14 @@ pub enum ClientAuthMethod {
     /// No password.
     #[serde(rename = "trust")]
     Trust,
-    /// SCRAM-SHA-256 against `client_auth.file`.
+    /// SCRAM-SHA-256 against `client_auth.file` (or `query`).
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// As PgBouncer's `auth_type = md5` and PostgreSQL's `md5`: a user whose
+    /// entry is an MD5 hash answers the MD5 challenge; every other user
+    /// (a SCRAM verifier or a plain password) uses SCRAM-SHA-256.
+    #[serde(rename = "md5")]
+    Md5,
     /// Always refused.
     #[serde(rename = "reject")]
     Reject,

@@ -56,35 +56,40 @@ pub(crate) fn apply<'a>(
         };
         let mut full: Vec<&str> = path.to_vec();
         full.push(key);
-        let typed = match lookup(defaults, &full) {
-            Some(Value::Integer(_)) => match value.parse::<i64>() {
-                Ok(i) => Value::Integer(i),
-                Err(_) => {
-                    errors.push(format!("{name}: expected a whole number, got {value:?}"));
-                    continue;
-                }
-            },
-            Some(Value::Boolean(_)) => match value {
-                "true" => Value::Boolean(true),
-                "false" => Value::Boolean(false),
-                _ => {
-                    errors.push(format!("{name}: expected true or false, got {value:?}"));
-                    continue;
-                }
-            },
-            Some(Value::Array(_)) => Value::Array(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| Value::String(v.to_owned()))
-                    .collect(),
-            ),
-            _ => Value::String(value.to_owned()),
+        let typed = match typed(lookup(defaults, &full), value) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("{name}: {e}"));
+                continue;
+            }
         };
         insert(root, &full, typed);
         origins.push((full.join("."), name.to_owned()));
     }
+}
+
+/// `text` as a value of the type `like` has (a whole number, true or
+/// false, a comma-separated list), else as a string.
+pub(crate) fn typed(like: Option<&Value>, text: &str) -> Result<Value, String> {
+    Ok(match like {
+        Some(Value::Integer(_)) => match text.parse::<i64>() {
+            Ok(i) => Value::Integer(i),
+            Err(_) => return Err(format!("expected a whole number, got {text:?}")),
+        },
+        Some(Value::Boolean(_)) => match text {
+            "true" => Value::Boolean(true),
+            "false" => Value::Boolean(false),
+            _ => return Err(format!("expected true or false, got {text:?}")),
+        },
+        Some(Value::Array(_)) => Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| Value::String(v.to_owned()))
+                .collect(),
+        ),
+        _ => Value::String(text.to_owned()),
+    })
 }
 
 /// Whether `name=value` is one of the variables Kubernetes injects for a
@@ -137,16 +142,18 @@ fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Opt
 /// For an override naming a key its section does not have (serde's
 /// "unknown field `x`, expected one of `a`, `b`"), the variable it resembles.
 pub(crate) fn did_you_mean(var: &str, message: &str) -> String {
-    let Some(rest) = message.strip_prefix("unknown field `") else {
-        return String::new();
-    };
-    let Some((unknown, expected)) = rest.split_once('`') else {
-        return String::new();
-    };
-    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let Some(best) = closest(unknown, known.iter().copied()) else {
+    let Some((unknown, best)) = nearest_field(message) else {
         return String::new();
     };
     let prefix = &var[..var.len().saturating_sub(unknown.len())];
     format!("; did you mean {prefix}{}?", best.to_ascii_uppercase())
+}
+
+/// From serde's "unknown field `x`, expected one of `a`, `b`": the unknown
+/// field, and the expected one it resembles.
+pub(crate) fn nearest_field(message: &str) -> Option<(&str, &str)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    Some((unknown, closest(unknown, known.iter().copied())?))
 }

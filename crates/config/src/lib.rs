@@ -12,6 +12,7 @@ mod load;
 pub mod pgbouncer;
 mod secret_serde;
 mod server;
+mod set;
 mod tree;
 mod url;
 mod userlist;
@@ -26,6 +27,7 @@ pub use client_auth::{ClientAddress, ClientAuth, ClientAuthMethod, ClientAuthRul
 pub use load::{load, ConfigErrors};
 use serde::{Deserialize, Serialize};
 pub use server::{AuthMethod, Server, ServerAuth, SslMode};
+pub use set::{needs_restart, SetError};
 pub use userlist::{parse_userlist, SecretKind, UserlistEntry};
 
 /// The whole configuration.
@@ -445,6 +447,17 @@ pub struct Log {
     /// bytes of their text, never their parameters. `0s`: off.
     #[serde(with = "humantime_serde")]
     pub slow_query: Duration,
+    /// Log each client login (at `info`): its address, database, user and
+    /// application_name. Off by default: an app may open a connection per
+    /// request, and a sidecar's log is the app's.
+    pub connections: bool,
+    /// Log each client logout: who, after how long, and why.
+    pub disconnections: bool,
+    /// Log one line of statistics per database this often (transactions,
+    /// queries and bytes per second, average times, as PgBouncer's
+    /// `stats_period` line). `0s`: never, the default.
+    #[serde(with = "humantime_serde")]
+    pub stats_period: Duration,
 }
 
 impl Default for Log {
@@ -453,6 +466,9 @@ impl Default for Log {
             format: LogFormat::Text,
             level: "info".into(),
             slow_query: Duration::from_secs(1),
+            connections: false,
+            disconnections: false,
+            stats_period: Duration::ZERO,
         }
     }
 }

@@ -47,11 +47,21 @@ fn client_auth_rules_and_tls_are_checked_by_name() {
         "{e}"
     );
     let e = errs(
-        "[server]\nhost = \"db\"\n[[client_auth.rules]]\nmethod = \"md5\"\n",
+        "[server]\nhost = \"db\"\n[[client_auth.rules]]\nmethod = \"ldap\"\n",
         &[],
     )
     .join("\n");
     assert!(e.contains("client_auth.rules"), "{e}");
+    // MD5 checks passwords too: it needs a user file or query.
+    let e = errs(
+        "[server]\nhost = \"db\"\n[[client_auth.rules]]\nmethod = \"md5\"\n",
+        &[],
+    )
+    .join("\n");
+    assert!(
+        e.contains("client_auth.rules[0].method = \"md5\" needs client_auth.file"),
+        "{e}"
+    );
 
     // Loopback rules may trust on any listener; the default rules on a
     // loopback listener need no user file.

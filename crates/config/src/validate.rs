@@ -172,19 +172,20 @@ fn check_client_auth(c: &Config, loopback_listener: bool, errors: &mut Vec<Strin
                 ));
             }
             // Default rules a loopback listener cannot reach need no file.
-            ClientAuthMethod::ScramSha256
-                if auth.file.is_none()
+            method
+                if method.checks_password()
+                    && auth.file.is_none()
                     && auth.query.is_none()
                     && (configured || !loopback_listener) =>
             {
-                needs_file.get_or_insert(key);
+                needs_file.get_or_insert((key, method));
             }
             _ => {}
         }
     }
-    if let Some(key) = needs_file {
+    if let Some((key, method)) = needs_file {
         errors.push(if configured {
-            format!("{key}.method = \"scram-sha-256\" needs client_auth.file (users and their SCRAM verifiers or passwords, in PgBouncer's userlist.txt format) or client_auth.query")
+            format!("{key}.method = {:?} needs client_auth.file (users and their SCRAM verifiers, MD5 hashes or passwords, in PgBouncer's userlist.txt format) or client_auth.query", method.name())
         } else {
             format!(
                 "listen.addr = {:?} accepts clients beyond loopback, and they must authenticate with SCRAM-SHA-256: set client_auth.file (users and their SCRAM verifiers or passwords, in PgBouncer's userlist.txt format), or add [[client_auth.rules]]",

@@ -126,6 +126,14 @@ pub fn auth_ok(buf: &mut BytesMut) {
     frame(buf, b'R', |b| b.put_u32(0));
 }
 
+/// AuthenticationMD5Password with its 4-byte salt.
+pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    frame(buf, b'R', |b| {
+        b.put_u32(5);
+        b.put_slice(&salt);
+    });
+}
+
 /// AuthenticationSASL: the SASL mechanisms the client may choose from.
 pub fn auth_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
     frame(buf, b'R', |b| {

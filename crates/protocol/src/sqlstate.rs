@@ -36,3 +36,8 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// `42704` undefined_object (PostgreSQL's for an unknown setting).
+pub const UNDEFINED_OBJECT: &str = "42704";
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
+/// `55P02` cant_change_runtime_param: only a restart changes it.
+pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";

@@ -2,9 +2,14 @@
 //! gauges. A session registers at login and is removed when it ends.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
+
+use futures_util::task::AtomicWaker;
 
 use crate::pool::PoolKey;
 use crate::stats::PoolCounts;
@@ -31,6 +36,28 @@ impl ClientState {
     }
 }
 
+/// Which admin console command ended a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kill {
+    /// `KILL_CLIENT id`.
+    Client = 1,
+    /// `KILL` or `KILL db`.
+    Database = 2,
+}
+
+impl Kill {
+    pub fn command(self) -> &'static str {
+        match self {
+            Kill::Client => "KILL_CLIENT",
+            Kill::Database => "KILL",
+        }
+    }
+}
+
+/// Bytes of one client's entry in the registry (SHOW MEM), its strings aside.
+pub(crate) const ENTRY_SIZE: usize = std::mem::size_of::<ClientInfo>();
+
 /// One logged-in client.
 #[derive(Debug)]
 pub struct ClientInfo {
@@ -47,6 +74,11 @@ pub struct ClientInfo {
     server_pid: AtomicU32,
     /// Unix time (µs) of the client's last request.
     request_time: AtomicU64,
+    /// Set by the admin console: the session ends (see [`ClientInfo::killed`]).
+    kill: AtomicU8,
+    /// Wakes the session's task for a kill; lock-free, as the session polls
+    /// it on every turn of its relay.
+    kill_waker: AtomicWaker,
 }
 
 impl ClientInfo {
@@ -75,6 +107,46 @@ impl ClientInfo {
 
     pub fn request_time(&self) -> u64 {
         self.request_time.load(Ordering::Relaxed)
+    }
+
+    /// Ends the client's session, whatever it is doing (`KILL_CLIENT`,
+    /// `KILL db`); the server connection it holds is closed too.
+    pub fn kill(&self, by: Kill) {
+        self.kill.store(by as u8, Ordering::Release);
+        self.kill_waker.wake();
+    }
+
+    fn kill_reason(&self) -> Option<Kill> {
+        match self.kill.load(Ordering::Acquire) {
+            1 => Some(Kill::Client),
+            2 => Some(Kill::Database),
+            _ => None,
+        }
+    }
+
+    /// Completes when the client is killed. Cancel-safe; one session (one
+    /// task) waits on it.
+    pub fn killed(&self) -> Killed<'_> {
+        Killed(self)
+    }
+}
+
+/// See [`ClientInfo::killed`].
+pub struct Killed<'a>(&'a ClientInfo);
+
+impl Future for Killed<'_> {
+    type Output = Kill;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
+        if let Some(by) = self.0.kill_reason() {
+            return Poll::Ready(by);
+        }
+        self.0.kill_waker.register(cx.waker());
+        // A kill between the check and the registration woke no one.
+        match self.0.kill_reason() {
+            Some(by) => Poll::Ready(by),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -132,6 +204,8 @@ impl Clients {
             state: AtomicU8::new(ClientState::Idle as u8),
             server_pid: AtomicU32::new(0),
             request_time: AtomicU64::new(unix_micros(now)),
+            kill: AtomicU8::new(0),
+            kill_waker: AtomicWaker::new(),
         });
         self.lock().insert(id, info.clone());
         counts.clients.fetch_add(1, Ordering::Relaxed);
@@ -140,6 +214,11 @@ impl Clients {
             clients: self.clone(),
             counts,
         }
+    }
+
+    /// The client with `id`, if it is logged in.
+    pub fn get(&self, id: u64) -> Option<Arc<ClientInfo>> {
+        self.lock().get(&id).cloned()
     }
 
     /// Every client, oldest first.

@@ -13,6 +13,7 @@ mod budget;
 mod cancel;
 mod client_io;
 mod clients;
+mod control;
 mod credentials;
 pub mod doctor;
 mod listener;
@@ -24,6 +25,7 @@ mod reload;
 pub mod server;
 mod session;
 pub mod stats;
+mod stats_log;
 pub mod tls;
 mod wake;
 
@@ -75,13 +77,17 @@ pub struct Shared {
     /// TLS for clients when `listen.client_tls_mode` is not `disable`;
     /// replaced on reload (new certificate files).
     client_tls: RwLock<Option<tls::ClientTlsConfig>>,
-    /// PAUSE from the admin console: no new transactions start.
-    paused: AtomicBool,
-    resumed: tokio::sync::Notify,
+    /// PAUSE, KILL and DISABLE from the admin console (and SIGUSR1).
+    pub(crate) control: control::Control,
     hooks: Hooks,
     reloading: Mutex<()>,
+    /// Woken when a reload or `SET` put a new configuration in force.
+    pub(crate) reconfigured: tokio::sync::Notify,
     /// Stop accepting; idle clients leave.
     shutdown: CancellationToken,
+    /// `shutdown` was cancelled: one atomic load for the check a session
+    /// makes after every transaction (the token's check takes a lock).
+    stopping: AtomicBool,
     /// The grace period is over: everything closes.
     hard_stop: CancellationToken,
     /// SHUTDOWN from the admin console.
@@ -244,30 +250,29 @@ impl Shared {
         }
     }
 
-    /// PAUSE is in force.
-    pub(crate) fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Relaxed)
+    /// Shutdown has begun: sessions end after their transaction.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Waits until RESUME (or shutdown).
-    pub(crate) async fn wait_resumed(&self) {
-        loop {
-            let resumed = self.resumed.notified();
-            if !self.is_paused() || self.shutdown.is_cancelled() {
-                return;
-            }
-            tokio::select! {
-                _ = resumed => {}
-                _ = self.shutdown.cancelled() => return,
-            }
+    /// PAUSE, as the console's and SIGUSR1's: no new transactions start
+    /// (those in flight finish). Whether pgwake was paused already.
+    pub fn pause(&self) -> bool {
+        let was = self.control.pause(None);
+        if !was {
+            tracing::info!("PAUSE: no new transactions start until RESUME");
         }
+        was
     }
 
-    pub(crate) fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Relaxed);
-        if !paused {
-            self.resumed.notify_waiters();
+    /// RESUME, as the console's and SIGUSR2's: ends PAUSE. Whether pgwake
+    /// was paused.
+    pub fn resume(&self) -> bool {
+        let was = self.control.resume(None);
+        if was {
+            tracing::info!("RESUME: transactions start again");
         }
+        was
     }
 
     /// `host:port` of the server.
@@ -444,11 +449,12 @@ impl Proxy {
             metrics,
             clients: Arc::new(Clients::default()),
             timeouts,
-            paused: AtomicBool::new(false),
-            resumed: tokio::sync::Notify::new(),
+            control: control::Control::default(),
             hooks,
             reloading: Mutex::new(()),
+            reconfigured: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
             hard_stop: CancellationToken::new(),
             stop_request: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -497,6 +503,7 @@ impl Proxy {
                 "peering: cancel requests for other replicas' clients are forwarded to them"
             );
         }
+        shared.spawn_until_stopped(stats_log::run(shared.clone()));
         shared.warm_configured_pools(&config);
         Ok(Proxy {
             shared,
@@ -532,8 +539,9 @@ impl Proxy {
         }
         let config = shared.config();
         tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
+        shared.stopping.store(true, Ordering::Relaxed);
         shared.shutdown.cancel();
-        shared.set_paused(false);
+        shared.control.resume_everything();
         shared.tasks.close();
         let grace = config.listen.shutdown_grace;
         // Sessions hold connections back to the pools until they end.

@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use pgwake_config::{Config, Server};
+use std::collections::BTreeMap;
+
+use pgwake_config::{needs_restart, Config, Server, SetError};
 
 use crate::pool::ServerSide;
 use crate::server::Target;
@@ -37,9 +39,14 @@ impl Shared {
     /// and what needs a restart to change; `Err`: why the new configuration
     /// was rejected (the old one stays in force).
     pub fn reload(&self) -> Result<Vec<String>, String> {
-        // One at a time: SIGHUP and RELOAD may come together.
+        // One at a time: SIGHUP, RELOAD and SET may come together.
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self.try_reload();
+        let result = match &self.hooks.reload {
+            None => {
+                Err("this pgwake was not started from a configuration it can read again".into())
+            }
+            Some(source) => source().and_then(|new| self.apply(new)),
+        };
         match &result {
             Ok(notes) => {
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -55,48 +62,36 @@ impl Shared {
         result
     }
 
-    fn try_reload(&self) -> Result<Vec<String>, String> {
-        let Some(source) = &self.hooks.reload else {
-            return Err(
-                "this pgwake was not started from a configuration it can read again".into(),
-            );
-        };
-        let new = source()?;
+    /// `SET key = value` from the admin console: the configuration in force
+    /// with one key changed, applied as a reload applies a new file. It
+    /// lasts until the next reload, which reads the file again.
+    pub(crate) fn set_setting(&self, key: &str, value: &str) -> Result<Vec<String>, SetError> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let new = self.config().set(key, value)?;
+        let notes = self.apply(new).map_err(SetError::Invalid)?;
+        tracing::info!(key, value, changes = %notes.join("; "), "SET from the admin console");
+        Ok(notes)
+    }
+
+    /// Puts `new` in force where it can be applied live. `Ok`: what changed
+    /// and what needs a restart; `Err`: why nothing changed.
+    fn apply(&self, new: Config) -> Result<Vec<String>, String> {
         let old = self.config();
         let mut notes = Vec::new();
-        let mut restart = Vec::new();
-        let changed = |a: String, b: String| a != b;
-        let (ol, nl) = (&old.listen, &new.listen);
-        for (key, differs) in [
-            ("listen.addr", ol.addr != nl.addr),
-            (
-                "listen.unix_socket_dir",
-                ol.unix_socket_dir != nl.unix_socket_dir,
-            ),
-            (
-                "listen.max_client_conn",
-                ol.max_client_conn != nl.max_client_conn,
-            ),
-            (
-                "listen.worker_threads",
-                ol.worker_threads != nl.worker_threads,
-            ),
-        ] {
-            if differs {
-                restart.push(key);
-            }
-        }
-        if old.admin.addr != new.admin.addr {
-            restart.push("admin.addr");
-        }
-        if changed(
-            format!("{:?}", old.lifecycle),
-            format!("{:?}", new.lifecycle),
-        ) {
-            restart.push("lifecycle");
-        }
-        if old.log.format != new.log.format {
-            restart.push("log.format");
+        let old_keys: BTreeMap<String, String> = old.flatten().into_iter().collect();
+        let new_keys: BTreeMap<String, String> = new.flatten().into_iter().collect();
+        let mut changed: Vec<&str> = old_keys
+            .keys()
+            .chain(new_keys.keys())
+            .filter(|k| old_keys.get(*k) != new_keys.get(*k))
+            .map(String::as_str)
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        let (mut restart, live): (Vec<&str>, Vec<&str>) =
+            changed.into_iter().partition(|k| needs_restart(k));
+        if !live.is_empty() {
+            notes.push(format!("changed: {}", live.join(", ")));
         }
         // Build everything that can fail before changing anything.
         let server_changed = server_fingerprint(&old.server) != server_fingerprint(&new.server);
@@ -188,6 +183,7 @@ impl Shared {
             pool.reconfigure(settings, side.clone());
         }
         self.warm_configured_pools(&new);
+        self.reconfigured.notify_waiters();
         if !restart.is_empty() {
             notes.push(format!(
                 "changed but only applied at restart: {}",

@@ -495,6 +495,57 @@ impl PoolCounts {
     }
 }
 
+/// Counts since start of one or more pools (SHOW STATS, the stats line).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub assignments: u64,
+    pub xacts: u64,
+    pub queries: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_us: u64,
+    pub query_us: u64,
+    pub wait_us: u64,
+}
+
+impl Totals {
+    /// Adds a pool's counts.
+    pub fn add(&mut self, c: &PoolCounts) {
+        let get = PoolCounts::get;
+        self.assignments += get(&c.assignments);
+        self.xacts += get(&c.xacts);
+        self.queries += get(&c.queries);
+        self.received += get(&c.received);
+        self.sent += get(&c.sent);
+        self.xact_us += get(&c.xact_us);
+        self.query_us += get(&c.query_us);
+        self.wait_us += get(&c.wait_us);
+    }
+
+    /// What was counted since `earlier`.
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            assignments: self.assignments.saturating_sub(earlier.assignments),
+            xacts: self.xacts.saturating_sub(earlier.xacts),
+            queries: self.queries.saturating_sub(earlier.queries),
+            received: self.received.saturating_sub(earlier.received),
+            sent: self.sent.saturating_sub(earlier.sent),
+            xact_us: self.xact_us.saturating_sub(earlier.xact_us),
+            query_us: self.query_us.saturating_sub(earlier.query_us),
+            wait_us: self.wait_us.saturating_sub(earlier.wait_us),
+        }
+    }
+
+    /// Average microseconds per transaction, per query and per wait.
+    pub fn averages(&self) -> (u64, u64, u64) {
+        (
+            self.xact_us.checked_div(self.xacts).unwrap_or(0),
+            self.query_us.checked_div(self.queries).unwrap_or(0),
+            self.wait_us.checked_div(self.assignments).unwrap_or(0),
+        )
+    }
+}
+
 /// Microseconds in `d`, saturating.
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)

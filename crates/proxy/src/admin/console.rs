@@ -2,7 +2,6 @@
 //! listener, speaking the simple query protocol, with PgBouncer's commands.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use pgwake_protocol::backend::{self, ErrorMessage, Severity};
@@ -55,7 +54,7 @@ fn access(admin: &pgwake_config::Admin, user: &str, origin: ClientOrigin) -> Opt
 /// Largest message the console accepts.
 const MAX_MESSAGE: usize = 64 * 1024;
 
-const HELP: &str = "SHOW POOLS|STATS|STATS_TOTALS|CLIENTS|SERVERS|DATABASES|LISTS|CONFIG|VERSION|STATE; PAUSE; RESUME; RELOAD; WAKE; SLEEP; SHUTDOWN";
+const HELP: &str = "SHOW POOLS|STATS|STATS_TOTALS|CLIENTS|SERVERS|DATABASES|LISTS|USERS|MEM|CONFIG|VERSION|STATE; SET key = value; RELOAD; PAUSE [db]; RESUME [db]; RECONNECT [db]; KILL [db]; KILL_CLIENT id; WAIT_CLOSE [db]; DISABLE db; ENABLE db; WAKE; SLEEP; SHUTDOWN";
 
 /// Serves one console session after its startup packet.
 pub(crate) async fn serve<C: ClientStream>(
@@ -192,59 +191,66 @@ async fn run(shared: &Arc<Shared>, sql: &str, access: Access, out: &mut BytesMut
         backend::empty_query(out);
         return false;
     }
-    let words: Vec<String> = text
-        .split_whitespace()
-        .map(|w| w.to_ascii_uppercase())
-        .collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let command = word.to_ascii_uppercase();
+    let arg = Some(rest.trim()).filter(|a| !a.is_empty());
     let error = |out: &mut BytesMut, code: &str, m: String| {
         ErrorMessage::error(code, m).write(out);
     };
-    if access == Access::Stats && words.first() != Some(&"SHOW") {
+    if access == Access::Stats && command != "SHOW" {
         error(
             out,
             sqlstate::INSUFFICIENT_PRIVILEGE,
             format!(
-                "{} needs a user in admin.admin_users (or a client on the unix socket); other console users may run SHOW commands only",
-                words.first().copied().unwrap_or_default()
+                "{command} needs a user in admin.admin_users (or a client on the unix socket); other console users may run SHOW commands only"
             ),
         );
         return false;
     }
-    match words.as_slice() {
-        ["SHOW", what] => match report::show(shared, what) {
-            Some(t) => {
-                backend::row_description(out, &t.columns);
-                for r in &t.rows {
-                    backend::data_row(out, r);
+    let no_arg = matches!(
+        command.as_str(),
+        "RELOAD" | "WAKE" | "SLEEP" | "SHUTDOWN" | "SUSPEND" | "HELP"
+    );
+    if let (true, Some(arg)) = (no_arg, arg) {
+        error(
+            out,
+            sqlstate::SYNTAX_ERROR,
+            format!("{command} takes no argument (got {arg:?}); try: {HELP}"),
+        );
+        return false;
+    }
+    match command.as_str() {
+        "SHOW" => match arg.map(str::to_ascii_uppercase).as_deref() {
+            None | Some("HELP") => help(out),
+            Some(what) => match report::show(shared, what) {
+                Some(t) => {
+                    backend::row_description(out, &t.columns);
+                    for r in &t.rows {
+                        backend::data_row(out, r);
+                    }
+                    backend::command_complete(out, "SHOW");
                 }
-                backend::command_complete(out, "SHOW");
-            }
-            None => error(
-                out,
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("unknown SHOW command {what:?}; try: {HELP}"),
-            ),
+                None => error(
+                    out,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("unknown SHOW command {what:?}; try: {HELP}"),
+                ),
+            },
         },
-        ["PAUSE", ..] => {
-            shared.set_paused(true);
-            tracing::info!("PAUSE: no new transactions until RESUME");
-            // Wait for the transactions in flight to finish.
-            while shared.pools().iter().any(|p| p.snapshot().active() > 0) {
-                // A RESUME from another console, or shutdown, ends the wait.
-                if shared.shutdown.is_cancelled() || !shared.is_paused() {
-                    break;
+        "HELP" => help(out),
+        "SET" => super::set::run(shared, arg, out),
+        "PAUSE" | "RESUME" | "RECONNECT" | "KILL" | "KILL_CLIENT" | "SUSPEND" | "WAIT_CLOSE"
+        | "DISABLE" | "ENABLE" => match super::commands::run(shared, &command, arg).await {
+            Ok(notices) => {
+                for n in notices {
+                    ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, n)
+                        .write(out);
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                backend::command_complete(out, &command);
             }
-            backend::command_complete(out, "PAUSE");
-        }
-        ["RESUME", ..] => {
-            shared.set_paused(false);
-            tracing::info!("RESUME");
-            backend::command_complete(out, "RESUME");
-        }
-        ["RELOAD"] => match shared.reload() {
+            Err(e) => e.write(out),
+        },
+        "RELOAD" => match shared.reload() {
             Ok(notes) => {
                 for n in notes {
                     ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, n)
@@ -258,7 +264,7 @@ async fn run(shared: &Arc<Shared>, sql: &str, access: Access, out: &mut BytesMut
                 format!("the new configuration was rejected; the previous one stays in force: {e}"),
             ),
         },
-        ["WAKE"] => match shared.lifecycle() {
+        "WAKE" => match shared.lifecycle() {
             None => error(
                 out,
                 sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -269,7 +275,7 @@ async fn run(shared: &Arc<Shared>, sql: &str, access: Access, out: &mut BytesMut
                 Err(e) => error(out, sqlstate::CANNOT_CONNECT_NOW, format!("wake: {e}")),
             },
         },
-        ["SLEEP"] => match shared.lifecycle() {
+        "SLEEP" => match shared.lifecycle() {
             None => error(
                 out,
                 sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -294,14 +300,10 @@ async fn run(shared: &Arc<Shared>, sql: &str, access: Access, out: &mut BytesMut
                 }
             }
         },
-        ["SHUTDOWN"] => {
+        "SHUTDOWN" => {
             shared.request_shutdown();
             backend::command_complete(out, "SHUTDOWN");
             return true;
-        }
-        ["HELP"] | ["SHOW"] => {
-            ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, HELP).write(out);
-            backend::command_complete(out, "SHOW");
         }
         _ => error(
             out,
@@ -310,4 +312,10 @@ async fn run(shared: &Arc<Shared>, sql: &str, access: Access, out: &mut BytesMut
         ),
     }
     false
+}
+
+/// `SHOW HELP`: the commands, as a notice.
+fn help(out: &mut BytesMut) {
+    ErrorMessage::new(Severity::Notice, sqlstate::SUCCESSFUL_COMPLETION, HELP).write(out);
+    backend::command_complete(out, "SHOW");
 }

@@ -246,7 +246,11 @@ fn publish(shared: &Shared) {
             .absolute(st.stops);
     }
     m.gauge("pgwake_paused", vec![])
-        .set(if shared.is_paused() { 1.0 } else { 0.0 });
+        .set(if shared.control.paused_all() {
+            1.0
+        } else {
+            0.0
+        });
     let budget = &shared.buffer_budget;
     m.gauge(
         "pgwake_client_buffer_bytes",

@@ -9,8 +9,8 @@ use pgwake_config::PoolMode;
 use pgwake_protocol::backend::oid::{INT4, INT8, TEXT};
 
 use crate::clients::{unix_micros, ClientState};
-use crate::pool::PoolSnapshot;
-use crate::stats::{micros, PoolCounts};
+use crate::pool::{totals_by_database, PoolSnapshot};
+use crate::stats::micros;
 use crate::Shared;
 
 /// A result set.
@@ -20,24 +20,24 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    fn new(columns: &[(&'static str, u32)]) -> Table {
+    pub(super) fn new(columns: &[(&'static str, u32)]) -> Table {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, values: Vec<Option<String>>) {
+    pub(super) fn row(&mut self, values: Vec<Option<String>>) {
         debug_assert_eq!(values.len(), self.columns.len());
         self.rows.push(values);
     }
 }
 
-fn s(v: impl ToString) -> Option<String> {
+pub(super) fn s(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 
-fn mode_name(m: PoolMode) -> &'static str {
+pub(super) fn mode_name(m: PoolMode) -> &'static str {
     match m {
         PoolMode::Transaction => "transaction",
         PoolMode::Session => "session",
@@ -84,6 +84,8 @@ const SOCKET_COLUMNS: &[(&str, u32)] = &[
     ("tls", TEXT),
     ("application_name", TEXT),
     ("prepared_statements", INT4),
+    // PgBouncer 1.23's: what KILL_CLIENT takes (`ptr` is the same number in hex).
+    ("id", INT8),
 ];
 
 /// The SHOW command named `what` (upper case), or `None` when unknown.
@@ -102,6 +104,8 @@ pub(crate) fn show(shared: &Shared, what: &str) -> Option<Table> {
             t
         }
         "STATE" => state(shared),
+        "USERS" => super::usage::users(shared),
+        "MEM" => super::usage::mem(shared),
         _ => return None,
     })
 }
@@ -192,55 +196,39 @@ fn stats(shared: &Shared, averages: bool) -> Table {
         columns,
         rows: Vec::new(),
     };
-    let mut by_db: BTreeMap<String, [u64; 8]> = BTreeMap::new();
-    for p in shared.pools() {
-        let c: &PoolCounts = p.stats();
-        let e = by_db.entry(p.key().database.clone()).or_default();
-        for (slot, v) in e.iter_mut().zip([
-            &c.assignments,
-            &c.xacts,
-            &c.queries,
-            &c.received,
-            &c.sent,
-            &c.xact_us,
-            &c.query_us,
-            &c.wait_us,
-        ]) {
-            *slot += PoolCounts::get(v);
-        }
-    }
     let uptime = shared.started.elapsed().as_secs().max(1);
-    for (db, [assign, xacts, queries, recv, sent, xact_us, query_us, wait_us]) in by_db {
+    for (db, c) in totals_by_database(&shared.pools()) {
         let mut row = vec![
             s(db),
-            s(assign),
-            s(xacts),
-            s(queries),
-            s(recv),
-            s(sent),
-            s(xact_us),
-            s(query_us),
-            s(wait_us),
+            s(c.assignments),
+            s(c.xacts),
+            s(c.queries),
+            s(c.received),
+            s(c.sent),
+            s(c.xact_us),
+            s(c.query_us),
+            s(c.wait_us),
             s(0),
             s(0),
             s(0),
         ];
         if averages {
+            let (xact, query, wait) = c.averages();
             row.extend([
-                s(assign / uptime),
-                s(xacts / uptime),
-                s(queries / uptime),
-                s(recv / uptime),
-                s(sent / uptime),
-                s(xact_us.checked_div(xacts).unwrap_or(0)),
-                s(query_us.checked_div(queries).unwrap_or(0)),
-                s(wait_us.checked_div(assign).unwrap_or(0)),
+                s(c.assignments / uptime),
+                s(c.xacts / uptime),
+                s(c.queries / uptime),
+                s(c.received / uptime),
+                s(c.sent / uptime),
+                s(xact),
+                s(query),
+                s(wait),
                 s(0),
                 s(0),
                 s(0),
             ]);
         }
-        row.push(s(queries));
+        row.push(s(c.queries));
         t.row(row);
     }
     t
@@ -258,6 +246,9 @@ struct Socket<'a> {
     wait_us: u64,
     /// Its own ID, the ID of the socket it is linked to, the remote pid.
     ids: (u64, Option<u64>, u32),
+    /// A server connection made before the last RECONNECT or change of
+    /// server settings, closed when released.
+    close_needed: bool,
     tls: bool,
     application_name: &'a str,
 }
@@ -279,13 +270,14 @@ impl Socket<'_> {
             s(timestamp(self.times.1)),
             s(self.wait_us / 1_000_000),
             s(self.wait_us % 1_000_000),
-            s(0),
+            s(i32::from(self.close_needed)),
             s(format!("{ptr:#x}")),
             s(link.map(|l| format!("{l:#x}")).unwrap_or_default()),
             s(remote_pid),
             s(if self.tls { "TLS" } else { "" }),
             s(self.application_name),
             s(0),
+            s(ptr),
         ]
     }
 }
@@ -311,6 +303,7 @@ fn clients(shared: &Shared) -> Table {
                 times: (unix_micros(c.connect_time), c.request_time()),
                 wait_us: wait,
                 ids: (c.id, (pid != 0).then_some(u64::from(pid) << 32), 0),
+                close_needed: false,
                 tls: false,
                 application_name: &c.application_name,
             }
@@ -340,6 +333,8 @@ fn servers(shared: &Shared) -> Table {
                 times: (c.request_time(), c.request_time()),
                 wait_us: 0,
                 ids: (u64::from(pid) << 32, Some(c.id), pid),
+                // Known once it is given back (then it closes).
+                close_needed: false,
                 tls: false,
                 application_name: "",
             }
@@ -359,6 +354,7 @@ fn servers(shared: &Shared) -> Table {
                     times: (ago(conn.age), ago(conn.idle_for)),
                     wait_us: 0,
                     ids: (u64::from(conn.pid) << 32, None, conn.pid),
+                    close_needed: conn.close_needed,
                     tls: conn.tls,
                     application_name: "",
                 }
@@ -386,7 +382,6 @@ fn databases(shared: &Shared) -> Table {
         ("disabled", INT4),
     ]);
     let config = shared.config();
-    let paused = i32::from(shared.is_paused());
     let mut names: Vec<String> = config.databases.keys().cloned().collect();
     if names.is_empty() {
         // Every name maps through: list the ones in use, and the configured one.
@@ -417,8 +412,10 @@ fn databases(shared: &Shared) -> Table {
             s(mode_name(route.mode)),
             s(0),
             s(current),
-            s(paused),
-            s(0),
+            s(i32::from(
+                shared.control.paused_all() || shared.control.paused_db(&name),
+            )),
+            s(i32::from(shared.control.disabled(&name))),
         ]);
     }
     t
@@ -456,14 +453,6 @@ fn lists(shared: &Shared) -> Table {
     t
 }
 
-/// Sections whose keys only change at restart.
-fn changeable(key: &str) -> bool {
-    !(key.starts_with("listen.")
-        || key == "admin.addr"
-        || key.starts_with("lifecycle.")
-        || key == "log.format")
-}
-
 fn config(shared: &Shared) -> Table {
     let mut t = Table::new(&[
         ("key", TEXT),
@@ -493,7 +482,11 @@ fn config(shared: &Shared) -> Table {
             value = "<redacted>".into();
         }
         let default = defaults.get(&key).cloned();
-        let yes = if changeable(&key) { "yes" } else { "no" };
+        let yes = if pgwake_config::needs_restart(&key) {
+            "no"
+        } else {
+            "yes"
+        };
         t.row(vec![s(&key), s(value), default, s(yes)]);
     }
     t
@@ -504,7 +497,7 @@ fn state(shared: &Shared) -> Table {
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
     let mut row = |k: &str, v: String| t.row(vec![s(k), Some(v)]);
     row("active", yes_no(!shared.shutdown.is_cancelled()));
-    row("paused", yes_no(shared.is_paused()));
+    row("paused", yes_no(shared.control.paused_all()));
     row("suspended", "no".into());
     row(
         "uptime_seconds",

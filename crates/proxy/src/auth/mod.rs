@@ -1,11 +1,13 @@
 //! Client authentication (`[client_auth]`): which rule applies to a client,
-//! the SCRAM-SHA-256 exchange against the user file, the cap on failed
+//! the SCRAM-SHA-256 exchange (or MD5, for MD5 entries under `md5` rules)
+//! against the user file, the cap on failed
 //! logins per address, and the per-database and per-user connection limits.
 //!
 //! A failed login never says whether the user exists: unknown users go
 //! through the same exchange against a mock verifier and fail the same way.
 
 mod limits;
+mod md5;
 pub(crate) mod scram;
 mod userlist;
 
@@ -125,7 +127,7 @@ impl ClientAuth {
                     format!("{which} rejects connection for host \"{host}\", user \"{user}\", database \"{database}\""),
                 ))
             }
-            ClientAuthMethod::ScramSha256 => {
+            method @ (ClientAuthMethod::ScramSha256 | ClientAuthMethod::Md5) => {
                 if let Some(wait) = origin
                     .ip
                     .and_then(|ip| self.blocked(ip, rules.max_failures))
@@ -158,35 +160,32 @@ impl ClientAuth {
                         queried.as_ref()
                     }
                 };
-                let verifier = match secret {
-                    Some(Secret::Scram(v)) => Some(v),
-                    Some(Secret::Md5) | None => None,
-                };
-                let mock;
-                let (verifier, known) = match verifier {
-                    Some(v) => (v, true),
-                    None => {
-                        mock = Verifier::mock(user.as_bytes(), &self.mock_secret);
-                        (&mock, false)
+                let outcome = match (secret, method) {
+                    (Some(Secret::Md5(hash)), ClientAuthMethod::Md5) => {
+                        md5_exchange(client, buf, hash).await
+                    }
+                    (Some(Secret::Scram(v)), _) => scram_login(client, buf, v).await,
+                    // Unknown users (and MD5 entries under SCRAM-only
+                    // rules) go through the same exchange and fail alike.
+                    _ => {
+                        let mock = Verifier::mock(user.as_bytes(), &self.mock_secret);
+                        scram_exchange(client, buf, &mock)
+                            .await
+                            .and(Err(Exchanged::Failed))
                     }
                 };
-                match scram_exchange(client, buf, verifier).await {
-                    Ok(server_final) if known => {
-                        let mut out = BytesMut::new();
-                        backend::auth_sasl_final(&mut out, server_final.as_bytes());
-                        client.send(&out).await.map_err(|_| closed())?;
-                        Ok(true)
-                    }
+                match outcome {
+                    Ok(()) => Ok(true),
                     Err(Exchanged::Gone) => Err(closed()),
-                    Ok(_) | Err(Exchanged::Failed) => {
+                    Err(Exchanged::Failed) => {
                         metrics.client_auth_failures.fetch_add(1, Ordering::Relaxed);
                         if let Some(ip) = origin.ip {
                             self.record_failure(ip);
                         }
                         let detail = match secret {
                             None => "no such user in client_auth.file or client_auth.query",
-                            Some(Secret::Md5) => "the user's password is an MD5 hash, which cannot check SCRAM-SHA-256",
-                            Some(Secret::Scram(_)) => "wrong password",
+                            Some(Secret::Md5(_)) if method != ClientAuthMethod::Md5 => "the user's password is an MD5 hash, which only client_auth rules with method = \"md5\" accept",
+                            Some(_) => "wrong password",
                         };
                         // Operators learn why; the client only that it failed.
                         tracing::info!(%host, user, database, reason = detail, "client login failed");
@@ -238,6 +237,11 @@ impl ClientAuth {
     /// Users in the file, for the start-up log line.
     pub fn user_count(&self) -> usize {
         self.rules().users.len()
+    }
+
+    /// The names of the users in the file (SHOW USERS).
+    pub fn user_names(&self) -> Vec<String> {
+        self.rules().users.names().map(str::to_owned).collect()
     }
 }
 
@@ -311,11 +315,12 @@ impl Rules {
             Some(path) => Users::load(path)?,
             None => Users::default(),
         };
-        let md5 = users.md5_users();
-        if !md5.is_empty() {
+        let md5_rule = rules.iter().any(|(_, r)| r.method == ClientAuthMethod::Md5);
+        for user in users.md5_users() {
+            // The user, never the hash.
             tracing::warn!(
-                users = ?md5,
-                "client_auth.file has MD5 hashes, which cannot check SCRAM-SHA-256: these users cannot log in until given a SCRAM verifier or a password"
+                "client_auth.file: user {user:?} has an MD5 password hash, which logs in with the MD5 challenge under client_auth rules with method = \"md5\"{}; MD5 is weak (the hash works as the password for anyone who reads the file): give the user a SCRAM-SHA-256 verifier (pg_authid.rolpassword under password_encryption = 'scram-sha-256') or its password instead",
+                if md5_rule { "" } else { " (no rule has it, so this user cannot log in)" }
             );
         }
         Ok(Rules {
@@ -334,6 +339,45 @@ enum Exchanged {
     Protocol(ErrorMessage),
     /// Wrong password (or unknown user).
     Failed,
+}
+
+/// Runs SCRAM-SHA-256 to the end: `Ok` once the client proved it knows
+/// the password and was sent the server's final message.
+async fn scram_login<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    verifier: &Verifier,
+) -> Result<(), Exchanged> {
+    let server_final = scram_exchange(client, buf, verifier).await?;
+    let mut out = BytesMut::new();
+    backend::auth_sasl_final(&mut out, server_final.as_bytes());
+    client.send(&out).await.map_err(|_| Exchanged::Gone)
+}
+
+/// The MD5 challenge: a random salt, and the client's PasswordMessage
+/// checked against the user's MD5 hash.
+async fn md5_exchange<C: ClientStream>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    hash: &md5::Md5Hash,
+) -> Result<(), Exchanged> {
+    let salt: [u8; 4] = rand::random();
+    let mut out = BytesMut::new();
+    backend::auth_md5(&mut out, salt);
+    client.send(&out).await.map_err(|_| Exchanged::Gone)?;
+    let answer = read_password_message(client, buf).await?;
+    // A PasswordMessage is one C string.
+    let Some((0, text)) = answer.split_last() else {
+        return Err(Exchanged::Protocol(ErrorMessage::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed password message: no terminating zero byte",
+        )));
+    };
+    if hash.accepts(salt, text) {
+        Ok(())
+    } else {
+        Err(Exchanged::Failed)
+    }
 }
 
 /// Runs SCRAM-SHA-256 up to the server-final message, which is returned.
@@ -429,7 +473,7 @@ async fn read_password_message<C: ClientStream>(
                     other => Err(Exchanged::Protocol(ErrorMessage::fatal(
                         sqlstate::PROTOCOL_VIOLATION,
                         format!(
-                            "expected SASL response, got message type {:?}",
+                            "expected SASL response or password message, got message type {:?}",
                             char::from(other)
                         ),
                     ))),

@@ -1,12 +1,14 @@
 //! The user file, in PgBouncer's `userlist.txt` format (read by
 //! [`pgwake_config::parse_userlist`]): each user's secret is a SCRAM
 //! verifier (`SCRAM-SHA-256$…`, as `pg_authid` holds it), an MD5 hash
-//! (`md5…`, which cannot check SCRAM) or a plain password.
+//! (`md5…`, checked with the MD5 challenge under `md5` rules) or a plain
+//! password.
 
 use std::collections::HashMap;
 
 use pgwake_config::SecretKind;
 
+use super::md5::Md5Hash;
 use super::scram::Verifier;
 
 /// Largest user file read, against a mistaken path to a huge file.
@@ -16,8 +18,8 @@ const MAX_FILE: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) enum Secret {
     Scram(Verifier),
-    /// An MD5 hash: SCRAM cannot be checked against it.
-    Md5,
+    /// An MD5 hash: only the MD5 challenge can check it.
+    Md5(Md5Hash),
 }
 
 impl Secret {
@@ -28,7 +30,9 @@ impl Secret {
             SecretKind::Scram => Verifier::parse(text)
                 .map(Secret::Scram)
                 .ok_or("a malformed SCRAM-SHA-256 verifier"),
-            SecretKind::Md5 => Ok(Secret::Md5),
+            SecretKind::Md5 => Md5Hash::parse(text)
+                .map(Secret::Md5)
+                .ok_or("a malformed MD5 hash"),
             SecretKind::Empty => Err("an empty password"),
             SecretKind::Plain => Ok(Secret::Scram(Verifier::from_password(text))),
         }
@@ -47,6 +51,11 @@ impl Users {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// The user names, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
     }
 
     /// Reads and parses the file; errors name the file and line, never a secret.
@@ -74,12 +83,12 @@ impl Users {
         Ok(Users { map })
     }
 
-    /// Users whose entries cannot check SCRAM-SHA-256.
+    /// Users whose entries are MD5 hashes, in name order.
     pub fn md5_users(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
             .map
             .iter()
-            .filter(|(_, s)| matches!(s, Secret::Md5))
+            .filter(|(_, s)| matches!(s, Secret::Md5(_)))
             .map(|(u, _)| u.as_str())
             .collect();
         v.sort_unstable();
@@ -100,7 +109,7 @@ mod tests {
         assert_eq!(users.len(), 3);
         assert!(matches!(users.get("alice"), Some(Secret::Scram(_))));
         assert!(matches!(users.get("bob"), Some(Secret::Scram(v)) if v.iterations == 4096));
-        assert!(matches!(users.get("we\"ird"), Some(Secret::Md5)));
+        assert!(matches!(users.get("we\"ird"), Some(Secret::Md5(_))));
         assert_eq!(users.md5_users(), vec!["we\"ird"]);
         assert!(users.get("carol").is_none());
     }

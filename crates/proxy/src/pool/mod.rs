@@ -20,18 +20,19 @@ use pgwake_credentials::CredentialSource;
 use pgwake_lifecycle::Lifecycle;
 use pgwake_protocol::backend::ErrorMessage;
 use pgwake_protocol::sqlstate;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::params::Params;
 use crate::server::{ConnectError, ServerConn, Target};
 use crate::stats::{Metrics, PoolCounts, PoolHistograms, TimeoutKind};
+use handoff::{Content, Handoff, Waiting};
 
+mod handoff;
 mod login;
 mod snapshot;
 mod upkeep;
 
-pub use snapshot::{IdleConn, PoolSnapshot};
+pub use snapshot::{totals_by_database, IdleConn, PoolSnapshot};
 
 /// Which pool: the server database and the server user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -119,6 +120,32 @@ pub struct Pooled {
     /// The pool's server settings epoch when the connection was made.
     epoch: u64,
     slot: Slot,
+    /// Counts the connection among its epoch's until it is closed.
+    live: Live,
+}
+
+/// A connection counted among those of its epoch (for `WAIT_CLOSE`).
+struct Live {
+    pool: Arc<Inner>,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Live({})", self.epoch)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = self.pool.live_lock();
+        if let Some(n) = live.get_mut(&self.epoch) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(&self.epoch);
+            }
+        }
+    }
 }
 
 /// A place in the pool's `size`. Freed on drop: handed to the first waiter,
@@ -165,24 +192,24 @@ struct State {
     /// Connections open or being opened, idle ones included.
     total: usize,
     /// Clients waiting, and since when.
-    waiters: VecDeque<(oneshot::Sender<Grant>, Instant)>,
+    waiters: VecDeque<(Arc<Handoff>, Instant)>,
     /// The last login refused by the server, and until when to answer with it.
     auth_failure: Option<(ConnectError, Instant, Duration)>,
     closed: bool,
 }
 
 impl State {
-    /// Hands `grant` to the longest-waiting client still waiting. A waiter
-    /// that gave up sends it back, and the next in line is tried; what no
-    /// one took comes back to the caller.
-    fn offer(&mut self, mut grant: Grant) -> Option<Grant> {
-        while let Some((w, _)) = self.waiters.pop_front() {
-            match w.send(grant) {
-                Ok(()) => return None,
-                Err(back) => grant = back,
+    /// Hands `grant` to the longest-waiting client. A waiter that gives
+    /// up leaves the queue first ([`Waiting`]), so whoever is queued takes
+    /// it; with no one waiting it comes back to the caller.
+    fn offer(&mut self, grant: Grant) -> Option<Grant> {
+        match self.waiters.pop_front() {
+            Some((w, _)) => {
+                w.fill(Content::Granted(grant));
+                None
             }
+            None => Some(grant),
         }
-        Some(grant)
     }
 
     /// Keeps what no waiter took: a connection goes idle; a slot leaves
@@ -207,8 +234,12 @@ pub struct Pool {
 
 struct Inner {
     key: PoolKey,
-    /// Bumped when the server settings change: older connections retire.
+    /// Bumped when the server settings change (or `RECONNECT`): older
+    /// connections retire.
     epoch: AtomicU64,
+    /// Open connections per epoch. Its own lock, never held with `state`'s:
+    /// a connection may close wherever it is dropped.
+    live: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Connections being opened.
     logins: AtomicUsize,
     counts: Arc<PoolCounts>,
@@ -247,6 +278,7 @@ impl Pool {
             inner: Arc::new(Inner {
                 key,
                 epoch: AtomicU64::new(0),
+                live: Mutex::new(std::collections::BTreeMap::new()),
                 logins: AtomicUsize::new(0),
                 counts: Arc::new(PoolCounts::default()),
                 hasher: crate::prepared::StatementHasher::new(),
@@ -379,12 +411,44 @@ impl Pool {
     }
 
     /// Closes the idle connections (before the server is stopped); the pool
-    /// stays open and reconnects when next needed.
-    pub fn drain_idle(&self) {
+    /// stays open and reconnects when next needed. How many closed.
+    pub fn drain_idle(&self) -> usize {
         let idle = std::mem::take(&mut self.inner.lock().idle);
+        let n = idle.len();
         for p in idle {
             retire(p);
         }
+        n
+    }
+
+    /// `RECONNECT`: every connection open now is closed, idle ones at once
+    /// and busy ones when given back; new ones replace them as needed.
+    pub fn reconnect(&self) {
+        let stale = {
+            let mut st = self.inner.lock();
+            self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+            std::mem::take(&mut st.idle)
+        };
+        for p in stale {
+            retire(p);
+        }
+    }
+
+    /// Connections still open that were made before the last `RECONNECT`
+    /// or change of server settings (PgBouncer's `close_needed`).
+    pub fn closing(&self) -> usize {
+        let current = self.inner.epoch.load(Ordering::Relaxed);
+        self.inner
+            .live_lock()
+            .range(..current)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Closes a connection that must not serve again (its client was
+    /// killed), with Terminate in the background.
+    pub fn discard(&self, p: Pooled) {
+        retire(p);
     }
 
     /// Like [`Pool::checkout`], but opens a new connection when the pool has
@@ -395,12 +459,11 @@ impl Pool {
     }
 
     async fn checkout_inner(&self, fresh: bool, may_wake: bool) -> Result<Pooled, CheckoutError> {
+        // Set at the first wait (a clock read only then).
         let mut deadline = None;
         loop {
             let next = {
                 let mut st = self.inner.lock();
-                let deadline = *deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + st.settings.wait_timeout);
                 if st.closed {
                     return Err(CheckoutError::Closed);
                 }
@@ -418,38 +481,51 @@ impl Pool {
                         pool: Some(self.inner.clone()),
                     }))
                 } else {
-                    let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back((tx, Instant::now()));
-                    Err((rx, deadline, st.settings.size, st.settings.wait_timeout))
+                    let now = Instant::now();
+                    let until = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::from_std(now) + st.settings.wait_timeout
+                    });
+                    let h = Handoff::take_spare();
+                    st.waiters.push_back((h.clone(), now));
+                    Err((h, until, st.settings.size, st.settings.wait_timeout))
                 }
             };
             let grant = match next {
                 Ok(g) => g,
-                Err((mut rx, mut until, size, waited)) => loop {
-                    match tokio::time::timeout_at(until, &mut rx).await {
-                        Ok(Ok(g)) => break g,
-                        Ok(Err(_)) => return Err(CheckoutError::Closed),
-                        Err(_) => {
-                            // Waiting behind a wake: wait as long as it may take.
-                            let wake_until = self
-                                .inner
-                                .lifecycle
-                                .as_ref()
-                                .and_then(|l| l.wake_deadline());
-                            if let Some(later) = wake_until.filter(|u| *u > until) {
-                                until = later;
-                                deadline = Some(later);
-                                continue;
+                Err((h, mut until, size, waited)) => {
+                    let mut waiting = Waiting::new(&self.inner, h);
+                    loop {
+                        match tokio::time::timeout_at(until, waiting.granted()).await {
+                            Ok(Some(g)) => break g,
+                            Ok(None) => return Err(CheckoutError::Closed),
+                            Err(_) => {
+                                // Waiting behind a wake: wait as long as it may take.
+                                let wake_until = self
+                                    .inner
+                                    .lifecycle
+                                    .as_ref()
+                                    .and_then(|l| l.wake_deadline());
+                                if let Some(later) = wake_until.filter(|u| *u > until) {
+                                    until = later;
+                                    deadline = Some(later);
+                                    continue;
+                                }
+                                match waiting.give_up() {
+                                    // Granted just as the time ran out.
+                                    Ok(Some(g)) => break g,
+                                    Ok(None) => {}
+                                    Err(()) => return Err(CheckoutError::Closed),
+                                }
+                                self.inner.metrics.timeout(TimeoutKind::PoolWait);
+                                return Err(CheckoutError::WaitTimeout {
+                                    key: self.inner.key.to_string(),
+                                    size,
+                                    waited,
+                                });
                             }
-                            self.inner.metrics.timeout(TimeoutKind::PoolWait);
-                            return Err(CheckoutError::WaitTimeout {
-                                key: self.inner.key.to_string(),
-                                size,
-                                waited,
-                            });
                         }
                     }
-                },
+                }
             };
             match grant {
                 Grant::Conn(mut p) => {
@@ -466,7 +542,9 @@ impl Pool {
                 Grant::Slot(slot) => {
                     // Boxed: a login is rare and its future is large; every
                     // session's task would otherwise carry its size.
-                    let until = deadline.unwrap_or_else(tokio::time::Instant::now);
+                    let until = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.inner.lock().settings.wait_timeout
+                    });
                     let (conn, epoch) = Box::pin(self.connect_with_retry(until, may_wake)).await?;
                     return Ok(self.inner.wrap(conn, slot, epoch));
                 }
@@ -514,7 +592,9 @@ impl Pool {
         let idle = {
             let mut st = self.inner.lock();
             st.closed = true;
-            st.waiters.clear();
+            for (w, _) in st.waiters.drain(..) {
+                w.fill(Content::Closed);
+            }
             std::mem::take(&mut st.idle)
         };
         for p in idle {
@@ -530,13 +610,19 @@ fn retire_counted(mut p: Pooled) {
     retire(p);
 }
 
-/// Closes a connection with Terminate in the background; its slot frees at once.
+/// Closes a connection with Terminate in the background; its slot frees at
+/// once, and it stops counting as open once the Terminate is sent.
 fn retire(p: Pooled) {
-    let Pooled { conn, slot, .. } = p;
+    let Pooled {
+        conn, slot, live, ..
+    } = p;
     drop(slot);
     if !conn.broken {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(conn.terminate());
+            rt.spawn(async move {
+                conn.terminate().await;
+                drop(live);
+            });
         }
     }
 }
@@ -546,7 +632,11 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wrap(&self, mut conn: ServerConn, slot: Slot, epoch: u64) -> Pooled {
+    fn live_lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, usize>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wrap(self: &Arc<Self>, mut conn: ServerConn, slot: Slot, epoch: u64) -> Pooled {
         // Up to 10 % jitter, so connections made together do not all expire together.
         let (lifetime, max_prepared) = {
             let st = self.lock();
@@ -554,11 +644,16 @@ impl Inner {
         };
         *conn.prepared = crate::prepared::OnServer::new(max_prepared);
         let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
+        *self.live_lock().entry(epoch).or_insert(0) += 1;
         Pooled {
             retire_at: conn.created + (lifetime - jitter),
             epoch,
             conn: Box::new(conn),
             slot,
+            live: Live {
+                pool: self.clone(),
+                epoch,
+            },
         }
     }
 

@@ -4,13 +4,30 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use super::{Pool, PoolSettings};
+use crate::stats::Totals;
+
+/// Counts since start per client database name (the pools of one
+/// `[databases]` entry summed), for SHOW STATS and the stats line.
+pub fn totals_by_database(pools: &[Pool]) -> BTreeMap<String, Totals> {
+    let mut by_db: BTreeMap<String, Totals> = BTreeMap::new();
+    for p in pools {
+        by_db
+            .entry(p.key().database.clone())
+            .or_default()
+            .add(p.stats());
+    }
+    by_db
+}
 
 impl Pool {
     /// A consistent view for the admin console and metrics.
     pub fn snapshot(&self) -> PoolSnapshot {
         let st = self.inner.lock();
         let now = Instant::now();
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
         PoolSnapshot {
             settings: st.settings.clone(),
             total: st.total,
@@ -30,6 +47,7 @@ impl Pool {
                     age: now.duration_since(p.conn.created),
                     idle_for: now.duration_since(p.conn.last_used),
                     tls: p.conn.is_tls(),
+                    close_needed: p.epoch != epoch,
                 })
                 .collect(),
         }
@@ -67,4 +85,6 @@ pub struct IdleConn {
     pub age: Duration,
     pub idle_for: Duration,
     pub tls: bool,
+    /// Made before the last `RECONNECT` or change of server settings.
+    pub close_needed: bool,
 }

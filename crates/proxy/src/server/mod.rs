@@ -87,6 +87,9 @@ impl TxState {
     }
 }
 
+/// Bytes of one server connection pgwake holds (SHOW MEM), its buffers aside.
+pub(crate) const CONNECTION_SIZE: usize = std::mem::size_of::<ServerConn>();
+
 /// A logged-in server connection.
 #[derive(Debug)]
 pub struct ServerConn {

@@ -8,10 +8,24 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Session, CLEANUP_TIMEOUT, INTERNAL_TIMEOUT};
 use crate::client_io::ClientStream;
+use crate::clients::Kill;
 use crate::pool::Pooled;
 use crate::server::send_cancel;
 
 impl<C: ClientStream> Session<C> {
+    /// The admin console killed the client (`KILL_CLIENT`, `KILL db`): its
+    /// server connection is closed too, as PgBouncer does, after a cancel
+    /// for a statement still running (the backend would not read the
+    /// Terminate before it ends).
+    pub(super) async fn close_after_kill(&mut self, p: Pooled, by: Kill) {
+        if !p.conn.broken && p.conn.tx.owed > 0 {
+            let (addr, pid, key) = p.conn.cancel_key();
+            let _ = send_cancel(addr, pid, key).await;
+        }
+        tracing::info!(peer = %self.peer, pool = %self.pool.key(), "{}: closing the client's server connection", by.command());
+        self.pool.discard(p);
+    }
+
     /// The client left while holding a server connection: make it clean
     /// (cancel a running query, end COPY, roll back) and return it, or close it.
     pub(super) async fn give_back_after_client_left(&mut self, mut p: Pooled) {

@@ -268,6 +268,14 @@ impl Login {
             ));
         };
         let database = get("database").unwrap_or(user);
+        // Before authentication, as PgBouncer checks it.
+        if shared.control.disabled(database) {
+            return Err(ErrorMessage::fatal(
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("database does not allow connections: {database}"),
+            )
+            .with_hint("DISABLE on the pgwake admin console is in force; ENABLE ends it"));
+        }
         if config.listen.client_tls_mode == pgwake_config::ClientTlsMode::Require
             && !self.encrypted
             && peer.origin.ip.is_some()

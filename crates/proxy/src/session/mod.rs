@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelHandle;
 use crate::client_io::ClientStream;
-use crate::clients::{ClientState, Registered};
+use crate::clients::{ClientState, Kill, Registered};
 use crate::params::{self, Params};
 use crate::pool::{Defaults, Pool, PoolKey, Pooled};
 use crate::stats::{micros, PoolCounts};
@@ -70,6 +70,9 @@ enum Stop {
     /// The server connection was dead on first use, before any reply: the
     /// request (still buffered) can go to a fresh connection.
     Retry,
+    /// The admin console ended the client (`KILL_CLIENT`, `KILL db`): it is
+    /// told, and a server connection it holds is closed.
+    Killed(Kill),
 }
 
 struct Session<C> {
@@ -250,6 +253,10 @@ impl<C: ClientStream> Session<C> {
         if client.send(&out).await.is_err() {
             return Err((client, closed()));
         }
+        if shared.config().log.connections {
+            let info = &registered.info;
+            tracing::info!(client = %peer, database = %info.database, user = %info.user, application_name = %info.application_name, "client login");
+        }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
         // Statement text means other tables under another search_path (the
@@ -295,13 +302,46 @@ impl<C: ClientStream> Session<C> {
 
     async fn run(&mut self) {
         let (stop, held) = self.serve_loop().await;
-        if let Stop::Fatal(e) = &stop {
-            let _ = send_fatal(&mut self.client, e).await;
+        if self.shared.config().log.disconnections {
+            self.log_logout(&stop);
+        }
+        match &stop {
+            Stop::Fatal(e) => {
+                let _ = send_fatal(&mut self.client, e).await;
+            }
+            Stop::Killed(by) => {
+                let _ = send_fatal(&mut self.client, &killed(*by)).await;
+            }
+            _ => {}
         }
         if let Some(p) = held {
             self.detached();
-            Box::pin(self.give_back_after_client_left(p)).await;
+            if let Stop::Killed(by) = stop {
+                Box::pin(self.close_after_kill(p, by)).await;
+            } else {
+                Box::pin(self.give_back_after_client_left(p)).await;
+            }
         }
+    }
+
+    /// The logout line (`log.disconnections`): who, after how long, and why.
+    fn log_logout(&self, stop: &Stop) {
+        let reason = match stop {
+            Stop::Fatal(e) => e.message.as_str(),
+            Stop::Killed(by) => by.command(),
+            Stop::ClientGone | Stop::Released | Stop::Retry => "the client closed the connection",
+        };
+        let info = &self.registered.info;
+        let age = info.connect_time.elapsed().unwrap_or_default();
+        tracing::info!(
+            client = %self.peer,
+            database = %info.database,
+            user = %info.user,
+            application_name = %info.application_name,
+            age = %humantime::format_duration(Duration::from_millis(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))),
+            reason,
+            "client logout"
+        );
     }
 
     /// Notes that the client now holds the server connection with the
@@ -354,7 +394,7 @@ impl<C: ClientStream> Session<C> {
                     Stop::Released => {
                         self.detached();
                         self.pool.checkin(p);
-                        if self.shutdown.is_cancelled() {
+                        if self.shared.is_stopping() {
                             return (Stop::Fatal(shutting_down()), None);
                         }
                         break;
@@ -402,6 +442,7 @@ impl<C: ClientStream> Session<C> {
                     tokio::select! {
                         biased;
                         _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                        by = self.registered.info.killed() => return Err(Stop::Killed(by)),
                         r = self.client.readable() => if r.is_err() { return Ok(None) },
                         _ = sleep_for(idle_limit) => {
                             return Err(Stop::Fatal(self.client_idle_timeout(idle_limit)));
@@ -433,6 +474,7 @@ impl<C: ClientStream> Session<C> {
             let read = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                by = self.registered.info.killed() => return Err(Stop::Killed(by)),
                 r = self.client.read_buf(&mut self.cbuf) => r,
             };
             match read {
@@ -453,17 +495,28 @@ impl<C: ClientStream> Session<C> {
         info.requested();
         info.set_state(ClientState::Waiting, 0);
         let began = Instant::now();
+        let database = &self.pool.key().database;
+        let control = &self.shared.control;
         let checked_out = loop {
-            if self.shared.is_paused() {
-                Box::pin(self.shared.wait_resumed()).await;
+            if control.holds(database) {
+                let resumed = control.wait_resumed(database, &self.shutdown);
+                tokio::select! {
+                    by = info.killed() => return Err(Stop::Killed(by)),
+                    _ = Box::pin(resumed) => {}
+                }
             }
             let checked_out = {
                 let checkout = std::pin::pin!(self.pool.checkout());
-                with_wake_notices(&mut self.client, self.lifecycle.as_deref(), checkout).await
+                let waited =
+                    with_wake_notices(&mut self.client, self.lifecycle.as_deref(), checkout);
+                tokio::select! {
+                    by = info.killed() => return Err(Stop::Killed(by)),
+                    r = waited => r,
+                }
             };
             // PAUSE may have begun while this checkout was under way.
             match checked_out {
-                Ok(p) if self.shared.is_paused() => self.pool.checkin(p),
+                Ok(p) if control.holds(database) => self.pool.checkin(p),
                 other => break other,
             }
         };
@@ -569,6 +622,18 @@ impl<C: ClientStream> Session<C> {
             }
         }
     }
+}
+
+/// What a client killed from the admin console is told, as PostgreSQL
+/// tells a backend's client after `pg_terminate_backend`.
+fn killed(by: Kill) -> ErrorMessage {
+    ErrorMessage::fatal(
+        sqlstate::ADMIN_SHUTDOWN,
+        format!(
+            "terminating connection due to administrator command ({} on the pgwake admin console)",
+            by.command()
+        ),
+    )
 }
 
 fn shutting_down() -> ErrorMessage {

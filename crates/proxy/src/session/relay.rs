@@ -83,6 +83,7 @@ impl<C: ClientStream> Session<C> {
                 kind = expiry(timer, deadline) => {
                     if let Err(stop) = Box::pin(self.on_timeout(server, kind)).await { return stop }
                 },
+                by = self.registered.info.killed() => return Stop::Killed(by),
             }
         }
     }

@@ -1,0 +1,273 @@
+//! Handing a connection (or the right to open one) to a waiting client
+//! without allocating: a waiter's place in the queue is a [`Handoff`] kept
+//! from one wait to the next on the thread, and the grant moves into it by
+//! value. Everything that changes a handoff's content happens under the
+//! pool's lock, so a grant is either taken by its waiter or given back to
+//! the pool, never lost.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::Grant;
+
+/// What a waiter finds in its handoff.
+pub(super) enum Content {
+    Empty,
+    Granted(Grant),
+    /// The pool closed while it waited.
+    Closed,
+}
+
+/// One waiter's place: where its grant is put, and how it is woken.
+pub(super) struct Handoff {
+    content: Mutex<Content>,
+    wake: Notify,
+}
+
+/// Handoffs not in use, kept per thread: waiting allocates nothing in
+/// steady state.
+const KEEP: usize = 256;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Arc<Handoff>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Handoff {
+    /// An empty handoff, reused when one is spare.
+    pub(super) fn take_spare() -> Arc<Handoff> {
+        SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| {
+            Arc::new(Handoff {
+                content: Mutex::new(Content::Empty),
+                wake: Notify::new(),
+            })
+        })
+    }
+
+    /// Keeps an emptied handoff for the next wait, when no queue holds it.
+    fn give_back(h: Arc<Handoff>) {
+        if Arc::strong_count(&h) == 1 {
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < KEEP {
+                    s.push(h);
+                }
+            });
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Content> {
+        self.content.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts `c` in and wakes the waiter. Called under the pool's lock.
+    pub(super) fn fill(&self, c: Content) {
+        *self.lock() = c;
+        self.wake.notify_one();
+    }
+
+    /// Takes what is there, leaving it empty.
+    pub(super) fn take(&self) -> Content {
+        std::mem::replace(&mut *self.lock(), Content::Empty)
+    }
+
+    /// Waits until something is put in; `None`: the pool closed.
+    async fn filled(&self) -> Option<Grant> {
+        loop {
+            match self.take() {
+                Content::Granted(g) => return Some(g),
+                Content::Closed => return None,
+                // A wake-up stored before this wait began (a permit left
+                // from an earlier one) only costs one more look.
+                Content::Empty => self.wake.notified().await,
+            }
+        }
+    }
+}
+
+/// A waiter in a pool's queue. Dropped before it got its grant (the client
+/// left, or the wait timed out), it leaves the queue, and a grant that
+/// reached it meanwhile goes to the next waiter or back to the pool.
+pub(super) struct Waiting<'a> {
+    pub(super) pool: &'a super::Inner,
+    handoff: Option<Arc<Handoff>>,
+}
+
+impl<'a> Waiting<'a> {
+    /// A waiter for `handoff`, which the caller has queued.
+    pub(super) fn new(pool: &'a super::Inner, handoff: Arc<Handoff>) -> Self {
+        Waiting {
+            pool,
+            handoff: Some(handoff),
+        }
+    }
+
+    /// Waits for the grant; `None`: the pool closed.
+    pub(super) async fn granted(&mut self) -> Option<Grant> {
+        let h = self.handoff.as_ref()?;
+        let got = h.filled().await;
+        if let Some(h) = self.handoff.take() {
+            Handoff::give_back(h);
+        }
+        got
+    }
+
+    /// Gives up waiting: leaves the queue. A grant that arrived meanwhile is
+    /// still taken (`Ok(Some)`); `Err(())`: the pool closed.
+    pub(super) fn give_up(&mut self) -> Result<Option<Grant>, ()> {
+        let Some(h) = self.handoff.take() else {
+            return Ok(None);
+        };
+        let content = {
+            let mut st = self.pool.lock();
+            st.waiters.retain(|(w, _)| !Arc::ptr_eq(w, &h));
+            h.take()
+        };
+        Handoff::give_back(h);
+        match content {
+            Content::Empty => Ok(None),
+            Content::Granted(g) => Ok(Some(g)),
+            Content::Closed => Err(()),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let Some(h) = self.handoff.take() else {
+            return;
+        };
+        let mut st = self.pool.lock();
+        st.waiters.retain(|(w, _)| !Arc::ptr_eq(w, &h));
+        if let Content::Granted(g) = h.take() {
+            if let Some(unwanted) = st.offer(g) {
+                st.unclaimed(unwanted);
+            }
+        }
+        drop(st);
+        Handoff::give_back(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pgwake_config::{PoolMode, SslMode};
+
+    use super::super::{CheckoutError, Pool, PoolKey, PoolSettings, ServerSide};
+    use crate::server::Target;
+
+    /// A pool of one whose place is taken: every checkout waits. Its server
+    /// refuses connections, so a waiter given the place reports that.
+    fn full_pool(wait: Duration) -> Pool {
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port: 1,
+            sslmode: SslMode::Disable,
+            connect_timeout: Duration::from_secs(1),
+            keepalive_idle: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_count: 3,
+            user_timeout: Duration::from_secs(30),
+            tls: None,
+            allow_cleartext_without_tls: false,
+        };
+        let pool = Pool::new(
+            PoolKey {
+                database: "app".into(),
+                dbname: "app".into(),
+                user: "app".into(),
+            },
+            PoolSettings {
+                mode: PoolMode::Transaction,
+                size: 1,
+                min_idle: 0,
+                max_lifetime: Duration::from_secs(3600),
+                idle_timeout: Duration::from_secs(600),
+                wait_timeout: wait,
+                max_prepared: 10,
+                prewarm: false,
+            },
+            ServerSide {
+                target: std::sync::Arc::new(target),
+                credentials: std::sync::Arc::new(pgwake_credentials::NoPassword),
+            },
+            None,
+            std::sync::Arc::new(crate::stats::Metrics::new()),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        pool.inner.lock().total = 1;
+        pool
+    }
+
+    async fn queued(pool: &Pool, n: usize) {
+        while pool.counts().2 != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_passes_its_place_to_the_next_and_handoffs_are_reused() {
+        let pool = full_pool(Duration::from_secs(30));
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout().await.map(drop) }
+        });
+        queued(&pool, 1).await;
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout().await.map(drop) }
+        });
+        queued(&pool, 2).await;
+        // The first client goes away while waiting: it leaves the queue.
+        first.abort();
+        queued(&pool, 1).await;
+        // The place frees: the second waiter gets it (and finds the server down).
+        pool.inner.release_slot();
+        let got = second.await.expect("task");
+        assert!(
+            matches!(got, Err(CheckoutError::Connect(_))),
+            "the second waiter was given the place: {got:?}"
+        );
+        assert_eq!(pool.counts(), (0, 0, 0), "nothing queued, nothing held");
+        // Both handoffs went back to this thread's spares (one per waiter).
+        assert!(super::SPARE.with(|s| s.borrow().len()) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_grant_that_reaches_a_waiter_as_it_leaves_goes_to_the_next() {
+        let pool = full_pool(Duration::from_secs(30));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.checkout().await.map(drop) })
+            })
+            .collect();
+        queued(&pool, 2).await;
+        let [first, second] = <[_; 2]>::try_from(waiters).expect("two");
+        // The place reaches the first waiter, which is gone before it runs.
+        pool.inner.release_slot();
+        first.abort();
+        let got = second.await.expect("task");
+        assert!(
+            matches!(got, Err(CheckoutError::Connect(_))),
+            "the place went on to the second waiter: {got:?}"
+        );
+        assert_eq!(pool.counts(), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn closing_the_pool_ends_every_wait() {
+        let pool = full_pool(Duration::from_secs(30));
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout().await.map(drop) }
+        });
+        queued(&pool, 1).await;
+        pool.close();
+        let got = waiter.await.expect("task");
+        assert!(matches!(got, Err(CheckoutError::Closed)), "{got:?}");
+    }
+}
