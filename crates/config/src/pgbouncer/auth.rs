@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use toml::Value;
 
 use super::databases::Routes;
-use super::ini::{self, Place, Setting};
+use super::ini::{self, Setting};
 use super::{string, strings, Convert, ImportError};
 use crate::{ClientAddress, SecretKind, UserlistEntry};
 
@@ -74,6 +74,11 @@ impl Rule {
             comments,
         }
     }
+}
+
+/// Whether a rule's method asks for a password from the user file.
+pub(super) fn checks_password(method: &str) -> bool {
+    method == "md5" || method == "scram-sha-256"
 }
 
 fn names(v: &[String]) -> Value {
@@ -173,13 +178,32 @@ impl Convert<'_> {
                 self.hba_rules(&hba)?
             }
             other => {
+                let instead = "clients log in with their password from the user file instead, answering MD5 or SCRAM-SHA-256 as their entry allows (libpq and most drivers answer either)";
                 match other {
-                    "plain" => about(self, "pgwake asks clients for SCRAM-SHA-256 instead of a cleartext password (libpq and most drivers answer either)".into()),
-                    "cert" => about(self, "pgwake does not check client certificates: clients log in with SCRAM-SHA-256 against the user file instead".into()),
-                    "ldap" | "pam" => about(self, format!("pgwake cannot check passwords with {}: clients log in with SCRAM-SHA-256 against the user file instead", other.to_ascii_uppercase())),
+                    "plain" => about(
+                        self,
+                        format!("pgwake never asks for a cleartext password: {instead}"),
+                    ),
+                    "cert" => about(
+                        self,
+                        format!("pgwake does not check client certificates: {instead}"),
+                    ),
+                    "ldap" | "pam" => about(
+                        self,
+                        format!(
+                            "pgwake cannot check passwords with {}: {instead}",
+                            other.to_ascii_uppercase()
+                        ),
+                    ),
                     _ => {}
                 }
-                vec![Rule::everyone("scram-sha-256", type_origin, type_comments)]
+                // md5 is pgwake's md5: MD5 hashes answer the MD5 challenge, the rest SCRAM.
+                let method = if other == "scram-sha-256" {
+                    "scram-sha-256"
+                } else {
+                    "md5"
+                };
+                vec![Rule::everyone(method, type_origin, type_comments)]
             }
         };
         if let Some(s) = &hba_s {
@@ -187,11 +211,11 @@ impl Convert<'_> {
                 self.warn(s, format!("used by PgBouncer only with auth_type = hba (here {auth_type}); not converted"));
             }
         }
-        let needs_passwords = rules.iter().any(|r| r.method == "scram-sha-256");
+        let needs_passwords = rules.iter().any(|r| checks_password(r.method));
         let query = self.auth_query(needs_passwords, userlist, routes)?;
         if needs_passwords && userlist.is_none() && !query {
             about(self, "no auth_file and no auth_user: no client has a password, so PgBouncer lets no one log in with one; pgwake rejects those clients too (set client_auth.file)".into());
-            for r in rules.iter_mut().filter(|r| r.method == "scram-sha-256") {
+            for r in rules.iter_mut().filter(|r| checks_password(r.method)) {
                 r.method = "reject";
             }
         }
@@ -241,28 +265,6 @@ impl Convert<'_> {
                 Some(at) => ImportError::at(at, "auth_file", message),
                 None => ImportError::file(&u.shown, message),
             });
-        }
-        let md5: Vec<&str> = u
-            .users_of(SecretKind::Md5)
-            .iter()
-            .map(|e| e.user.as_str())
-            .collect();
-        if !md5.is_empty() {
-            let message = format!("users {} have MD5 hashes: pgwake checks passwords with SCRAM-SHA-256 only, so they cannot log in; put their SCRAM verifiers (pg_authid.rolpassword) or passwords in the file", md5.join(", "));
-            match &u.from {
-                Some(s) => {
-                    let s = s.clone();
-                    self.warn(&s, message);
-                }
-                None => {
-                    let at = Place {
-                        file: u.shown.as_str().into(),
-                        line: 1,
-                        seq: 0,
-                    };
-                    self.warn_at(&at, "--userlist", message);
-                }
-            }
         }
         let path = u.path.display().to_string();
         match &u.from {

@@ -105,19 +105,15 @@ impl Convert<'_> {
         let method = match l.method.as_str() {
             "trust" => "trust",
             "reject" => "reject",
-            "md5" | "scram-sha-256" => "scram-sha-256",
+            "scram-sha-256" => "scram-sha-256",
+            "md5" => "md5",
             "password" => {
-                self.warn_at(
-                    &l.at,
-                    key,
-                    "password: pgwake asks for SCRAM-SHA-256 instead of a cleartext password"
-                        .into(),
-                );
-                "scram-sha-256"
+                self.warn_at(&l.at, key, "password: pgwake never asks for a cleartext password: md5 instead (an MD5 or SCRAM-SHA-256 answer, as the user's entry allows)".into());
+                "md5"
             }
             "cert" => {
-                self.warn_at(&l.at, key, "cert: pgwake does not check client certificates; SCRAM-SHA-256 against the user file instead".into());
-                "scram-sha-256"
+                self.warn_at(&l.at, key, "cert: pgwake does not check client certificates: md5 instead (the user's password from the user file)".into());
+                "md5"
             }
             "peer" if l.address.is_none() => {
                 self.warn_at(&l.at, key, "peer: pgwake does not check the client's OS user, so unix-socket clients are trusted (the socket directory's permissions decide who connects)".into());

@@ -127,19 +127,23 @@ pub(super) fn read_text(
     shown: &str,
     from: Option<(&Place, &str)>,
 ) -> Result<String, ImportError> {
-    let fail = |message: String| match from {
-        Some((at, key)) => ImportError::at(at, key, message),
-        None => ImportError::file(shown, message),
+    // Named by a line: the message names the file; else the file leads it.
+    let (fail, it): (Box<dyn Fn(String) -> ImportError>, String) = match from {
+        Some((at, key)) => (
+            Box::new(move |m| ImportError::at(at, key, m)),
+            shown.to_owned(),
+        ),
+        None => (Box::new(|m| ImportError::file(shown, m)), "it".to_owned()),
     };
-    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read {shown}: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read {it}: {e}")))?;
     if meta.len() > MAX_FILE {
         return Err(fail(format!(
-            "{shown} is {} bytes, more than the {MAX_FILE} bytes read",
+            "{it} is {} bytes, more than the {MAX_FILE} bytes read",
             meta.len()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {shown}: {e}")))?;
-    String::from_utf8(bytes).map_err(|e| fail(format!("{shown} is not UTF-8 text: {e}")))
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {it}: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| fail(format!("{it} is not UTF-8 text: {e}")))
 }
 
 struct Reader<'a> {

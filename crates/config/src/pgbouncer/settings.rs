@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use toml::Value;
+
 use super::ini::{Place, Setting};
 use super::{
     duration, int_value, list, string, strings, Convert, ImportError, NEVER, PGBOUNCER_DEFAULT,
@@ -526,19 +528,50 @@ impl Convert<'_> {
             };
             self.set_from(&["log"], "level", string(level), &s);
         }
-        let not_yet = [
-            ("log_connections", "log.connections", "pgwake does not log each login (SHOW CLIENTS and pgwake_client_connections show who is connected)"),
-            ("log_disconnections", "log.disconnections", "pgwake does not log each disconnection (clients closed for a timeout or a limit are logged)"),
-            ("log_stats", "log.stats_period", "pgwake writes no periodic statistics to its log (/metrics and SHOW STATS have them)"),
-            ("stats_period", "log.stats_period", "pgwake writes no periodic statistics to its log (/metrics and SHOW STATS have them, SHOW STATS averaging since start)"),
-        ];
-        for (key, would_be, instead) in not_yet {
-            if let Some(s) = self.take(key) {
-                self.warn(
-                    &s,
-                    format!("not supported yet ({would_be} is not in this pgwake): {instead}"),
-                );
+        for (key, to) in [
+            ("log_connections", "connections"),
+            ("log_disconnections", "disconnections"),
+        ] {
+            match self.take(key) {
+                Some(s) => {
+                    let on = s.flag()?;
+                    self.set_from(&["log"], to, Value::Boolean(on), &s);
+                }
+                None => self
+                    .doc
+                    .set(&["log"], to, Value::Boolean(true), PGBOUNCER_DEFAULT, &[]),
             }
+        }
+        // PgBouncer logs its stats line every stats_period unless log_stats = 0.
+        let log_stats = self.take("log_stats");
+        let period = self.take("stats_period");
+        let on = match &log_stats {
+            Some(s) => s.flag()?,
+            None => true,
+        };
+        let secs = match &period {
+            Some(s) => u64::try_from(s.count()?).unwrap_or(u64::MAX),
+            None => 60,
+        };
+        let origins: Vec<String> = [&log_stats, &period]
+            .into_iter()
+            .flatten()
+            .map(super::origin)
+            .collect();
+        let origin = if origins.is_empty() {
+            PGBOUNCER_DEFAULT.to_owned()
+        } else {
+            origins.join(", ")
+        };
+        let every = if on {
+            Duration::from_secs(secs)
+        } else {
+            Duration::ZERO
+        };
+        self.doc
+            .set(&["log"], "stats_period", duration(every), &origin, &[]);
+        if let (false, Some(s)) = (on, &period) {
+            self.warn(s, "with log_stats = 0 PgBouncer uses it only for the averages of SHOW STATS; pgwake's SHOW STATS averages since start".into());
         }
         Ok(())
     }

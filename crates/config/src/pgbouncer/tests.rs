@@ -110,6 +110,11 @@ fn pgbouncer_defaults_are_written_where_pgwake_differs() {
     assert_eq!(c.server.connect_timeout, Duration::from_secs(15));
     assert_eq!(c.server.sslmode, SslMode::Prefer);
     assert!(
+        c.log.connections && c.log.disconnections,
+        "PgBouncer logs them by default"
+    );
+    assert_eq!(c.log.stats_period, Duration::from_secs(60));
+    assert!(
         i.toml.contains("mode = \"session\"  # PgBouncer's default"),
         "{}",
         i.toml
@@ -365,37 +370,42 @@ fn trust_with_a_user_file_serves_its_users() {
 }
 
 #[test]
-fn password_auth_types_become_scram_against_the_file() {
+fn password_auth_types_check_the_user_file() {
     let users = "\"app\" \"s3cret\"\n\"old\" \"md5d41d8cd98f00b204e9800998ecf8427e\"\n";
-    for (auth_type, says) in [
-        ("md5", None),
-        ("scram-sha-256", None),
-        ("plain", Some("instead of a cleartext password")),
-        ("cert", Some("does not check client certificates")),
-        ("pam", Some("cannot check passwords with PAM")),
+    for (auth_type, method, says) in [
+        ("md5", ClientAuthMethod::Md5, None),
+        ("scram-sha-256", ClientAuthMethod::ScramSha256, None),
+        (
+            "plain",
+            ClientAuthMethod::Md5,
+            Some("never asks for a cleartext password"),
+        ),
+        (
+            "cert",
+            ClientAuthMethod::Md5,
+            Some("does not check client certificates"),
+        ),
+        (
+            "pam",
+            ClientAuthMethod::Md5,
+            Some("cannot check passwords with PAM"),
+        ),
     ] {
         let (d, i, c) = imported(&[
             ("pgbouncer.ini", &format!("{DB}[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_type = {auth_type}\nauth_file = userlist.txt\n")),
             ("userlist.txt", users),
         ]);
         let rules = c.client_auth.effective_rules();
-        assert_eq!(
-            rules[0].method,
-            ClientAuthMethod::ScramSha256,
-            "{auth_type}"
-        );
+        assert_eq!(rules[0].method, method, "{auth_type}");
         assert_eq!(
             c.client_auth.file.as_deref(),
             Some(d.path().join("userlist.txt").as_path())
-        );
-        assert!(
-            warned(&i, "auth_file").contains("users old have MD5 hashes"),
-            "{auth_type}"
         );
         match says {
             Some(text) => assert!(warned(&i, "auth_type").contains(text), "{auth_type}"),
             None => not_warned(&i, "auth_type"),
         }
+        not_warned(&i, "auth_file");
     }
     // The default (md5) without a file: nobody has a password.
     let (_d, i, c) = imported(&[(
@@ -456,6 +466,15 @@ fn auth_file_passwords_log_in_to_the_server() {
         "{e}"
     );
     assert!(e.ends_with("(give a copy with --userlist FILE)"), "{e}");
+    let (_d, r) = try_import_with(
+        &[("pgbouncer.ini", "[databases]\napp = host=db\n")],
+        Some("copy.txt"),
+    );
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.starts_with("copy.txt: --userlist: cannot read it: No such file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -513,7 +532,7 @@ fn hba_rules_in_order() {
                 "10.0.0.0/8",
                 &all,
                 &many(&["ops", "root"]),
-                ClientAuthMethod::ScramSha256
+                ClientAuthMethod::Md5
             ),
             (
                 "192.168.1.0/24",
@@ -612,21 +631,21 @@ fn logging_and_settings_without_equivalent() {
         &format!("{DB}[pgbouncer]\nlisten_addr = 127.0.0.1\nlogfile = /var/log/pgbouncer.log\npidfile = /run/pgbouncer.pid\nsyslog = 1\nso_reuseport = 1\nlog_connections = 1\nlog_disconnections = 0\nlog_stats = 1\nstats_period = 30\nverbose = 2\nunix_socket_mode = 0777\ntcp_defer_accept = 45\nserver_reset_query = DISCARD ALL\nserver_round_robin = 1\n"),
     )]);
     assert_eq!(c.log.level, "trace");
+    assert!(c.log.connections && !c.log.disconnections);
+    assert_eq!(c.log.stats_period, Duration::from_secs(30));
+    for key in [
+        "log_connections",
+        "log_disconnections",
+        "log_stats",
+        "stats_period",
+    ] {
+        not_warned(&i, key);
+    }
     for (key, text) in [
         ("logfile", "pgwake logs to stderr only"),
         ("pidfile", "writes no PID file"),
         ("syslog", "the journal passes it on to syslog"),
         ("so_reuseport", "raise listen.worker_threads"),
-        (
-            "log_connections",
-            "not supported yet (log.connections is not in this pgwake)",
-        ),
-        (
-            "log_disconnections",
-            "not supported yet (log.disconnections",
-        ),
-        ("log_stats", "not supported yet (log.stats_period"),
-        ("stats_period", "not supported yet (log.stats_period"),
         ("tcp_defer_accept", "accepts connections at once"),
         ("server_round_robin", "not configurable"),
     ] {
@@ -642,6 +661,16 @@ fn logging_and_settings_without_equivalent() {
         "{}",
         all(&i)
     );
+}
+
+#[test]
+fn stats_are_logged_only_with_log_stats() {
+    let (_d, i, c) = imported(&[(
+        "pgbouncer.ini",
+        &format!("{DB}[pgbouncer]\nlisten_addr = 127.0.0.1\nlog_stats = 0\nstats_period = 15\n"),
+    )]);
+    assert_eq!(c.log.stats_period, Duration::ZERO);
+    assert!(warned(&i, "stats_period").contains("pgwake's SHOW STATS averages since start"));
 }
 
 #[test]
@@ -707,24 +736,25 @@ fn a_second_pgbouncer_header_undoes_the_settings_above_it() {
 
 #[test]
 fn malformed_input_names_file_line_and_key() {
-    assert_eq!(error(&[("pgbouncer.ini", "[databases]\n[pgbouncr]\n")]), "pgbouncer.ini:2: unknown section [pgbouncr]: PgBouncer reads [databases], [users], [peers] and [pgbouncer] (names are case-sensitive)");
-    assert_eq!(
-        error(&[("pgbouncer.ini", "[pgbouncer]\ndefault_pool_size = 2O\n")]),
-        "pgbouncer.ini:2: default_pool_size: \"2O\" is not a whole number"
-    );
-    assert_eq!(
-        error(&[("pgbouncer.ini", "[pgbouncer]\nserver_lifetime = 1h\n")]),
-        "pgbouncer.ini:2: server_lifetime: \"1h\" is not a number of seconds (like 30 or 0.5)"
-    );
-    assert_eq!(
-        error(&[("pgbouncer.ini", "[pgbouncer]\nlisten_port = 70000\n")]),
-        "pgbouncer.ini:2: listen_port: 70000 is not a port (1-65535)"
-    );
-    assert_eq!(
-        error(&[("pgbouncer.ini", "[pgbouncer]\npool_mode = sesion\n")]),
-        "pgbouncer.ini:2: pool_mode: \"sesion\" is not one of session, transaction, statement"
-    );
-    assert_eq!(error(&[("pgbouncer.ini", "[pgbouncer]\nmax_client_con = 10\n")]), "pgbouncer.ini:2: max_client_con: not a PgBouncer setting (did you mean max_client_conn?); PgBouncer refuses to start with it");
+    // (pgbouncer.ini, the whole error)
+    let cases: &[(&str, &str)] = &[
+        ("[databases]\n[pgbouncr]\n", "pgbouncer.ini:2: unknown section [pgbouncr]: PgBouncer reads [databases], [users], [peers] and [pgbouncer] (names are case-sensitive)"),
+        ("[pgbouncer]\ndefault_pool_size = 2O\n", "pgbouncer.ini:2: default_pool_size: \"2O\" is not a whole number"),
+        ("[pgbouncer]\nserver_lifetime = 1h\n", "pgbouncer.ini:2: server_lifetime: \"1h\" is not a number of seconds (like 30 or 0.5)"),
+        ("[pgbouncer]\nlisten_port = 70000\n", "pgbouncer.ini:2: listen_port: 70000 is not a port (1-65535)"),
+        ("[pgbouncer]\npool_mode = sesion\n", "pgbouncer.ini:2: pool_mode: \"sesion\" is not one of session, transaction, statement"),
+        ("[pgbouncer]\nmax_client_con = 10\n", "pgbouncer.ini:2: max_client_con: not a PgBouncer setting (did you mean max_client_conn?); PgBouncer refuses to start with it"),
+        ("listen_port = 1\n", "pgbouncer.ini:1: listen_port: a setting before any [section]: PgBouncer refuses it"),
+        ("[pgbouncer]\nlisten port = 1\n", "pgbouncer.ini:2: expected key = value, [section] or %include, not \"listen port = 1\""),
+        ("[databases]\napp = host=db port=x\n", "pgbouncer.ini:2: [databases] app: port=x is not a port (1-65535)"),
+        ("[databases]\napp = host=db dbname\n", "pgbouncer.ini:2: [databases] app: expected key=value at \"dbname\""),
+        ("[databases]\napp = hots=db\n", "pgbouncer.ini:2: [databases] app: hots is not a connection parameter PgBouncer knows; it refuses the entry"),
+        ("[databases]\napp = host=db pool_size=0\n", "pgbouncer.ini:2: [databases] app: pool_size=0 gives the pool no server connection; pgwake needs at least 1"),
+        ("[databases]\npgbouncer = host=db\n", "pgbouncer.ini:2: [databases] pgbouncer: the name pgbouncer is reserved for the admin console; PgBouncer refuses it"),
+    ];
+    for (ini, want) in cases {
+        assert_eq!(error(&[("pgbouncer.ini", ini)]), *want, "{ini:?}");
+    }
     let e = error(&[("pgbouncer.ini", "[pgbouncer]\n\n%include missing.ini\n")]);
     assert!(
         e.starts_with("pgbouncer.ini:3: %include: cannot read "),
@@ -736,25 +766,6 @@ fn malformed_input_names_file_line_and_key() {
         e.contains("%include: pgbouncer.ini: includes nested more than 10 deep"),
         "{e}"
     );
-    assert_eq!(
-        error(&[("pgbouncer.ini", "listen_port = 1\n")]),
-        "pgbouncer.ini:1: listen_port: a setting before any [section]: PgBouncer refuses it"
-    );
-    assert_eq!(
-        error(&[("pgbouncer.ini", "[pgbouncer]\nlisten port = 1\n")]),
-        "pgbouncer.ini:2: expected key = value, [section] or %include, not \"listen port = 1\""
-    );
-    assert_eq!(
-        error(&[("pgbouncer.ini", "[databases]\napp = host=db port=x\n")]),
-        "pgbouncer.ini:2: [databases] app: port=x is not a port (1-65535)"
-    );
-    assert_eq!(
-        error(&[("pgbouncer.ini", "[databases]\napp = host=db dbname\n")]),
-        "pgbouncer.ini:2: [databases] app: expected key=value at \"dbname\""
-    );
-    assert_eq!(error(&[("pgbouncer.ini", "[databases]\napp = hots=db\n")]), "pgbouncer.ini:2: [databases] app: hots is not a connection parameter PgBouncer knows; it refuses the entry");
-    assert_eq!(error(&[("pgbouncer.ini", "[databases]\napp = host=db pool_size=0\n")]), "pgbouncer.ini:2: [databases] app: pool_size=0 gives the pool no server connection; pgwake needs at least 1");
-    assert_eq!(error(&[("pgbouncer.ini", "[databases]\npgbouncer = host=db\n")]), "pgbouncer.ini:2: [databases] pgbouncer: the name pgbouncer is reserved for the admin console; PgBouncer refuses it");
     let options = ImportOptions {
         base_dir: "/nonexistent".into(),
         userlist: None,
@@ -764,6 +775,6 @@ fn malformed_input_names_file_line_and_key() {
         .to_string();
     assert_eq!(
         e,
-        "pgbouncer.ini: cannot read pgbouncer.ini: No such file or directory (os error 2)"
+        "pgbouncer.ini: cannot read it: No such file or directory (os error 2)"
     );
 }
