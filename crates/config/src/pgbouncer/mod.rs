@@ -38,12 +38,23 @@ pub struct ImportOptions {
 }
 
 /// The imported configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Imported {
     /// pgwake's TOML, with the comments that explain its settings.
     pub toml: String,
     /// Settings with no equivalent or a different meaning, in file order.
     pub warnings: Vec<ImportWarning>,
+}
+
+/// The TOML may hold the server password the PgBouncer file held: never
+/// in `Debug`.
+impl fmt::Debug for Imported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imported")
+            .field("toml", &format_args!("<{} bytes>", self.toml.len()))
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 /// A setting pgwake cannot carry over as it is, and what it does instead.
