@@ -63,16 +63,6 @@ fn server_connections(pg: &Pgwake) -> f64 {
         .sum()
 }
 
-/// pgwake's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// One backend message: its tag and body. Replies here are small.
 async fn read_message(s: &mut TcpStream) -> Result<(u8, Vec<u8>), String> {
     let mut head = [0u8; 5];
@@ -227,7 +217,7 @@ async fn idle_clients_cost_a_few_kib_each() {
     })
     .await;
     let after_kib = pg.rss_kib();
-    let peak_kib = peak_rss_kib(pg.pid());
+    let peak_kib = pg.peak_rss_kib();
 
     let growth_kib = after_kib.saturating_sub(before_kib);
     let per_client_kib = growth_kib as f64 / CLIENTS as f64;

@@ -238,16 +238,6 @@ async fn half_a_large_message_costs_no_cpu_and_holds_nobody_up() {
     );
 }
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_sending_100_mib_at_once_stay_within_the_buffer_budget() {
     const CLIENTS: usize = 20;
@@ -345,7 +335,7 @@ async fn twenty_clients_sending_100_mib_at_once_stay_within_the_buffer_budget() 
         );
     }
     assert!(outcomes.contains_key("result"), "{outcomes:?}");
-    let peak = peak_rss_kib(pg.pid()) / 1024;
+    let peak = pg.peak_rss_kib() / 1024;
     assert!(
         peak < BUDGET_MIB + 64,
         "pgwake's peak RSS was {peak} MiB with a {BUDGET_MIB} MiB budget; outcomes {outcomes:?}"
