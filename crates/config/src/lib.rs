@@ -343,6 +343,13 @@ pub struct Database {
     /// `server.auth.client_users`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_users: Option<Vec<String>>,
+    /// Another server for this entry (`[databases.NAME.server]`): the keys
+    /// it sets over `[server]`'s; its `auth`, when given, is a whole
+    /// `[server.auth]` (nothing inherited). Its pools have their own
+    /// connections and credentials; waking and idle stop stay with
+    /// `[server]`. A change needs a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<Server>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -487,6 +494,8 @@ pub struct Route {
     pub client_users: Vec<String>,
     /// Any client user name is served as `user`.
     pub any_client_user: bool,
+    /// The entry has a server of its own (`[databases.NAME.server]`).
+    pub own_server: bool,
 }
 
 impl Route {
@@ -519,9 +528,13 @@ impl Config {
             dbname: db
                 .and_then(|d| d.dbname.clone())
                 .unwrap_or_else(|| database.to_owned()),
-            user: db
-                .and_then(|d| d.user.clone())
-                .or_else(|| self.server.auth.user.clone()),
+            user: db.and_then(|d| d.user.clone()).or_else(|| {
+                db.and_then(|d| d.server.as_ref())
+                    .unwrap_or(&self.server)
+                    .auth
+                    .user
+                    .clone()
+            }),
             mode: db.and_then(|d| d.mode).unwrap_or(self.pool.mode),
             size: get(|d| d.size, self.pool.size),
             min_idle: get(|d| d.min_idle, self.pool.min_idle),
@@ -529,6 +542,7 @@ impl Config {
                 .and_then(|d| d.client_users.clone())
                 .unwrap_or_else(|| self.server.auth.client_users.clone()),
             any_client_user: self.server.auth.map_any_client_user,
+            own_server: db.is_some_and(|d| d.server.is_some()),
         })
     }
 

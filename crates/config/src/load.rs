@@ -54,7 +54,19 @@ pub fn load<'a>(
     let defaults = Value::try_from(Config::default()).unwrap_or(Value::Table(Table::new()));
     crate::env::apply(&mut root, env, &defaults, &mut origins, &mut errors);
 
-    default_sslmode_for_tokens(&mut root);
+    overlay_database_servers(&mut root);
+    default_sslmode_for_tokens(&mut root, &["server"]);
+    let own_servers: Vec<String> = match root.get("databases") {
+        Some(Value::Table(dbs)) => dbs
+            .iter()
+            .filter(|(_, d)| d.get("server").is_some_and(Value::is_table))
+            .map(|(name, _)| name.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for name in &own_servers {
+        default_sslmode_for_tokens(&mut root, &["databases", name, "server"]);
+    }
     let file_name = file.map(|(n, _)| n).unwrap_or("configuration");
     let mut value = Value::Table(root);
     // Collect every field error by removing the offending key and trying
@@ -96,15 +108,41 @@ pub fn load<'a>(
     }
 }
 
-/// A token is sent as a cleartext password (Azure asks for it so), so when
-/// the operator chose no `server.sslmode`, the token methods get libpq's
-/// strictest: `verify-full`.
-fn default_sslmode_for_tokens(root: &mut Table) {
-    let method = tree::lookup(&Value::Table(root.clone()), &["server", "auth", "method"])
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let token = matches!(
-        method.as_deref(),
+/// `[databases.NAME.server]` tables are what they set over `[server]`:
+/// each becomes `[server]` with its keys replaced. Its `auth`, when given,
+/// is a whole `[server.auth]`: another server's login inherits no password
+/// or method from the main one.
+fn overlay_database_servers(root: &mut Table) {
+    let main = match root.get("server") {
+        Some(Value::Table(t)) => t.clone(),
+        _ => Table::new(),
+    };
+    let Some(Value::Table(dbs)) = root.get_mut("databases") else {
+        return;
+    };
+    for (_, db) in dbs.iter_mut() {
+        if let Some(Value::Table(own)) = db.get_mut("server") {
+            // A token login of its own is not sent under the main server's
+            // weaker sslmode: unless it says, it gets the token default.
+            let own_token = is_token_method(
+                own.get("auth")
+                    .and_then(|a| a.get("method"))
+                    .and_then(Value::as_str),
+            );
+            let mut merged = main.clone();
+            if own_token && !own.contains_key("sslmode") {
+                merged.remove("sslmode");
+            }
+            merged.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+            *own = merged;
+        }
+    }
+}
+
+/// The methods that send a token as the password.
+fn is_token_method(method: Option<&str>) -> bool {
+    matches!(
+        method,
         Some(
             "command"
                 | "azure_managed_identity"
@@ -112,14 +150,30 @@ fn default_sslmode_for_tokens(root: &mut Table) {
                 | "azure_cli"
                 | "azure_client_secret"
         )
-    );
-    let chosen = tree::lookup(&Value::Table(root.clone()), &["server", "sslmode"]).is_some();
+    )
+}
+
+/// A token is sent as a cleartext password (Azure asks for it so), so when
+/// the operator chose no `sslmode` for a server (`at`: `server`, or a
+/// database's own), the token methods get libpq's strictest: `verify-full`.
+fn default_sslmode_for_tokens(root: &mut Table, at: &[&str]) {
+    let path = |key: &[&'static str]| -> Vec<String> {
+        at.iter()
+            .map(|s| s.to_string())
+            .chain(key.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let method_path = path(&["auth", "method"]);
+    let method_path: Vec<&str> = method_path.iter().map(String::as_str).collect();
+    let method = tree::lookup(&Value::Table(root.clone()), &method_path)
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let token = is_token_method(method.as_deref());
+    let sslmode_path = path(&["sslmode"]);
+    let sslmode_path: Vec<&str> = sslmode_path.iter().map(String::as_str).collect();
+    let chosen = tree::lookup(&Value::Table(root.clone()), &sslmode_path).is_some();
     if token && !chosen {
-        tree::insert(
-            root,
-            &["server", "sslmode"],
-            Value::String("verify-full".into()),
-        );
+        tree::insert(root, &sslmode_path, Value::String("verify-full".into()));
     }
 }
 

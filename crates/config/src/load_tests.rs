@@ -323,3 +323,36 @@ fn token_sources_need_their_keys_and_nothing_else() {
         AuthMethod::AzureManagedIdentity
     );
 }
+
+#[test]
+fn a_database_server_takes_what_it_leaves_out_from_server_but_not_its_login() {
+    let c = ok(
+        "[server]\nhost = \"main\"\ntcp_keepalive_idle = \"45s\"\nsslmode = \"disable\"\n\
+         [server.auth]\nuser = \"app\"\npassword = \"main-secret\"\n\
+         [databases.app]\n\
+         [databases.reports]\n[databases.reports.server]\nhost = \"other\"\nport = 5433\n\
+         [databases.reports.server.auth]\nuser = \"reporter\"\npassword = \"other-secret\"\n\
+         [databases.tokens]\n[databases.tokens.server]\nhost = \"azure\"\n\
+         [databases.tokens.server.auth]\nmethod = \"azure_managed_identity\"\nuser = \"id\"\n",
+        &[],
+    );
+    let reports = c.databases["reports"].server.as_ref().expect("own server");
+    assert_eq!((reports.host.as_str(), reports.port), ("other", 5433));
+    assert_eq!(reports.tcp_keepalive_idle, Duration::from_secs(45));
+    assert_eq!(
+        reports.auth.password.as_ref().unwrap().expose(),
+        "other-secret"
+    );
+    assert_eq!(
+        c.route("reports").unwrap().user.as_deref(),
+        Some("reporter")
+    );
+    assert!(c.route("reports").unwrap().own_server);
+    assert!(!c.route("app").unwrap().own_server);
+    assert_eq!(reports.sslmode, SslMode::Disable, "inherited");
+    // A token login of its own gets verify-full unless it says otherwise,
+    // whatever the main server's sslmode.
+    let tokens = c.databases["tokens"].server.as_ref().expect("own server");
+    assert!(tokens.auth.password.is_none(), "no password inherited");
+    assert_eq!(tokens.sslmode, SslMode::VerifyFull);
+}

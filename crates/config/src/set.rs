@@ -40,6 +40,10 @@ pub fn needs_restart(key: &str) -> bool {
             | "log.format"
     ) || key == "lifecycle"
         || key.starts_with("lifecycle.")
+        || key
+            .strip_prefix("databases.")
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(_, k)| k == "server" || k.starts_with("server."))
 }
 
 /// Keys holding secrets (the token command may carry one too), written

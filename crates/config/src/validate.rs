@@ -7,7 +7,7 @@ use crate::{AuthMethod, ClientAuthMethod, ClientTlsMode, Config, ServerAuth};
 
 /// Checks that need more than one key, or a range.
 /// Each method's required keys are set, and no key it ignores is.
-fn check_auth(a: &ServerAuth, errors: &mut Vec<String>) {
+fn check_auth(a: &ServerAuth, at: &str, errors: &mut Vec<String>) {
     let method = a.effective_method();
     let name = method.name();
     let set: [(&str, bool); 7] = [
@@ -31,36 +31,40 @@ fn check_auth(a: &ServerAuth, errors: &mut Vec<String>) {
     };
     for (key, is_set) in set {
         if required.contains(&key) && !is_set {
-            let env = format!("PGWAKE_SERVER_AUTH_{}", key.to_ascii_uppercase());
+            let env = if at == "server" {
+                format!(" (or set PGWAKE_SERVER_AUTH_{})", key.to_ascii_uppercase())
+            } else {
+                String::new()
+            };
             errors.push(format!(
-                "server.auth.{key} is required with server.auth.method = \"{name}\" (or set {env})"
+                "{at}.auth.{key} is required with {at}.auth.method = \"{name}\"{env}"
             ));
         } else if is_set && !required.contains(&key) && !allowed.contains(&key) {
             errors.push(format!(
-                "server.auth.{key} is not used with server.auth.method = \"{name}\"; remove it or change the method"
+                "{at}.auth.{key} is not used with {at}.auth.method = \"{name}\"; remove it or change the method"
             ));
         }
     }
     if a.scope.is_some() && !method.is_azure() {
         errors.push(format!(
-            "server.auth.scope is only used with the azure_* methods, not \"{name}\""
+            "{at}.auth.scope is only used with the azure_* methods, not \"{name}\""
         ));
     }
     if method == AuthMethod::PasswordFile {
         if let Some(p) = &a.path {
             if !p.is_file() {
                 errors.push(format!(
-                    "server.auth.path = {:?} is not a readable file",
+                    "{at}.auth.path = {:?} is not a readable file",
                     p.display()
                 ));
             }
         }
     }
     if a.fetch_timeout.is_zero() {
-        errors.push("server.auth.fetch_timeout must be above zero".into());
+        errors.push(format!("{at}.auth.fetch_timeout must be above zero"));
     }
     if a.refresh_interval < Duration::from_secs(1) {
-        errors.push("server.auth.refresh_interval must be at least 1s".into());
+        errors.push(format!("{at}.auth.refresh_interval must be at least 1s"));
     }
 }
 
@@ -246,6 +250,25 @@ fn check_peering(p: &crate::Peering, errors: &mut Vec<String>) {
     }
 }
 
+/// The checks of one server table (`at`: `server`, or a database's own).
+fn check_server(s: &crate::Server, at: &str, errors: &mut Vec<String>) {
+    if let Some(path) = &s.sslrootcert {
+        if !path.is_file() {
+            errors.push(format!(
+                "{at}.sslrootcert = {:?} is not a readable file",
+                path.display()
+            ));
+        }
+    }
+    if s.tcp_keepalive_count == 0 {
+        errors.push(format!("{at}.tcp_keepalive_count must be at least 1"));
+    }
+    if s.connect_timeout.is_zero() {
+        errors.push(format!("{at}.connect_timeout must be above zero"));
+    }
+    check_auth(&s.auth, at, errors);
+}
+
 pub(crate) fn validate(c: &Config, errors: &mut Vec<String>) {
     check_lifecycle(&c.lifecycle, errors);
     check_peering(&c.peering, errors);
@@ -271,21 +294,16 @@ pub(crate) fn validate(c: &Config, errors: &mut Vec<String>) {
     if c.listen.max_message_size < 1024 {
         errors.push("listen.max_message_size must be at least 1024 bytes".into());
     }
-    if let Some(path) = &c.server.sslrootcert {
-        if !path.is_file() {
-            errors.push(format!(
-                "server.sslrootcert = {:?} is not a readable file",
-                path.display()
-            ));
+    check_server(&c.server, "server", errors);
+    for (name, db) in &c.databases {
+        if let Some(s) = &db.server {
+            let at = format!("databases.{name}.server");
+            if s.host.is_empty() {
+                errors.push(format!("{at}.host is not set (nor server.host)"));
+            }
+            check_server(s, &at, errors);
         }
     }
-    if c.server.tcp_keepalive_count == 0 {
-        errors.push("server.tcp_keepalive_count must be at least 1".into());
-    }
-    if c.server.connect_timeout.is_zero() {
-        errors.push("server.connect_timeout must be above zero".into());
-    }
-    check_auth(&c.server.auth, errors);
     if !c.admin.addr.is_empty() && c.admin.socket_addr().is_none() {
         errors.push(format!(
             "admin.addr = {:?} is not an address like 127.0.0.1:9930 (empty: no admin HTTP server)",

@@ -55,6 +55,9 @@ pub struct Shared {
     config: RwLock<Arc<Config>>,
     /// Where new pools connect and how they log in; replaced on reload.
     server: Mutex<ServerSide>,
+    /// The servers of `[databases.NAME.server]` entries, by entry name
+    /// (a change needs a restart).
+    db_servers: HashMap<String, ServerSide>,
     /// The token cache of the credential source, if it has one, and the
     /// token that stops its refresh task.
     refresher: Mutex<Option<(Arc<RefreshingCache>, CancellationToken)>>,
@@ -216,16 +219,24 @@ impl Shared {
         }
         let settings = pool_settings(&self.config(), route, prewarm);
         tracing::info!(pool = %key, size = settings.size, min_idle = settings.min_idle, mode = ?settings.mode, "new pool");
-        let server = self
-            .server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // An entry with a server of its own: its connections and
+        // credentials, and no waking (the lifecycle is `[server]`'s).
+        let (server, lifecycle) = match self.db_servers.get(route_name).filter(|_| route.own_server)
+        {
+            Some(s) => (s.clone(), None),
+            None => (
+                self.server
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+                self.lifecycle.clone(),
+            ),
+        };
         let pool = Pool::new(
             key.clone(),
             settings,
             server,
-            self.lifecycle.clone(),
+            lifecycle,
             self.metrics.clone(),
             self.hard_stop.child_token(),
         );
@@ -388,6 +399,12 @@ pub enum StartError {
     /// is already in this error's.
     #[error("server.auth: {0}")]
     Credentials(pgwake_credentials::CredentialError),
+    /// The credential source of a `[databases.NAME.server]` cannot be set up.
+    #[error("databases.{database}.server.auth: {error}")]
+    DatabaseCredentials {
+        database: String,
+        error: pgwake_credentials::CredentialError,
+    },
     /// The `[lifecycle]` provider cannot be set up (a message from building it).
     #[error("{0}")]
     Lifecycle(String),
@@ -422,6 +439,27 @@ impl Proxy {
     pub async fn bind_with(config: Config, hooks: Hooks) -> Result<Proxy, StartError> {
         let creds =
             credentials::from_config(&config.server.auth).map_err(StartError::Credentials)?;
+        let mut db_servers = HashMap::new();
+        let mut db_refreshers = Vec::new();
+        for (name, db) in &config.databases {
+            let Some(s) = &db.server else { continue };
+            let c = credentials::from_config(&s.auth).map_err(|error| {
+                StartError::DatabaseCredentials {
+                    database: name.clone(),
+                    error,
+                }
+            })?;
+            let target = Target::from_config(s)
+                .map_err(|e| StartError::Tls(format!("databases.{name}.server: {e}")))?;
+            db_refreshers.extend(c.refresher);
+            db_servers.insert(
+                name.clone(),
+                ServerSide {
+                    target: Arc::new(target),
+                    credentials: c.source,
+                },
+            );
+        }
         let (lifecycle, arm_tokens) = wake::from_config(&config).map_err(StartError::Lifecycle)?;
         let metrics = Arc::new(Metrics::new());
         if let Some(l) = &lifecycle {
@@ -441,6 +479,7 @@ impl Proxy {
                 target: Arc::new(Target::from_config(&config.server).map_err(StartError::Tls)?),
                 credentials: creds.source,
             }),
+            db_servers,
             refresher: Mutex::new(None),
             lifecycle,
             pools: Mutex::new(HashMap::new()),
@@ -470,6 +509,9 @@ impl Proxy {
             shared.run_refresher(cache);
         }
         if let Some(cache) = arm_tokens {
+            shared.spawn_until_stopped(cache.run());
+        }
+        for cache in db_refreshers {
             shared.spawn_until_stopped(cache.run());
         }
         if let Some(l) = shared.lifecycle.clone() {

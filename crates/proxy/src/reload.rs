@@ -161,6 +161,12 @@ impl Shared {
             .cloned()
             .collect();
         for (pool, route_name) in pools {
+            // A `[databases.NAME.server]` pool keeps its own server.
+            let side = if self.db_servers.contains_key(&route_name) {
+                None
+            } else {
+                side.clone()
+            };
             let old_settings = pool.settings();
             let Some(route) = new.route(&route_name) else {
                 notes.push(format!(

@@ -166,10 +166,7 @@ impl Convert<'_> {
         }
         let mut kept = Vec::new();
         for e in named {
-            if (e.host.as_str(), e.port) != (host.as_str(), port) {
-                let message = format!("pgwake serves one server per process today ({host}:{port}, the one most entries use): this entry, on {}:{}, was left out; run another pgwake for it", e.host, e.port);
-                self.warn_at(&e.s.at, &e.label(), message);
-            } else if e.name == CONSOLE {
+            if e.name == CONSOLE {
                 self.warn_at(&e.s.at, &e.label(), format!("{:?} is pgwake's admin console: the entry was left out; give it another name", e.name));
             } else {
                 kept.push(e);
@@ -190,6 +187,16 @@ impl Convert<'_> {
         );
         for e in &kept {
             self.entry_table(e, max_db.as_ref(), &mut routes)?;
+            if (e.host.as_str(), e.port) != (host.as_str(), port) {
+                // Another server: [databases.NAME.server] over [server]
+                // ({host}:{port}, the one most entries use).
+                let origin = e.origin("host");
+                let path = ["databases", e.name.as_str(), "server"];
+                self.doc.set(&path, "host", string(&e.host), &origin, &[]);
+                let origin = e.origin("port");
+                self.doc
+                    .set(&path, "port", int_value(usize::from(e.port)), &origin, &[]);
+            }
         }
         if !table {
             if let Some(f) = &fallback {

@@ -400,10 +400,15 @@ fn databases(shared: &Shared) -> Table {
             .filter(|p| p.key().database == name)
             .map(|p| p.counts().0)
             .sum();
+        let server = config
+            .databases
+            .get(&name)
+            .and_then(|d| d.server.as_ref())
+            .unwrap_or(&config.server);
         t.row(vec![
             s(&name),
-            s(&config.server.host),
-            s(config.server.port),
+            s(&server.host),
+            s(server.port),
             s(&route.dbname),
             route.user.clone(),
             s(route.size),

@@ -269,6 +269,8 @@ pub(crate) async fn query_secret(shared: &crate::Shared, user: &str) -> Option<S
         min_idle: 0,
         client_users: Vec::new(),
         any_client_user: false,
+        // The lookup runs on `[server]`.
+        own_server: false,
     };
     let key = crate::pool::PoolKey {
         database: dbname.clone(),
