@@ -132,3 +132,36 @@ fn a_database_server_with_a_bad_key_is_refused_naming_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_server_of_its_own_added_by_reload_is_refused_until_restart_not_sent_to_the_main_one() {
+    let main = cluster();
+    let port = pgwake_testkit::free_port();
+    let base = common::config_for(&main, port, "size = 2");
+    let pg = Pgwake::start_config(&format!("{base}[databases.app]\n"), port, &[]);
+    assert_eq!(
+        one_value(&pg.url("app"), "select 1").await.expect("app"),
+        "1"
+    );
+    // A new entry with a server of its own arrives by reload.
+    pg.rewrite_config(&format!(
+        "{base}[databases.app]\n[databases.reports]\nclient_users = [\"app\"]\n\
+         [databases.reports.server]\nport = 1\n"
+    ));
+    pg.signal("HUP");
+    pg.wait_for_log("only applied at restart", Duration::from_secs(10));
+    let e = one_value(&pg.url("reports"), "select 1")
+        .await
+        .expect_err("not served by the main server");
+    assert_eq!(code(&e), "F0000", "{e:?}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("restart pgwake"), "{message}");
+    // The entry already served goes on.
+    assert_eq!(
+        one_value(&pg.url("app"), "select 1").await.expect("app"),
+        "1"
+    );
+}

@@ -261,6 +261,11 @@ impl Shared {
         }
     }
 
+    /// Whether `[databases.NAME.server]` of entry `name` was set up (at start).
+    pub(crate) fn serves_own_server(&self, name: &str) -> bool {
+        self.db_servers.contains_key(name)
+    }
+
     /// Shutdown has begun: sessions end after their transaction.
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)

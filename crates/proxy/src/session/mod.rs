@@ -190,6 +190,17 @@ impl<C: ClientStream> Session<C> {
             dbname: route.dbname.clone(),
             user: route.user.clone().unwrap_or_else(|| user.to_owned()),
         };
+        if route.own_server && !shared.serves_own_server(database) {
+            // Added by a reload: its server is set up at restart only, and
+            // the main server is not this database's.
+            return Err((
+                client,
+                ErrorMessage::fatal(
+                    sqlstate::CONFIG_FILE_ERROR,
+                    format!("database \"{database}\" has a server of its own ([databases.{database}.server]) that pgwake sets up at start: restart pgwake to serve it"),
+                ),
+            ));
+        }
         let pool = shared.pool(key.clone(), database, &route, false);
         let lifecycle = shared.lifecycle.clone();
         if let Some(l) = &lifecycle {
