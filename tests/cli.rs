@@ -385,3 +385,49 @@ fn check_reads_the_client_files_as_run_would() {
     );
     assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_takes_its_mode_and_group_from_the_config() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let port = pgwake_testkit::free_port();
+    // The group the test's cluster runs as exists on every machine that runs it.
+    let gid = std::fs::metadata(cluster.bin().path("psql")).unwrap().gid();
+    let toml = config_for(&cluster, port, "size = 2").replace(
+        "[listen]\n",
+        &format!(
+            "[listen]\nunix_socket_dir = \"{}\"\nunix_socket_mode = \"0660\"\nunix_socket_group = \"{gid}\"\n",
+            dir.path().display()
+        ),
+    );
+    let _pg = Pgwake::start_config(&toml, port, &[]);
+    let meta = std::fs::metadata(dir.path().join(format!(".s.PGSQL.{port}"))).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+
+    // A mode that is not one, or a group that does not exist, is named.
+    let bad = config_for(&cluster, port, "size = 2").replace(
+        "[listen]\n",
+        "[listen]\nunix_socket_dir = \"/tmp\"\nunix_socket_mode = \"rw\"\n",
+    );
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, bad).unwrap();
+    let (status, _, err) = pgwake(&["check", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(status, 2, "{err}");
+    assert!(err.contains("listen.unix_socket_mode = \"rw\""), "{err}");
+    let no_group = config_for(&cluster, pgwake_testkit::free_port(), "size = 2").replace(
+        "[listen]\n",
+        &format!(
+            "[listen]\nunix_socket_dir = \"{}\"\nunix_socket_group = \"no-such-group-here\"\n",
+            dir.path().display()
+        ),
+    );
+    std::fs::write(&file, no_group).unwrap();
+    let (status, _, err) = pgwake(&["run", "--config", file.to_str().unwrap()], &[]);
+    assert_ne!(status, 0, "{err}");
+    assert!(
+        err.contains("listen.unix_socket_group = \"no-such-group-here\": no such group"),
+        "{err}"
+    );
+}

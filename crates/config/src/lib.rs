@@ -169,6 +169,14 @@ pub struct Listen {
     /// so `psql -h DIR -p PORT` works). Unset: no unix socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_socket_dir: Option<PathBuf>,
+    /// Permissions of the unix socket, in octal as `chmod` takes them
+    /// (PostgreSQL's `unix_socket_permissions`, PgBouncer's
+    /// `unix_socket_mode`).
+    pub unix_socket_mode: String,
+    /// Group that owns the unix socket: a name from `/etc/group` or a
+    /// number. Unset: the group of the user running pgwake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_group: Option<String>,
     /// Client connections beyond this get SQLSTATE 53300.
     pub max_client_conn: usize,
     /// Client connections per client database name beyond this get SQLSTATE
@@ -220,6 +228,8 @@ impl Default for Listen {
         Listen {
             addr: "127.0.0.1:6432".into(),
             unix_socket_dir: None,
+            unix_socket_mode: "0777".into(),
+            unix_socket_group: None,
             max_client_conn: 10_000,
             max_client_conn_per_database: 0,
             max_client_conn_per_user: 0,
@@ -496,6 +506,21 @@ pub struct Route {
     pub any_client_user: bool,
     /// The entry has a server of its own (`[databases.NAME.server]`).
     pub own_server: bool,
+}
+
+impl Listen {
+    /// `unix_socket_mode` as permission bits.
+    pub fn unix_socket_mode_bits(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.unix_socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "listen.unix_socket_mode = {:?} is not a mode in octal like \"0770\"",
+                    self.unix_socket_mode
+                )
+            })
+    }
 }
 
 impl Route {

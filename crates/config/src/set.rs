@@ -33,6 +33,8 @@ pub fn needs_restart(key: &str) -> bool {
         key,
         "listen.addr"
             | "listen.unix_socket_dir"
+            | "listen.unix_socket_mode"
+            | "listen.unix_socket_group"
             | "listen.max_client_conn"
             | "listen.worker_threads"
             | "listen.client_buffer_budget"

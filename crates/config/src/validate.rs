@@ -282,6 +282,9 @@ pub(crate) fn validate(c: &Config, errors: &mut Vec<String>) {
         Err(e) => errors.push(e),
     }
     check_client_tls(&c.listen, errors);
+    if let Err(e) = c.listen.unix_socket_mode_bits() {
+        errors.push(e);
+    }
     if c.listen.client_login_timeout.is_zero() {
         errors.push("listen.client_login_timeout must be above zero".into());
     }

@@ -51,17 +51,26 @@ impl Listeners {
                     path: path.clone(),
                     source,
                 })?;
-                // Apps run as other users: the socket is open to all, as
-                // PostgreSQL's own (unix_socket_permissions = 0777), whatever
-                // the process umask; the directory's mode and [client_auth]
-                // decide who gets in.
+                // Apps run as other users: by default the socket is open to
+                // all, as PostgreSQL's own (unix_socket_permissions = 0777),
+                // whatever the process umask; the directory's mode and
+                // [client_auth] decide who gets in. `unix_socket_mode` and
+                // `unix_socket_group` narrow it.
+                let unix_error = |source| StartError::Unix {
+                    path: path.clone(),
+                    source,
+                };
+                let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+                let mode = listen
+                    .unix_socket_mode_bits()
+                    .map_err(|m| unix_error(invalid(m)))?;
+                if let Some(group) = &listen.unix_socket_group {
+                    let gid = group_id(group).map_err(|m| unix_error(invalid(m)))?;
+                    std::os::unix::fs::chown(&path, None, Some(gid)).map_err(unix_error)?;
+                }
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).map_err(
-                    |source| StartError::Unix {
-                        path: path.clone(),
-                        source,
-                    },
-                )?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(unix_error)?;
                 Some((l, path))
             }
         };
@@ -134,4 +143,23 @@ async fn accept_unix(
         Some((l, _)) => l.accept().await.map(|(s, _)| s),
         None => std::future::pending().await,
     }
+}
+
+/// The id of group `name` (`listen.unix_socket_group`): a number, or a name
+/// in `/etc/group`.
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("listen.unix_socket_group = {name:?}: cannot read /etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let (n, _, gid) = (f.next()?, f.next()?, f.next()?);
+            (n == name).then(|| gid.parse().ok()).flatten()
+        })
+        .next()
+        .ok_or_else(|| format!("listen.unix_socket_group = {name:?}: no such group in /etc/group (a number works too)"))
 }

@@ -58,6 +58,8 @@ const CONVERTED: &[&str] = &[
     "tcp_keepintvl",
     "tcp_user_timeout",
     "unix_socket_dir",
+    "unix_socket_group",
+    "unix_socket_mode",
     "verbose",
 ];
 
@@ -116,8 +118,6 @@ const WITHOUT_EQUIVALENT: &[(&str, Option<&str>, &str)] = &[
     ("tcp_socket_buffer", Some("0"), "pgwake uses the system's socket buffer sizes"),
     ("track_extra_parameters", None, "pgwake carries the settings the server reports (application_name, DateStyle, IntervalStyle, TimeZone, client_encoding, standard_conforming_strings, search_path) from connection to connection, and no others"),
     ("transaction_timeout", Some("0"), "pgwake has no limit on a whole transaction; timeouts.query_timeout and idle_transaction_timeout bound its parts"),
-    ("unix_socket_group", Some(""), "pgwake's unix socket belongs to the user running pgwake; the directory's permissions decide who reaches it"),
-    ("unix_socket_mode", Some("0777"), "pgwake's unix socket is always mode 0777; the directory's permissions decide who reaches it"),
     ("user", Some(""), "pgwake does not switch users; run it as the user it should be (systemd User= or DynamicUser=)"),
     ("max_user_connections", Some("0"), "pgwake does not cap server connections per user; each pool is capped by its size (pool.size, [databases.NAME] size)"),
 ];
@@ -241,6 +241,18 @@ impl Convert<'_> {
                 let dir = self.resolve(&s.value).display().to_string();
                 self.set_from(&["listen"], "unix_socket_dir", string(&dir), &s);
             }
+        }
+
+        match self.take("unix_socket_mode") {
+            // PgBouncer's default, pgwake's too.
+            Some(s) if s.value.trim_start_matches('0') == "777" => {}
+            Some(s) => self.set_from(&["listen"], "unix_socket_mode", string(&s.value), &s),
+            None => {}
+        }
+        match self.take("unix_socket_group") {
+            Some(s) if s.value.is_empty() => {}
+            Some(s) => self.set_from(&["listen"], "unix_socket_group", string(&s.value), &s),
+            None => {}
         }
 
         self.at_least_one(
