@@ -431,3 +431,40 @@ async fn the_unix_socket_takes_its_mode_and_group_from_the_config() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connect_on_every_listen_address() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let other = pgwake_testkit::free_port();
+    let toml = config_for(&cluster, port, "size = 2").replace(
+        "[listen]\n",
+        &format!("[listen]\nextra_addrs = [\"127.0.0.2:{other}\", \"127.0.0.3:{port}\"]\n"),
+    );
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    for (host, p) in [("127.0.0.1", port), ("127.0.0.2", other), ("127.0.0.3", port)] {
+        let out = Command::new(cluster.bin().path("psql"))
+            .args(["-X", "-A", "-t", "-U", "app", "-d", "app", "-h", host, "-p"])
+            .arg(p.to_string())
+            .args(["-c", "select 'served'"])
+            .env("PGPASSWORD", "app-secret")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{host}:{p}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            pg.logs()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "served");
+    }
+    // An address that is not one is named with its key.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let bad = config_for(&cluster, port, "size = 2")
+        .replace("[listen]\n", "[listen]\nextra_addrs = [\"somewhere\"]\n");
+    std::fs::write(&file, bad).unwrap();
+    let (status, _, err) = pgwake(&["check", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(status, 2, "{err}");
+    assert!(err.contains("listen.extra_addrs: \"somewhere\""), "{err}");
+}

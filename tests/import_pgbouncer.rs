@@ -210,7 +210,6 @@ fn hand_written_configs_import_and_pass_check() {
                 "pgbouncer.ini:8: [databases] *: the fallback has no equivalent next to named entries",
                 "[users] batch: pool_mode",
                 "[users] batch: max_user_connections",
-                "listen_addr: pgwake listens on one address: 10.0.0.5 only, not 127.0.0.1",
                 "pool_mode: pgwake has no statement pooling",
                 "server_check_query: no equivalent",
                 "dns_max_ttl: no equivalent",

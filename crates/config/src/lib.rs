@@ -165,6 +165,11 @@ pub struct Listen {
     /// TCP address. Beyond loopback (`0.0.0.0:6432` for a shared service),
     /// clients from elsewhere must authenticate: see `[client_auth]`.
     pub addr: String,
+    /// More TCP addresses to accept clients on, each `IP:PORT`, as
+    /// PgBouncer's `listen_addr` list (`addr` is the one pgwake names itself
+    /// by: its unix socket's port, its cancel keys for peers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_addrs: Vec<String>,
     /// Directory for a unix socket `.s.PGSQL.<port>` (as PostgreSQL names it,
     /// so `psql -h DIR -p PORT` works). Unset: no unix socket.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,6 +232,7 @@ impl Default for Listen {
     fn default() -> Self {
         Listen {
             addr: "127.0.0.1:6432".into(),
+            extra_addrs: Vec::new(),
             unix_socket_dir: None,
             unix_socket_mode: "0777".into(),
             unix_socket_group: None,
@@ -257,6 +263,20 @@ impl Listen {
                 self.addr
             )
         })
+    }
+
+    /// `extra_addrs` as socket addresses.
+    pub fn extra_socket_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        self.extra_addrs
+            .iter()
+            .map(|a| {
+                a.replacen("localhost:", "127.0.0.1:", 1)
+                    .parse()
+                    .map_err(|_| {
+                        format!("listen.extra_addrs: {a:?} is not an address like 127.0.0.1:6432")
+                    })
+            })
+            .collect()
     }
 }
 

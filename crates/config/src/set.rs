@@ -32,6 +32,7 @@ pub fn needs_restart(key: &str) -> bool {
     matches!(
         key,
         "listen.addr"
+            | "listen.extra_addrs"
             | "listen.unix_socket_dir"
             | "listen.unix_socket_mode"
             | "listen.unix_socket_group"

@@ -277,9 +277,12 @@ pub(crate) fn validate(c: &Config, errors: &mut Vec<String>) {
             "server.host is not set: pass --server-url postgres://USER@HOST:5432/DB, set PGWAKE_SERVER_URL, or set [server] host".into(),
         );
     }
-    match c.listen.socket_addr() {
-        Ok(addr) => check_client_auth(c, addr.ip().is_loopback(), errors),
-        Err(e) => errors.push(e),
+    match (c.listen.socket_addr(), c.listen.extra_socket_addrs()) {
+        (Ok(addr), Ok(extra)) => {
+            let loopback = addr.ip().is_loopback() && extra.iter().all(|a| a.ip().is_loopback());
+            check_client_auth(c, loopback, errors)
+        }
+        (a, b) => errors.extend(a.err().into_iter().chain(b.err())),
     }
     check_client_tls(&c.listen, errors);
     if let Err(e) = c.listen.unix_socket_mode_bits() {

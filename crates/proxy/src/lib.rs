@@ -387,9 +387,11 @@ impl Shared {
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} (listen.addr): {source}")]
+    #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         addr: String,
+        /// `listen.addr` or `listen.extra_addrs`.
+        key: &'static str,
         source: std::io::Error,
     },
     /// The client TLS settings or the server TLS settings cannot be built

@@ -17,6 +17,8 @@ use crate::{Shared, StartError};
 pub(crate) struct Listeners {
     tcp: TcpListener,
     pub(crate) tcp_addr: SocketAddr,
+    /// `listen.extra_addrs`.
+    extra: Vec<TcpListener>,
     unix: Option<(UnixListener, std::path::PathBuf)>,
 }
 
@@ -26,18 +28,39 @@ impl Listeners {
         let listen = &config.listen;
         let addr = listen.socket_addr().map_err(|e| StartError::Listen {
             addr: listen.addr.clone(),
+            key: "listen.addr",
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen {
                 addr: listen.addr.clone(),
+                key: "listen.addr",
                 source,
             })?;
         let tcp_addr = tcp.local_addr().map_err(|source| StartError::Listen {
             addr: listen.addr.clone(),
+            key: "listen.addr",
             source,
         })?;
+        let extra_addrs = listen
+            .extra_socket_addrs()
+            .map_err(|e| StartError::Listen {
+                addr: listen.extra_addrs.join(", "),
+                key: "listen.extra_addrs",
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+        let mut extra = Vec::with_capacity(extra_addrs.len());
+        for a in extra_addrs {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: a.to_string(),
+                    key: "listen.extra_addrs",
+                    source,
+                })?;
+            extra.push(l);
+        }
         let unix = match &listen.unix_socket_dir {
             None => None,
             Some(dir) => {
@@ -74,10 +97,16 @@ impl Listeners {
                 Some((l, path))
             }
         };
-        tracing::info!(addr = %tcp_addr, unix = ?unix.as_ref().map(|(_, p)| p), "listening");
+        let more: Vec<String> = extra
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        tracing::info!(addr = %tcp_addr, also = ?more, unix = ?unix.as_ref().map(|(_, p)| p), "listening");
         Ok(Listeners {
             tcp,
             tcp_addr,
+            extra,
             unix,
         })
     }
@@ -89,7 +118,7 @@ impl Listeners {
         loop {
             let accepted = tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
-                r = self.tcp.accept() => r.map(|(s, peer)| {
+                r = accept_tcp(&self.tcp, &self.extra) => r.map(|(s, peer)| {
                     let _ = s.set_nodelay(true);
                     (Conn::Tcp(s), Peer {
                         text: peer.to_string(),
@@ -122,6 +151,7 @@ impl Listeners {
             });
         }
         drop(self.tcp);
+        drop(self.extra);
         if let Some((l, path)) = self.unix {
             drop(l);
             let _ = std::fs::remove_file(path);
@@ -134,6 +164,25 @@ impl Listeners {
 enum Conn {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+}
+
+/// The next client on the main TCP listener or any of `listen.extra_addrs`.
+async fn accept_tcp(
+    main: &TcpListener,
+    extra: &[TcpListener],
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = main.poll_accept(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        for l in extra {
+            if let std::task::Poll::Ready(r) = l.poll_accept(cx) {
+                return std::task::Poll::Ready(r);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn accept_unix(

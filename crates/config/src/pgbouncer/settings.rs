@@ -204,16 +204,25 @@ impl Convert<'_> {
                 }
             },
         };
-        if let (Some(s), Some((first, rest))) = (&addr_s, addrs.split_first()) {
-            if !rest.is_empty() {
-                let rest = rest.join(", ");
-                self.warn(
-                    s,
-                    format!("pgwake listens on one address: {first} only, not {rest}"),
-                );
+        // The other addresses of the list: listen.extra_addrs.
+        let mut extra = Vec::new();
+        if let (Some(s), Some((_, rest))) = (&addr_s, addrs.split_first()) {
+            for a in rest {
+                match a.as_str() {
+                    "localhost" => extra.push(format!("127.0.0.1:{port}")),
+                    "*" => extra.push(format!("0.0.0.0:{port}")),
+                    other => match other.trim_matches(['[', ']']).parse::<IpAddr>() {
+                        Ok(IpAddr::V6(v6)) => extra.push(format!("[{v6}]:{port}")),
+                        Ok(IpAddr::V4(v4)) => extra.push(format!("{v4}:{port}")),
+                        Err(_) => self.warn(s, format!("pgwake listens on addresses, not host names: {other:?} was left out; add its address to listen.extra_addrs")),
+                    },
+                }
             }
         }
-        self.loopback_listener = host.is_loopback();
+        self.loopback_listener = host.is_loopback()
+            && extra
+                .iter()
+                .all(|a| a.starts_with("127.") || a.starts_with("[::1]"));
         let addr = match host {
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
             IpAddr::V4(v4) => format!("{v4}:{port}"),
@@ -230,6 +239,11 @@ impl Convert<'_> {
         };
         self.doc
             .set(&["listen"], "addr", string(&addr), &origin, &comments);
+        if let (Some(s), false) = (&addr_s, extra.is_empty()) {
+            let origin = super::origin(s);
+            self.doc
+                .set(&["listen"], "extra_addrs", strings(&extra), &origin, &[]);
+        }
 
         match self.take("unix_socket_dir") {
             None => self.doc.set(&["listen"], "unix_socket_dir", string("/tmp"), PGBOUNCER_DEFAULT, &[]),

@@ -146,13 +146,17 @@ fn listener_addresses_ports_and_sockets() {
         warned(&i, "auth_type").contains("insecure_trust_beyond_loopback = true, which was set")
     );
 
-    let (_d, i, c) = imported(&[(
+    let (_d, _i, c) = imported(&[(
         "pgbouncer.ini",
         &format!("{DB}[pgbouncer]\nlisten_addr = 127.0.0.1, 10.0.0.5\nunix_socket_dir =\n"),
     )]);
     assert_eq!(c.listen.addr, "127.0.0.1:6432");
     assert!(c.listen.unix_socket_dir.is_none());
-    assert!(warned(&i, "listen_addr").contains("one address: 127.0.0.1 only, not 10.0.0.5"));
+    assert_eq!(
+        c.listen.extra_addrs,
+        ["10.0.0.5:6432"],
+        "the rest of the list"
+    );
 
     let (_d, i, c) = imported(&[(
         "pgbouncer.ini",
