@@ -442,7 +442,11 @@ async fn clients_connect_on_every_listen_address() {
         &format!("[listen]\nextra_addrs = [\"127.0.0.2:{other}\", \"127.0.0.3:{port}\"]\n"),
     );
     let pg = Pgwake::start_config(&toml, port, &[]);
-    for (host, p) in [("127.0.0.1", port), ("127.0.0.2", other), ("127.0.0.3", port)] {
+    for (host, p) in [
+        ("127.0.0.1", port),
+        ("127.0.0.2", other),
+        ("127.0.0.3", port),
+    ] {
         let out = Command::new(cluster.bin().path("psql"))
             .args(["-X", "-A", "-t", "-U", "app", "-d", "app", "-h", host, "-p"])
             .arg(p.to_string())
