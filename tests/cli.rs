@@ -447,20 +447,14 @@ async fn clients_connect_on_every_listen_address() {
         ("127.0.0.2", other),
         ("127.0.0.3", port),
     ] {
-        let out = Command::new(cluster.bin().path("psql"))
-            .args(["-X", "-A", "-t", "-U", "app", "-d", "app", "-h", host, "-p"])
-            .arg(p.to_string())
-            .args(["-c", "select 'served'"])
-            .env("PGPASSWORD", "app-secret")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{host}:{p}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            pg.logs()
+        let (ok, out) = common::psql(
+            &cluster,
+            &format!("host={host} port={p} user=app dbname=app"),
+            "select 'served'",
+            &[],
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "served");
+        assert!(ok, "{host}:{p}: {out}\n{}", pg.logs());
+        assert_eq!(out.trim(), "served");
     }
     // An address that is not one is named with its key.
     let dir = tempfile::tempdir().unwrap();
