@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::io;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -67,8 +66,8 @@ pub enum Error {
         sql: String,
         exit: Exit,
     },
-    #[error("no free TCP port on 127.0.0.1 in {0:?}")]
-    NoFreePort(Range<u16>),
+    #[error("no free TCP port on 127.0.0.1 among the {0} outside the ephemeral range")]
+    NoFreePort(usize),
 }
 
 /// How a tool ended, and what it printed.

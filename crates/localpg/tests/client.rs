@@ -1,7 +1,7 @@
 //! The minimal client against a real cluster: each login method, results,
 //! errors, and a connection that stays usable after an error.
 
-use pgwake_localpg::{free_port, Client, ClientError, Cluster, Error, HostAuth};
+use pgwake_localpg::{Client, ClientError, Cluster, Error, HostAuth};
 
 async fn login(cluster: &Cluster, password: Option<&str>) -> Result<Client, ClientError> {
     Client::connect(cluster.host(), cluster.port(), "app", password, "app").await
@@ -89,8 +89,10 @@ async fn a_stopped_server_is_an_error_not_a_hang() {
 
 #[test]
 fn a_taken_port_is_a_start_error_with_the_server_log() {
-    let port = free_port().unwrap();
-    let _holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // The listener holds its port from the moment it is chosen, so nothing
+    // else can take it between choosing and binding.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = holder.local_addr().unwrap().port();
     let err = Cluster::builder().port(port).start().unwrap_err();
     assert!(matches!(err, Error::Start { .. }), "{err}");
     let msg = err.to_string();
