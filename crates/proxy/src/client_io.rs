@@ -4,14 +4,21 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// A client byte stream: TCP, unix socket or TLS over TCP.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Waits until there is something to read (or EOF) without holding a
-    /// buffer: an idle client then costs no buffer memory at all.
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+    /// Ready when there is something to read (or EOF), holding no buffer:
+    /// an idle client then costs no buffer memory at all. (A poll function
+    /// rather than a future: waiting on it adds one pointer to an idle
+    /// client's task, where tokio's `readable()` future adds 150 bytes.)
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Waits until there is something to read (or EOF).
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        std::future::poll_fn(move |cx| self.poll_readable(cx))
+    }
     /// Reads what is there without waiting (`WouldBlock` when nothing is).
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// The address the client reached pgwake at (`None` on the unix
@@ -63,8 +70,8 @@ macro_rules! try_read_draining {
 }
 
 impl ClientStream for tokio::net::TcpStream {
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        tokio::net::TcpStream::readable(self)
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
     fn local_addr(&self) -> Option<SocketAddr> {
         tokio::net::TcpStream::local_addr(self).ok()
@@ -73,18 +80,18 @@ impl ClientStream for tokio::net::TcpStream {
 }
 
 impl ClientStream for tokio::net::UnixStream {
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        tokio::net::UnixStream::readable(self)
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
     try_read_draining!(tokio::net::UnixStream);
 }
 
 impl ClientStream for crate::tls::ClientTls {
-    async fn readable(&mut self) -> io::Result<()> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.has_buffered() {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        self.tcp().readable().await
+        self.tcp().poll_read_ready(cx)
     }
 
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -63,11 +63,12 @@ pub(crate) const ENTRY_SIZE: usize = std::mem::size_of::<ClientInfo>();
 pub struct ClientInfo {
     pub id: u64,
     pub user: String,
-    pub database: String,
     pub application_name: String,
     /// `host:port`, or `unix`.
     pub peer: String,
-    pub pool: PoolKey,
+    /// The pool's key, shared by all its clients; `pool.database` is the
+    /// database the client asked for.
+    pub pool: Arc<PoolKey>,
     pub connect_time: SystemTime,
     state: AtomicU8,
     /// Backend process ID of the server connection held, 0 when none.
@@ -82,6 +83,11 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// The database the client asked for.
+    pub fn database(&self) -> &str {
+        &self.pool.database
+    }
+
     pub fn state(&self) -> ClientState {
         match self.state.load(Ordering::Relaxed) {
             1 => ClientState::Active,
@@ -185,10 +191,9 @@ impl Clients {
     pub fn register(
         self: &Arc<Self>,
         user: &str,
-        database: &str,
         application_name: &str,
-        peer: &str,
-        pool: PoolKey,
+        peer: String,
+        pool: Arc<PoolKey>,
         counts: Arc<PoolCounts>,
     ) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -196,9 +201,8 @@ impl Clients {
         let info = Arc::new(ClientInfo {
             id,
             user: user.to_owned(),
-            database: database.to_owned(),
             application_name: application_name.to_owned(),
-            peer: peer.to_owned(),
+            peer,
             pool,
             connect_time: now,
             state: AtomicU8::new(ClientState::Idle as u8),

@@ -141,14 +141,12 @@ impl Listeners {
             };
             let permit = limit.clone().try_acquire_owned().ok();
             let shared = shared.clone();
-            sessions.spawn(async move {
-                let admitted = permit.is_some();
-                match conn {
-                    Conn::Tcp(s) => session::serve_tcp(s, peer, shared, admitted).await,
-                    Conn::Unix(s) => session::serve_unix(s, peer, shared, admitted).await,
-                }
-                drop(permit);
-            });
+            // The session's future is made here and is the task's whole
+            // future: it holds the permit, not a copy of what made it.
+            match conn {
+                Conn::Tcp(s) => sessions.spawn(session::serve_tcp(s, peer, shared, permit)),
+                Conn::Unix(s) => sessions.spawn(session::serve_unix(s, peer, shared, permit)),
+            };
         }
         drop(self.tcp);
         drop(self.extra);

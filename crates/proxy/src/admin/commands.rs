@@ -204,7 +204,7 @@ fn kill(shared: &Shared, db: Option<&str>) -> Vec<String> {
     }
     let mut clients = 0;
     for c in shared.clients.all() {
-        if db.is_none_or(|d| c.database == d) {
+        if db.is_none_or(|d| c.database() == d) {
             c.kill(Kill::Database);
             clients += 1;
         }
@@ -253,7 +253,7 @@ fn kill_client(shared: &Shared, arg: Option<&str>) -> Result<Vec<String>, ErrorM
     tracing::info!(
         id,
         peer = %client.peer,
-        database = %client.database,
+        database = %client.database(),
         user = %client.user,
         "KILL_CLIENT: client disconnected"
     );

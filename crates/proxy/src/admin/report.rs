@@ -297,7 +297,7 @@ fn clients(shared: &Shared) -> Table {
             Socket {
                 kind: "C",
                 user: &c.user,
-                database: &c.database,
+                database: c.database(),
                 state: state.name(),
                 peer: &c.peer,
                 times: (unix_micros(c.connect_time), c.request_time()),

@@ -233,7 +233,7 @@ pub struct Pool {
 }
 
 struct Inner {
-    key: PoolKey,
+    key: Arc<PoolKey>,
     /// Bumped when the server settings change (or `RECONNECT`): older
     /// connections retire.
     epoch: AtomicU64,
@@ -276,7 +276,7 @@ impl Pool {
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
-                key,
+                key: Arc::new(key),
                 epoch: AtomicU64::new(0),
                 live: Mutex::new(std::collections::BTreeMap::new()),
                 logins: AtomicUsize::new(0),
@@ -302,6 +302,11 @@ impl Pool {
 
     pub fn key(&self) -> &PoolKey {
         &self.inner.key
+    }
+
+    /// The key, shared (each client's registry entry holds it).
+    pub fn shared_key(&self) -> Arc<PoolKey> {
+        self.inner.key.clone()
     }
 
     pub fn settings(&self) -> PoolSettings {

@@ -68,10 +68,10 @@ impl<C: ClientStream> Session<C> {
                 let info = &self.registered.info;
                 tracing::warn!(
                     duration_ms = micros(took) / 1000,
-                    database = %info.database,
+                    database = %info.database(),
                     user = %info.user,
                     application_name = %info.application_name,
-                    client = %self.peer,
+                    client = %self.peer(),
                     query = %mask_literals(&self.query_text),
                     "slow query"
                 );

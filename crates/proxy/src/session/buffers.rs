@@ -60,7 +60,7 @@ impl<C: ClientStream> Session<C> {
             match leased {
                 Ok(l) => self.lease = Some(l),
                 Err(e) => {
-                    tracing::warn!(peer = %self.peer, error = %e, "refused a client message");
+                    tracing::warn!(peer = %self.peer(), error = %e, "refused a client message");
                     return Err(Stop::Fatal(e.to_client()));
                 }
             }

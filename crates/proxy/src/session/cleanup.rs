@@ -22,7 +22,7 @@ impl<C: ClientStream> Session<C> {
             let (addr, pid, key) = p.conn.cancel_key();
             let _ = send_cancel(addr, pid, key).await;
         }
-        tracing::info!(peer = %self.peer, pool = %self.pool.key(), "{}: closing the client's server connection", by.command());
+        tracing::info!(peer = %self.peer(), pool = %self.pool.key(), "{}: closing the client's server connection", by.command());
         self.pool.discard(p);
     }
 
@@ -35,7 +35,7 @@ impl<C: ClientStream> Session<C> {
         }
         let pool = self.pool.clone();
         let mode = self.mode;
-        let peer = self.peer.clone();
+        let peer = self.peer().to_owned();
 
         let cleanup = async move {
             if !p.conn.tx.is_idle() {

@@ -10,6 +10,7 @@ use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::sqlstate;
 use pgwake_protocol::startup::{self, StartupRequest};
 use tokio::io::AsyncReadExt;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{closed, send_fatal, Session};
 use crate::client_io::{ClientStream, Peer};
@@ -17,48 +18,54 @@ use crate::stats::TimeoutKind;
 use crate::{admin, Shared};
 
 /// Serves one TCP client until it leaves, encrypting when it asks and
-/// `listen.client_tls_mode` allows. `admitted` is false when the client is
-/// over `max_client_conn`: it is told so after the handshake and closed.
-pub(crate) async fn serve_tcp(
+/// `listen.client_tls_mode` allows. `permit` is its place under
+/// `max_client_conn`, held until it leaves; without one it is told so after
+/// the handshake and closed.
+pub(crate) fn serve_tcp(
     client: tokio::net::TcpStream,
     peer: Peer,
     shared: Arc<Shared>,
-    admitted: bool,
-) {
-    // The login is boxed and freed once done: an idle client's task holds
-    // only its session.
-    match Box::pin(accept_tcp(client, peer, shared, admitted)).await {
-        Accepted::Plain(mut session) => session.run().await,
-        Accepted::Tls(mut session) => Box::pin(session.run()).await,
-        Accepted::Done => {}
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl std::future::Future<Output = ()> + Send {
+    // The login is boxed and freed once done, and the task's own future
+    // holds nothing but it: an idle client's task holds only its session.
+    let login = Box::pin(accept_tcp(client, peer, shared, permit.is_some()));
+    async move {
+        let _permit = permit;
+        match login.await {
+            Accepted::Plain(session) => session.run().await,
+            Accepted::Tls(session) => session.run().await,
+            Accepted::Done => {}
+        }
     }
 }
 
 /// Serves one unix-socket client until it leaves.
-pub(crate) async fn serve_unix(
+pub(crate) fn serve_unix(
     client: tokio::net::UnixStream,
     peer: Peer,
     shared: Arc<Shared>,
-    admitted: bool,
-) {
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl std::future::Future<Output = ()> + Send {
     let login = Login {
         deadline: login_deadline(&shared),
         peer,
         shared,
-        admitted,
+        admitted: permit.is_some(),
         encrypted: false,
     };
-    let login = Box::pin(login.run(client, BytesMut::new()));
-    if let Some(mut session) = login.await {
-        session.run().await;
+    let login = Box::pin(async move { login.run(client, BytesMut::new()).await.map(Box::new) });
+    async move {
+        let _permit = permit;
+        if let Some(session) = login.await {
+            session.run().await;
+        }
     }
 }
 
-/// A client after its login. (The plain session is the common case and
-/// the one an idle client's task holds; TLS sessions are boxed.)
-#[allow(clippy::large_enum_variant)]
+/// A client after its login.
 enum Accepted {
-    Plain(Session<tokio::net::TcpStream>),
+    Plain(Box<Session<tokio::net::TcpStream>>),
     Tls(Box<Session<crate::tls::ClientTls>>),
     /// Served already (cancel request, admin console) or refused.
     Done,
@@ -82,7 +89,7 @@ async fn accept_tcp(
     let step = handshake(&mut client, &mut buf, tls.is_some());
     match within_login(&login.shared, login.deadline, step).await {
         Ok(Handshake::Request(request)) => match login.finish(client, buf, request).await {
-            Some(s) => Accepted::Plain(s),
+            Some(s) => Accepted::Plain(Box::new(s)),
             None => Accepted::Done,
         },
         Ok(Handshake::Gone) => Accepted::Done,

@@ -59,6 +59,16 @@ async fn send_fatal<C: ClientStream>(client: &mut C, e: &ErrorMessage) -> io::Re
     client.shutdown().await
 }
 
+/// What the client has for the session next.
+enum Next {
+    /// A request can begin.
+    Request,
+    /// Nothing yet.
+    Idle,
+    /// The client left (EOF or Terminate).
+    Gone,
+}
+
 /// Why the relay stopped.
 enum Stop {
     /// The transaction ended; the server connection can go back.
@@ -80,7 +90,6 @@ struct Session<C> {
     /// Client bytes read but not yet forwarded.
     cbuf: BytesMut,
     cscan: Scanner,
-    peer: String,
     pool: Pool,
     mode: PoolMode,
     defaults: Arc<Defaults>,
@@ -248,10 +257,9 @@ impl<C: ClientStream> Session<C> {
         let cancel = shared.cancels.register(replica);
         let registered = shared.clients.register(
             user,
-            database,
             get("application_name").unwrap_or(""),
-            &peer,
-            key.clone(),
+            peer,
+            pool.shared_key(),
             pool.stats().clone(),
         );
 
@@ -266,7 +274,7 @@ impl<C: ClientStream> Session<C> {
         }
         if shared.config().log.connections {
             let info = &registered.info;
-            tracing::info!(client = %peer, database = %info.database, user = %info.user, application_name = %info.application_name, "client login");
+            tracing::info!(client = %info.peer, database = %info.database(), user = %info.user, application_name = %info.application_name, "client login");
         }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         let shutdown = shared.shutdown.child_token();
@@ -295,7 +303,6 @@ impl<C: ClientStream> Session<C> {
             cbuf,
             cscan: Scanner::new(max),
             mode: route.mode,
-            peer,
             pool,
             defaults,
             want,
@@ -311,8 +318,30 @@ impl<C: ClientStream> Session<C> {
         })
     }
 
-    async fn run(&mut self) {
-        let (stop, held) = self.serve_loop().await;
+    /// Serves the client until it leaves.
+    ///
+    /// Between requests the client's task holds only the boxed session and
+    /// the small future of [`Self::await_request`]: the work of a request
+    /// (checkout, settings, relay, retries) runs in a boxed future of its
+    /// own, freed as soon as the client is idle again. That keeps an idle
+    /// client small; a busy client pays one small allocation per busy spell.
+    async fn run(mut self: Box<Self>) {
+        let (stop, held) = loop {
+            match self.await_request().await {
+                Ok(true) => {}
+                Ok(false) => break (Stop::ClientGone, None),
+                Err(stop) => break (stop, None),
+            }
+            if let Some(done) = Box::pin(self.serve_busy()).await {
+                break done;
+            }
+        };
+        Box::pin(self.finish(stop, held)).await;
+    }
+
+    /// Tells the client why it is being closed, if it should be told, and
+    /// gives back or closes the server connection it held.
+    async fn finish(&mut self, stop: Stop, held: Option<Pooled>) {
         if self.shared.config().log.disconnections {
             self.log_logout(&stop);
         }
@@ -345,14 +374,19 @@ impl<C: ClientStream> Session<C> {
         let info = &self.registered.info;
         let age = info.connect_time.elapsed().unwrap_or_default();
         tracing::info!(
-            client = %self.peer,
-            database = %info.database,
+            client = %info.peer,
+            database = %info.database(),
             user = %info.user,
             application_name = %info.application_name,
             age = %humantime::format_duration(Duration::from_millis(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))),
             reason,
             "client logout"
         );
+    }
+
+    /// Where the client connects from (`host:port`, or `unix socket`).
+    fn peer(&self) -> &str {
+        &self.registered.info.peer
     }
 
     /// Notes that the client now holds the server connection with the
@@ -381,24 +415,26 @@ impl<C: ClientStream> Session<C> {
         self.query_text.clear();
     }
 
-    /// Serves the client's requests until one side leaves; returns why,
-    /// and the server connection the client held at that moment, if any.
-    async fn serve_loop(&mut self) -> (Stop, Option<Pooled>) {
+    /// Serves the client's requests for as long as they keep coming.
+    /// `None`: the client is idle again, holding no server connection.
+    /// `Some`: one side left; why, and the server connection the client held
+    /// at that moment, if any.
+    async fn serve_busy(&mut self) -> Option<(Stop, Option<Pooled>)> {
         loop {
             // Every turn spends from tokio's cooperative budget: should a
             // turn ever move no bytes, this session still yields, and
             // other clients, signals and the admin server go on.
             tokio::task::consume_budget().await;
-            // Idle: wait for the client's next message.
             match self.await_first_frame().await {
-                Ok(Some(())) => {}
-                Ok(None) => return (Stop::ClientGone, None),
-                Err(stop) => return (stop, None),
+                Ok(Next::Request) => {}
+                Ok(Next::Idle) => return None,
+                Ok(Next::Gone) => return Some((Stop::ClientGone, None)),
+                Err(stop) => return Some((stop, None)),
             }
             let mut p = match self.attach().await {
                 Ok(Some(p)) => p,
                 Ok(None) => continue,
-                Err(stop) => return (stop, None),
+                Err(stop) => return Some((stop, None)),
             };
             loop {
                 match self.relay(&mut p).await {
@@ -406,30 +442,75 @@ impl<C: ClientStream> Session<C> {
                         self.detached();
                         self.pool.checkin(p);
                         if self.shared.is_stopping() {
-                            return (Stop::Fatal(shutting_down()), None);
+                            return Some((Stop::Fatal(shutting_down()), None));
                         }
                         break;
                     }
                     Stop::Retry => match Box::pin(self.retry_on_fresh_connection(p)).await {
                         Ok(Some(fresh)) => p = fresh,
                         Ok(None) => break,
-                        Err(stop) => return (stop, None),
+                        Err(stop) => return Some((stop, None)),
                     },
-                    other => return (other, Some(p)),
+                    other => return Some((other, Some(p))),
                 }
             }
         }
     }
 
+    /// Waits, holding no buffer, until the idle client sends something.
+    /// `Ok(false)`: the client left (EOF). An idle client is told when
+    /// pgwake shuts down, when it is killed from the console, and when it
+    /// has been idle for `timeouts.client_idle_timeout`.
+    async fn await_request(&mut self) -> Result<bool, Stop> {
+        if !self.cbuf.is_empty() {
+            return Ok(true);
+        }
+        let idle_limit = self.shared.timeouts.client_idle();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                by = self.registered.info.killed() => return Err(Stop::Killed(by)),
+                r = self.client.readable() => if r.is_err() { return Ok(false) },
+                _ = sleep_for(idle_limit) => {
+                    return Err(Stop::Fatal(self.client_idle_timeout(idle_limit)));
+                }
+            }
+            // Readiness can be stale (the last read emptied the socket
+            // without seeing WouldBlock): `probe` tells.
+            match self.probe() {
+                Next::Request => return Ok(true),
+                Next::Gone => return Ok(false),
+                Next::Idle => {}
+            }
+        }
+    }
+
+    /// Reads what the client has sent, if anything, without waiting: into a
+    /// small stack buffer first, so that a stale readiness costs no buffer.
+    fn probe(&mut self) -> Next {
+        let mut probe = [0u8; 512];
+        match self.client.try_read(&mut probe) {
+            Ok(0) => Next::Gone,
+            Ok(n) => {
+                self.cbuf = spare_buffers::take();
+                self.cbuf.extend_from_slice(&probe[..n]);
+                Next::Request
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Next::Idle,
+            Err(_) => Next::Gone,
+        }
+    }
+
     /// Waits until the client's next request can begin: a whole frame
     /// header, and the whole frame when the relay reads that frame whole (a
-    /// Parse, say). `None`: the client left (EOF or Terminate). An idle
-    /// client is told when pgwake shuts down.
+    /// Parse, say). `Idle`: the client has sent nothing more (its buffer is
+    /// given back); `Gone`: it left (EOF or Terminate).
     ///
     /// Only a request that [`Scanner::next_request`] calls ready takes a
     /// server connection, so the relay always moves a byte of it: a session
     /// never attaches and releases without reading.
-    async fn await_first_frame(&mut self) -> Result<Option<()>, Stop> {
+    async fn await_first_frame(&mut self) -> Result<Next, Stop> {
         let track = self.mode == PoolMode::Transaction;
         loop {
             let want = match self
@@ -437,41 +518,19 @@ impl<C: ClientStream> Session<C> {
                 .next_request(&self.cbuf, |f| relay::read_whole_at(track, f))
             {
                 Err(e) => return Err(Stop::Fatal(too_large(&e))),
-                Ok(NextRequest::Ready { tag: b'X' }) => return Ok(None),
-                Ok(NextRequest::Ready { .. }) => return Ok(Some(())),
+                Ok(NextRequest::Ready { tag: b'X' }) => return Ok(Next::Gone),
+                Ok(NextRequest::Ready { .. }) => return Ok(Next::Request),
                 Ok(NextRequest::NeedMore { want }) => want,
             };
             if self.cbuf.is_empty() {
+                // Between transactions: give the buffer back, and take the
+                // next request if it is already here.
                 self.lease = None;
-                // Idle between transactions: give the buffer back and wait
-                // for readability holding none. Readiness can be stale (the
-                // last read emptied the socket without seeing WouldBlock), so
-                // probe with a small stack buffer before taking a real one.
                 spare_buffers::give_back(std::mem::take(&mut self.cbuf));
-                let idle_limit = self.shared.timeouts.client_idle();
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
-                        by = self.registered.info.killed() => return Err(Stop::Killed(by)),
-                        r = self.client.readable() => if r.is_err() { return Ok(None) },
-                        _ = sleep_for(idle_limit) => {
-                            return Err(Stop::Fatal(self.client_idle_timeout(idle_limit)));
-                        }
-                    }
-                    let mut probe = [0u8; 512];
-                    match self.client.try_read(&mut probe) {
-                        Ok(0) => return Ok(None),
-                        Ok(n) => {
-                            self.cbuf = spare_buffers::take();
-                            self.cbuf.extend_from_slice(&probe[..n]);
-                            break;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Ok(None),
-                    }
+                match self.probe() {
+                    Next::Request => continue,
+                    other => return Ok(other),
                 }
-                continue;
             }
             // Room for the rest of the frame (bounded by max_message_size,
             // which `next_request` checked), and at least a few KiB.
@@ -489,7 +548,7 @@ impl<C: ClientStream> Session<C> {
                 r = self.client.read_buf(&mut self.cbuf) => r,
             };
             match read {
-                Ok(0) | Err(_) => return Ok(None),
+                Ok(0) | Err(_) => return Ok(Next::Gone),
                 Ok(_) => {}
             }
         }
@@ -583,7 +642,7 @@ impl<C: ClientStream> Session<C> {
                     return Err(Stop::Fatal(e));
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %self.peer, error = %e, "server connection failed while applying settings");
+                    tracing::warn!(peer = %self.peer(), error = %e, "server connection failed while applying settings");
                     return Err(Stop::Fatal(ErrorMessage::fatal(
                         sqlstate::CONNECTION_FAILURE,
                         format!("server connection lost: {e}"),

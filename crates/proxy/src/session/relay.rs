@@ -65,10 +65,10 @@ impl<C: ClientStream> Session<C> {
                     Err(e) => {
                         server.broken = true;
                         if self.replay > 0 {
-                            tracing::info!(peer = %self.peer, error = %e, "server connection dead on first use");
+                            tracing::info!(peer = %self.peer(), error = %e, "server connection dead on first use");
                             return Stop::Retry;
                         }
-                        tracing::warn!(peer = %self.peer, pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
+                        tracing::warn!(peer = %self.peer(), pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
                         return Box::pin(self.server_lost(server, &e.to_string())).await;
                     }
                     Ok(_) => {
@@ -240,7 +240,7 @@ impl<C: ClientStream> Session<C> {
                     copied = pos;
                 }
                 // Offered again once the server has answered more.
-                tracing::debug!(peer = %self.peer, tag = %(tag as char), plan = server.prepared.owed(), owed = server.tx.owed, "holding a client message until the server answers");
+                tracing::debug!(peer = %self.peer(), tag = %(tag as char), plan = server.prepared.owed(), owed = server.tx.owed, "holding a client message until the server answers");
                 self.held = true;
                 break;
             }
@@ -330,7 +330,7 @@ impl<C: ClientStream> Session<C> {
         self.cancel.set(None);
         // The request is still at the front of the buffer.
         self.replay = 0;
-        tracing::info!(peer = %self.peer, pool = %self.pool.key(), "retrying the request on a fresh server connection");
+        tracing::info!(peer = %self.peer(), pool = %self.pool.key(), "retrying the request on a fresh server connection");
         let mut p = match self.pool.checkout_fresh().await {
             Ok(p) => p,
             Err(e) => {
@@ -492,10 +492,10 @@ impl<C: ClientStream> Session<C> {
         if let Some(message) = fatal {
             server.broken = true;
             if self.replay > 0 {
-                tracing::info!(peer = %self.peer, %message, "server connection closed before answering the first request");
+                tracing::info!(peer = %self.peer(), %message, "server connection closed before answering the first request");
                 return Err(Stop::Retry);
             }
-            tracing::warn!(peer = %self.peer, pool = %self.pool.key(), %message, "server closed a connection while serving a client");
+            tracing::warn!(peer = %self.peer(), pool = %self.pool.key(), %message, "server closed a connection while serving a client");
             return Err(Box::pin(self.server_lost(server, &format!("server: {message}"))).await);
         }
         if readies > 0 {

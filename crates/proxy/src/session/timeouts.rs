@@ -85,7 +85,7 @@ impl<C: ClientStream> Session<C> {
         if self.cancel_sent.is_some() {
             // The server did not answer the cancel: give the connection up.
             server.broken = true;
-            tracing::warn!(peer = %self.peer, pool = %self.pool.key(), "the server did not answer a cancel request within {CANCEL_GRACE:?}; closed its connection");
+            tracing::warn!(peer = %self.peer(), pool = %self.pool.key(), "the server did not answer a cancel request within {CANCEL_GRACE:?}; closed its connection");
             return Err(Stop::Fatal(ErrorMessage::fatal(
                 sqlstate::QUERY_CANCELED,
                 format!("canceling statement due to pgwake timeouts.query_timeout ({:?}); the server did not answer the cancel, so the connection was closed", limit(self.shared.timeouts.query())),
@@ -95,7 +95,7 @@ impl<C: ClientStream> Session<C> {
             TimeoutKind::Query => {
                 self.shared.metrics.timeout(kind);
                 let (addr, pid, key) = server.cancel_key();
-                tracing::info!(peer = %self.peer, pool = %self.pool.key(), backend_pid = pid, "query ran past timeouts.query_timeout; cancelling it");
+                tracing::info!(peer = %self.peer(), pool = %self.pool.key(), backend_pid = pid, "query ran past timeouts.query_timeout; cancelling it");
                 self.cancel_sent = Some(CancelSent {
                     at: Instant::now(),
                     answered: false,
@@ -105,14 +105,14 @@ impl<C: ClientStream> Session<C> {
                     .cancels
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = send_cancel(addr, pid, key).await {
-                    tracing::warn!(peer = %self.peer, error = %e, "could not send the cancel request");
+                    tracing::warn!(peer = %self.peer(), error = %e, "could not send the cancel request");
                 }
                 Ok(())
             }
             TimeoutKind::IdleTransaction => {
                 self.shared.metrics.timeout(kind);
                 let limit = limit(self.shared.timeouts.idle_transaction());
-                tracing::info!(peer = %self.peer, pool = %self.pool.key(), "client idle in transaction for {limit:?} (timeouts.idle_transaction_timeout); rolling back and disconnecting it");
+                tracing::info!(peer = %self.peer(), pool = %self.pool.key(), "client idle in transaction for {limit:?} (timeouts.idle_transaction_timeout); rolling back and disconnecting it");
                 // `run` rolls the transaction back and returns the connection.
                 Err(Stop::Fatal(ErrorMessage::fatal(
                     sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -130,7 +130,7 @@ impl<C: ClientStream> Session<C> {
     pub(super) fn client_idle_timeout(&self, limit: Option<Duration>) -> ErrorMessage {
         self.shared.metrics.timeout(TimeoutKind::ClientIdle);
         let limit = limit.unwrap_or_default();
-        tracing::info!(peer = %self.peer, "closing a client idle for {limit:?} (timeouts.client_idle_timeout)");
+        tracing::info!(peer = %self.peer(), "closing a client idle for {limit:?} (timeouts.client_idle_timeout)");
         ErrorMessage::fatal(
             sqlstate::IDLE_SESSION_TIMEOUT,
             format!("terminating connection due to idle-session timeout (pgwake timeouts.client_idle_timeout = {limit:?})"),
