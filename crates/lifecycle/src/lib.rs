@@ -419,6 +419,9 @@ impl Lifecycle {
                         started = true;
                         tracing::info!(provider = %self.provider.describe(), "start requested");
                         self.remember(ServerState::Starting);
+                        // A start command may return only once the server is
+                        // up (`pg_ctl start -w`): probe now, not after a pause.
+                        continue;
                     }
                     Err(e) => {
                         failures += 1;
@@ -486,6 +489,11 @@ mod tests {
             self.starts.fetch_add(1, Ordering::SeqCst);
             let up = self.up.clone();
             let delay = self.delay;
+            if delay.is_zero() {
+                // Returns once the server is up, as `pg_ctl start -w` does.
+                up.store(true, Ordering::SeqCst);
+                return Box::pin(async { Ok(()) });
+            }
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 up.store(true, Ordering::SeqCst);
@@ -537,6 +545,15 @@ mod tests {
         assert_eq!(l.last_state(), Some(ServerState::Ready));
         // Ready now: a connection error is not a reason to wake.
         assert!(!l.server_unavailable().await.unwrap());
+        assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_that_waits_for_the_server_is_followed_by_no_pause() {
+        let (l, fake) = lifecycle(Duration::ZERO, Duration::from_secs(60));
+        let began = Instant::now();
+        assert!(l.server_unavailable().await.unwrap());
+        assert!(began.elapsed() < PROBE_FIRST, "{:?}", began.elapsed());
         assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
     }
 
