@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -137,6 +137,47 @@ impl ClientInfo {
     }
 }
 
+/// Why a waiting session must end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The admin console ended the client.
+    Killed(Kill),
+    /// pgwake is shutting down.
+    ShuttingDown,
+}
+
+/// See [`Registered::interrupted`].
+pub struct Interrupted<'a>(&'a Registered);
+
+impl Interrupted<'_> {
+    fn reason(&self) -> Option<Interrupt> {
+        let r = self.0;
+        if let Some(by) = r.info.kill_reason() {
+            return Some(Interrupt::Killed(by));
+        }
+        r.clients
+            .stopping
+            .load(Ordering::Acquire)
+            .then_some(Interrupt::ShuttingDown)
+    }
+}
+
+impl Future for Interrupted<'_> {
+    type Output = Interrupt;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Interrupt> {
+        if let Some(why) = self.reason() {
+            return Poll::Ready(why);
+        }
+        self.0.info.kill_waker.register(cx.waker());
+        // A kill or shutdown between the check and the registration woke no one.
+        match self.reason() {
+            Some(why) => Poll::Ready(why),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// See [`ClientInfo::killed`].
 pub struct Killed<'a>(&'a ClientInfo);
 
@@ -166,6 +207,8 @@ pub fn unix_micros(t: SystemTime) -> u64 {
 pub struct Clients {
     next: AtomicU64,
     map: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+    /// pgwake is shutting down (see [`Clients::shut_down`]).
+    stopping: AtomicBool,
 }
 
 /// Removes the client from the registry when dropped.
@@ -174,6 +217,17 @@ pub struct Registered {
     pub info: Arc<ClientInfo>,
     clients: Arc<Clients>,
     counts: Arc<PoolCounts>,
+}
+
+impl Registered {
+    /// Completes when the session must end whatever it is waiting for: the
+    /// client was killed, or pgwake is shutting down. Cancel-safe; one
+    /// session (one task) waits on it. (A flag and the kill's atomic waker
+    /// rather than a cancellation token per session: no lock per wait, and
+    /// nothing more for an idle client to hold.)
+    pub fn interrupted(&self) -> Interrupted<'_> {
+        Interrupted(self)
+    }
 }
 
 impl Drop for Registered {
@@ -217,6 +271,15 @@ impl Clients {
             info,
             clients: self.clone(),
             counts,
+        }
+    }
+
+    /// Tells every client waiting on [`Registered::interrupted`], now and
+    /// from now on, that pgwake is shutting down.
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for info in self.lock().values() {
+            info.kill_waker.wake();
         }
     }
 

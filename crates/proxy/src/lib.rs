@@ -590,6 +590,7 @@ impl Proxy {
         tracing::info!(grace = ?config.listen.shutdown_grace, "shutting down: no new connections; waiting for transactions in flight");
         shared.stopping.store(true, Ordering::Relaxed);
         shared.shutdown.cancel();
+        shared.clients.shut_down();
         shared.control.resume_everything();
         shared.tasks.close();
         let grace = config.listen.shutdown_grace;

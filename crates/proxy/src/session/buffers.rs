@@ -3,7 +3,7 @@
 
 use pgwake_config::PoolMode;
 
-use super::{relay, shutting_down, Session, Stop};
+use super::{interrupted, relay, Session, Stop};
 use crate::client_io::ClientStream;
 
 /// Read buffers of clients between transactions, kept for the next client
@@ -54,7 +54,7 @@ impl<C: ClientStream> Session<C> {
             let budget = &self.shared.buffer_budget;
             let leased = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
+                why = self.registered.interrupted() => return Err(interrupted(why)),
                 l = budget.lease(want, wait) => l,
             };
             match leased {

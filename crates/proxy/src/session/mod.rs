@@ -17,11 +17,10 @@ use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::startup;
 use pgwake_protocol::{sqlstate, FrameError, NextRequest, Scanned, Scanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelHandle;
 use crate::client_io::ClientStream;
-use crate::clients::{ClientState, Kill, Registered};
+use crate::clients::{ClientState, Interrupt, Kill, Registered};
 use crate::params::{self, Params};
 use crate::pool::{Defaults, Pool, PoolKey, Pooled};
 use crate::stats::{micros, PoolCounts};
@@ -102,11 +101,6 @@ struct Session<C> {
     cancel: CancelHandle,
     /// Starts a stopped server; clients waiting for it get notices.
     lifecycle: Option<Arc<Lifecycle>>,
-    /// The proxy's shutdown signal, as a token of this session's own: waiting
-    /// on the shared token would take a lock all sessions contend for. (When
-    /// the grace period ends, sessions still relaying are dropped with the
-    /// runtime; their server backends see the close and roll back.)
-    shutdown: CancellationToken,
     /// The client's named prepared statements (transaction mode): mapped
     /// onto statements each server connection prepares once and keeps.
     prepared: crate::prepared::ClientStatements,
@@ -277,7 +271,6 @@ impl<C: ClientStream> Session<C> {
             tracing::info!(client = %info.peer, database = %info.database(), user = %info.user, application_name = %info.application_name, "client login");
         }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
-        let shutdown = shared.shutdown.child_token();
         // Statement text means other tables under another search_path (the
         // one setting parse analysis depends on): such clients do not share
         // server statements.
@@ -309,7 +302,6 @@ impl<C: ClientStream> Session<C> {
             want_fp,
             cancel,
             lifecycle,
-            shutdown,
             prepared,
             held: false,
             replay: 0,
@@ -467,10 +459,12 @@ impl<C: ClientStream> Session<C> {
         }
         let idle_limit = self.shared.timeouts.client_idle();
         loop {
+            // Shutdown comes as an interrupt too. (When the grace period
+            // ends, sessions still relaying are dropped with the runtime;
+            // their server backends see the close and roll back.)
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
-                by = self.registered.info.killed() => return Err(Stop::Killed(by)),
+                why = self.registered.interrupted() => return Err(interrupted(why)),
                 r = self.client.readable() => if r.is_err() { return Ok(false) },
                 _ = sleep_for(idle_limit) => {
                     return Err(Stop::Fatal(self.client_idle_timeout(idle_limit)));
@@ -543,8 +537,7 @@ impl<C: ClientStream> Session<C> {
             }
             let read = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Err(Stop::Fatal(shutting_down())),
-                by = self.registered.info.killed() => return Err(Stop::Killed(by)),
+                why = self.registered.interrupted() => return Err(interrupted(why)),
                 r = self.client.read_buf(&mut self.cbuf) => r,
             };
             match read {
@@ -569,7 +562,7 @@ impl<C: ClientStream> Session<C> {
         let control = &self.shared.control;
         let checked_out = loop {
             if control.holds(database) {
-                let resumed = control.wait_resumed(database, &self.shutdown);
+                let resumed = control.wait_resumed(database, &self.shared.shutdown);
                 tokio::select! {
                     by = info.killed() => return Err(Stop::Killed(by)),
                     _ = Box::pin(resumed) => {}
@@ -704,6 +697,14 @@ fn killed(by: Kill) -> ErrorMessage {
             by.command()
         ),
     )
+}
+
+/// How a session waiting for its client ends when interrupted.
+fn interrupted(why: Interrupt) -> Stop {
+    match why {
+        Interrupt::Killed(by) => Stop::Killed(by),
+        Interrupt::ShuttingDown => Stop::Fatal(shutting_down()),
+    }
 }
 
 fn shutting_down() -> ErrorMessage {
