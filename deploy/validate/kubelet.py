@@ -65,7 +65,7 @@ import re
 import shlex
 import sys
 import tomllib
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from manifests import containers, is_pgwake, load_yaml  # noqa: E402
@@ -452,7 +452,10 @@ def pod_clients(plan, pod_spec, c, services, svc_texts, ports):
 
 def add_client(plan, url, port):
     """A client's URL with the host made 127.0.0.1, the port {{port}} and
-    placeholder credentials (USER:PASSWORD) made the test's."""
+    placeholder credentials (USER:PASSWORD) made the test's. A host that is
+    a percent-encoded directory (a unix socket's, as libpq reads it) stays
+    that directory, written as the host parameter so that the test finds
+    the path to rewrite."""
     parts = urlsplit(url)
     user = parts.username or ""
     password = parts.password
@@ -460,6 +463,12 @@ def add_client(plan, url, port):
         user, password = "{{client_user}}", "{{client_password}}"
     cred = user + (f":{password}" if password else "")
     port = port if port is not None else (parts.port or 5432)
+    hostport = parts.netloc.rpartition("@")[2]
+    host = unquote(hostport.rsplit(":", 1)[0] if ":" in hostport else hostport)
+    if host.startswith("/"):
+        query = f"&{parts.query}" if parts.query else ""
+        plan.add("client", port, f"{parts.scheme}://{cred}@{parts.path}?host={host}&port={{{{port}}}}{query}")
+        return
     query = f"?{parts.query}" if parts.query else ""
     plan.add("client", port, f"{parts.scheme}://{cred}@127.0.0.1:{{{{port}}}}{parts.path}{query}")
 
