@@ -513,15 +513,15 @@ impl Default for Log {
 /// Where one client database name leads: the server database and user, and
 /// the pool settings that apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub dbname: String,
+pub struct Route<'a> {
+    pub dbname: &'a str,
     /// `None`: the client's user name.
-    pub user: Option<String>,
+    pub user: Option<&'a str>,
     pub mode: PoolMode,
     pub size: usize,
     pub min_idle: usize,
     /// Client user names served as `user`, besides `user` itself.
-    pub client_users: Vec<String>,
+    pub client_users: &'a [String],
     /// Any client user name is served as `user`.
     pub any_client_user: bool,
     /// The entry has a server of its own (`[databases.NAME.server]`).
@@ -543,11 +543,11 @@ impl Listen {
     }
 }
 
-impl Route {
+impl Route<'_> {
     /// Whether a client logging in as `client_user` (without a password
     /// that proved it) is served here.
     pub fn serves(&self, client_user: &str) -> bool {
-        match &self.user {
+        match self.user {
             // The client's own user name goes to the server.
             None => true,
             Some(u) => {
@@ -562,7 +562,7 @@ impl Route {
 impl Config {
     /// Where a client asking for `database` goes, or `None` when a
     /// `[databases]` table exists and does not name it.
-    pub fn route(&self, database: &str) -> Option<Route> {
+    pub fn route<'a>(&'a self, database: &'a str) -> Option<Route<'a>> {
         let db = if self.databases.is_empty() {
             None
         } else {
@@ -570,22 +570,20 @@ impl Config {
         };
         let get = |f: fn(&Database) -> Option<usize>, d: usize| db.and_then(f).unwrap_or(d);
         Some(Route {
-            dbname: db
-                .and_then(|d| d.dbname.clone())
-                .unwrap_or_else(|| database.to_owned()),
-            user: db.and_then(|d| d.user.clone()).or_else(|| {
+            dbname: db.and_then(|d| d.dbname.as_deref()).unwrap_or(database),
+            user: db.and_then(|d| d.user.as_deref()).or_else(|| {
                 db.and_then(|d| d.server.as_ref())
                     .unwrap_or(&self.server)
                     .auth
                     .user
-                    .clone()
+                    .as_deref()
             }),
             mode: db.and_then(|d| d.mode).unwrap_or(self.pool.mode),
             size: get(|d| d.size, self.pool.size),
             min_idle: get(|d| d.min_idle, self.pool.min_idle),
             client_users: db
-                .and_then(|d| d.client_users.clone())
-                .unwrap_or_else(|| self.server.auth.client_users.clone()),
+                .and_then(|d| d.client_users.as_deref())
+                .unwrap_or(&self.server.auth.client_users),
             any_client_user: self.server.auth.map_any_client_user,
             own_server: db.is_some_and(|d| d.server.is_some()),
         })

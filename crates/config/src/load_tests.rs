@@ -265,7 +265,7 @@ fn routes() {
     );
     let r = c.route("app").unwrap();
     assert_eq!(
-        (r.dbname.as_str(), r.user.as_deref(), r.mode, r.size),
+        (r.dbname, r.user, r.mode, r.size),
         ("prod", Some("svc"), PoolMode::Session, 3)
     );
     assert!(c.route("other").is_none());
@@ -344,7 +344,7 @@ fn a_database_server_takes_what_it_leaves_out_from_server_but_not_its_login() {
         "other-secret"
     );
     assert_eq!(
-        c.route("reports").unwrap().user.as_deref(),
+        c.route("reports").unwrap().user,
         Some("reporter")
     );
     assert!(c.route("reports").unwrap().own_server);

@@ -178,7 +178,7 @@ fn client_tls_acceptor(config: &Config) -> Result<Option<tls::ClientTlsConfig>, 
 }
 
 /// Pool settings for a route under `config`.
-fn pool_settings(config: &Config, route: &Route, prewarm: bool) -> PoolSettings {
+fn pool_settings(config: &Config, route: &Route<'_>, prewarm: bool) -> PoolSettings {
     let p = &config.pool;
     PoolSettings {
         mode: route.mode,
@@ -212,9 +212,9 @@ impl Shared {
     /// The pool for `key`, created (and its upkeep started) on first use.
     /// `prewarm`: open `min_idle` connections before any client asks (pools
     /// named in the config); other pools warm up after their first login.
-    pub fn pool(&self, key: PoolKey, route_name: &str, route: &Route, prewarm: bool) -> Pool {
+    pub fn pool(&self, key: &PoolKey, route_name: &str, route: &Route<'_>, prewarm: bool) -> Pool {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((p, _)) = pools.get(&key) {
+        if let Some((p, _)) = pools.get(key) {
             return p.clone();
         }
         let settings = pool_settings(&self.config(), route, prewarm);
@@ -241,7 +241,7 @@ impl Shared {
             self.hard_stop.child_token(),
         );
         self.tasks.spawn(pool.clone().maintain());
-        pools.insert(key, (pool.clone(), route_name.to_owned()));
+        pools.insert(key.clone(), (pool.clone(), route_name.to_owned()));
         pool
     }
 
@@ -327,13 +327,13 @@ impl Shared {
         }
         for db in warm {
             if let Some(route) = c.route(&db) {
-                if let Some(user) = route.user.clone() {
+                if let Some(user) = route.user {
                     let key = PoolKey {
                         database: db.clone(),
-                        dbname: route.dbname.clone(),
-                        user,
+                        dbname: route.dbname.to_owned(),
+                        user: user.to_owned(),
                     };
-                    self.pool(key, &db, &route, true);
+                    self.pool(&key, &db, &route, true);
                 }
             }
         }

@@ -262,12 +262,12 @@ pub(crate) async fn query_secret(shared: &crate::Shared, user: &str) -> Option<S
         .or_else(|| config.server.dbname.clone())
         .unwrap_or_else(|| "postgres".to_owned());
     let route = pgwake_config::Route {
-        dbname: dbname.clone(),
-        user: Some(role.clone()),
+        dbname: &dbname,
+        user: Some(&role),
         mode: pgwake_config::PoolMode::Transaction,
         size: 2,
         min_idle: 0,
-        client_users: Vec::new(),
+        client_users: &[],
         any_client_user: false,
         // The lookup runs on `[server]`.
         own_server: false,
@@ -275,9 +275,9 @@ pub(crate) async fn query_secret(shared: &crate::Shared, user: &str) -> Option<S
     let key = crate::pool::PoolKey {
         database: dbname.clone(),
         dbname: dbname.clone(),
-        user: role,
+        user: role.clone(),
     };
-    let pool = shared.pool(key, &dbname, &route, false);
+    let pool = shared.pool(&key, &dbname, &route, false);
     let mut conn = match pool.checkout_quiet().await {
         Ok(c) => c,
         Err(e) => {

@@ -257,7 +257,7 @@ impl Doctor<'_> {
                 .keys()
                 .next()
                 .and_then(|name| c.route(name))
-                .map(|r| (r.dbname, r.user)),
+                .map(|r| (r.dbname.to_owned(), r.user.map(str::to_owned))),
         };
         let (db, user) = route.unwrap_or((String::new(), c.server.auth.user.clone()));
         let db = if db.is_empty() { "postgres".into() } else { db };

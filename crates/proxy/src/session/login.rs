@@ -402,8 +402,8 @@ async fn read_some<C: ClientStream>(
 }
 
 /// The error for a client user the configuration does not serve.
-fn not_served(route: &pgwake_config::Route, database: &str, user: &str) -> ErrorMessage {
-    let server_user = route.user.as_deref().unwrap_or_default();
+fn not_served(route: &pgwake_config::Route<'_>, database: &str, user: &str) -> ErrorMessage {
+    let server_user = route.user.unwrap_or_default();
     ErrorMessage::fatal(
         sqlstate::INVALID_AUTHORIZATION,
         format!("pgwake does not serve user \"{user}\" on database \"{database}\": clients log in as \"{server_user}\" (the server user){}", if route.client_users.is_empty() { String::new() } else { format!(" or one of {:?}", route.client_users) }),

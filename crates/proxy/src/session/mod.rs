@@ -175,7 +175,8 @@ impl<C: ClientStream> Session<C> {
             ));
         }
         let database = get("database").filter(|d| !d.is_empty()).unwrap_or(user);
-        let Some(route) = shared.config().route(database) else {
+        let config = shared.config();
+        let Some(route) = config.route(database) else {
             return Err((
                 client,
                 ErrorMessage::fatal(
@@ -190,8 +191,8 @@ impl<C: ClientStream> Session<C> {
         };
         let key = PoolKey {
             database: database.to_owned(),
-            dbname: route.dbname.clone(),
-            user: route.user.clone().unwrap_or_else(|| user.to_owned()),
+            dbname: route.dbname.to_owned(),
+            user: route.user.unwrap_or(user).to_owned(),
         };
         if route.own_server && !shared.serves_own_server(database) {
             // Added by a reload: its server is set up at restart only, and
@@ -204,7 +205,7 @@ impl<C: ClientStream> Session<C> {
                 ),
             ));
         }
-        let pool = shared.pool(key.clone(), database, &route, false);
+        let pool = shared.pool(&key, database, &route, false);
         let lifecycle = shared.lifecycle.clone();
         if let Some(l) = &lifecycle {
             l.note_client(format!(
@@ -258,7 +259,11 @@ impl<C: ClientStream> Session<C> {
         );
 
         for (name, value) in &defaults.reported {
-            let v = want.get(&name.to_ascii_lowercase()).unwrap_or(value);
+            // `want`'s names are lower case; few clients set any.
+            let v = want
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map_or(value, |(_, v)| v);
             backend::parameter_status(&mut out, name, v);
         }
         backend::backend_key_data(&mut out, cancel.pid(), cancel.key());
