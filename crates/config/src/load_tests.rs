@@ -343,10 +343,7 @@ fn a_database_server_takes_what_it_leaves_out_from_server_but_not_its_login() {
         reports.auth.password.as_ref().unwrap().expose(),
         "other-secret"
     );
-    assert_eq!(
-        c.route("reports").unwrap().user,
-        Some("reporter")
-    );
+    assert_eq!(c.route("reports").unwrap().user, Some("reporter"));
     assert!(c.route("reports").unwrap().own_server);
     assert!(!c.route("app").unwrap().own_server);
     assert_eq!(reports.sslmode, SslMode::Disable, "inherited");

@@ -121,7 +121,7 @@ impl Listeners {
                 r = accept_tcp(&self.tcp, &self.extra) => r.map(|(s, peer)| {
                     let _ = s.set_nodelay(true);
                     (Conn::Tcp(s), Peer {
-                        text: peer.to_string(),
+                        text: peer_text(peer),
                         origin: ClientOrigin { ip: Some(peer.ip()) },
                     })
                 }),
@@ -157,6 +157,16 @@ impl Listeners {
         sessions.close();
         sessions.wait().await;
     }
+}
+
+/// `ip:port`, formatted into one allocation of the right size (formatting
+/// into an empty string grows it two or three times).
+fn peer_text(peer: SocketAddr) -> String {
+    use std::fmt::Write;
+    // The longest: `[` + 39 (IPv6) + `%` + 10 (scope) + `]:` + 5 (port).
+    let mut text = String::with_capacity(58);
+    let _ = write!(text, "{peer}");
+    text
 }
 
 enum Conn {
@@ -209,4 +219,24 @@ fn group_id(name: &str) -> Result<u32, String> {
         })
         .next()
         .ok_or_else(|| format!("listen.unix_socket_group = {name:?}: no such group in /etc/group (a number works too)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_is_the_address_as_displayed_in_one_allocation() {
+        for peer in [
+            "127.0.0.1:54321",
+            "[::1]:6432",
+            "[fe80::1%4294967295]:65535",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535",
+        ] {
+            let addr: SocketAddr = peer.parse().unwrap();
+            let text = peer_text(addr);
+            assert_eq!(text, addr.to_string());
+            assert_eq!(text.capacity(), 58, "{text} needed more room");
+        }
+    }
 }
