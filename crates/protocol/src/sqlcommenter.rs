@@ -311,7 +311,10 @@ impl<'a> Iterator for Pairs<'a> {
 }
 
 /// `key='value'` at the start of `s`: key, value (quotes off, escapes
-/// kept), and what follows.
+/// kept), and what follows. Besides the spec's single quotes, values as
+/// instrumentations write them are read too: unquoted numbers
+/// (`libpq_version=170000`, Python's `repr` of an int) and double quotes
+/// (its `repr` of a string holding a single quote).
 fn read_pair(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     let eq = s.iter().position(|&b| b == b'=')?;
     let key = &s[..eq];
@@ -319,14 +322,20 @@ fn read_pair(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
         return None;
     }
     let rest = &s[eq + 1..];
-    if rest.first() != Some(&b'\'') {
-        return None;
-    }
+    let quote = match rest.first() {
+        Some(&q @ (b'\'' | b'"')) => q,
+        _ => {
+            let end = rest.iter().position(|&b| b == b',').unwrap_or(rest.len());
+            let value = &rest[..end];
+            let plain = !value.is_empty() && value.iter().all(|&b| is_key_byte(b) || b == b':');
+            return plain.then_some((key, value, &rest[end..]));
+        }
+    };
     let mut i = 1;
     while let Some(&b) = rest.get(i) {
         match b {
             b'\\' => i += 2,
-            b'\'' => return Some((key, &rest[1..i], &rest[i + 1..])),
+            b if b == quote => return Some((key, &rest[1..i], &rest[i + 1..])),
             // A value never spans a comment's delimiters.
             b'*' if rest.get(i + 1) == Some(&b'/') => return None,
             b'/' if rest.get(i + 1) == Some(&b'*') => return None,
@@ -420,7 +429,7 @@ mod tests {
 
     #[test]
     fn reads_the_context_psycopg_appends() {
-        let q = format!("SELECT 1 /*db_driver='psycopg%3A3.2.3',traceparent='{TP}'*/\0");
+        let q = format!("SELECT $1::int AS n /*db_driver='psycopg%3A3.2.13',dbapi_level='2.0',libpq_version=170000,traceparent='{TP}'*/\0");
         let c = trace_context(q.as_bytes()).expect("context");
         assert_eq!(c.parent.trace_id[0], 0x5b);
         assert_eq!(c.parent.parent_id[7], 0xd2);
