@@ -384,3 +384,36 @@ async fn a_request_that_woke_the_server_shows_the_wake_in_its_trace_and_in_one_o
         "who triggered it: {background:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_app_prepares_each_statement_once_per_server_connection() {
+    let cluster = common::cluster();
+    let port = pgwake_testkit::free_port();
+    // One server connection, so every execution lands on it.
+    let toml = config_for(&cluster, port, "size = 1\nmin_idle = 1");
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    // 1,000 executions with prepare=True, each under a trace of its own:
+    // 1,000 statement texts (and client-side names) differing only in
+    // their traceparent comment.
+    let out = run_app(dir.path(), port, "prepared", 1000, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
+    assert!(out.contains("prepared 1000"), "{out}");
+
+    let series = |m: &str| format!("{m}{{database=\"app\",user=\"app\"}}");
+    let misses = pg.metric(&series("pgwake_prepared_statement_misses_total"));
+    let hits = pg.metric(&series("pgwake_prepared_statement_hits_total"));
+    assert_eq!(misses, 1.0, "prepared on the server once (hits {hits})");
+    assert!(hits >= 999.0, "hits {hits}");
+
+    // The server connection holds that one statement, without the comment.
+    let held = pg
+        .psql(
+            &cluster,
+            "app",
+            "select count(*) || ' ' || bool_or(statement like '%traceparent%') from pg_prepared_statements where name like 'pgwake\\_%' and name <> 'pgwake_probe'",
+        )
+        .unwrap();
+    assert_eq!(held.trim(), "1 false", "{held}");
+}
