@@ -417,3 +417,149 @@ async fn a_traced_app_prepares_each_statement_once_per_server_connection() {
         .unwrap();
     assert_eq!(held.trim(), "1 false", "{held}");
 }
+
+/// Runs a command from the virtualenv to its end within `limit`.
+async fn run_python(
+    cmd: std::process::Command,
+    log: std::path::PathBuf,
+    limit: Duration,
+) -> Result<String> {
+    tokio::task::spawn_blocking(move || Proc::spawn("python", cmd, log)?.finish(limit))
+        .await
+        .context("python task")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sampled_request_of_a_traced_django_site_holds_pgwake_spans() {
+    const REQUESTS: u32 = 300;
+    const WORKERS: u32 = 4;
+    let rx = Receiver::start().await;
+    let cluster = common::cluster();
+    let port = pgwake_testkit::free_port();
+    let toml = format!(
+        "{}{}",
+        config_for(&cluster, port, "size = 4\nmin_idle = 1"),
+        tracing_section(&rx)
+    );
+    let pg = Pgwake::start_config(&toml, port, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || ensure_venv(&logs))
+        .await
+        .unwrap()
+        .unwrap();
+    let site = python_dir().join("django_site");
+    let django_env = |mut cmd: std::process::Command| {
+        cmd.current_dir(&site)
+            .env("DJANGO_SETTINGS_MODULE", "site_conf.settings")
+            .env("DJANGO_DB_HOST", "127.0.0.1")
+            .env("DJANGO_DB_PORT", port.to_string())
+            .env("DJANGO_DB_NAME", "app")
+            .env("DJANGO_DB_USER", "app");
+        cmd
+    };
+    let mut migrate = python_cmd("python");
+    migrate.arg("manage.py").args(["migrate", "--noinput"]);
+    run_python(
+        django_env(migrate),
+        dir.path().join("migrate.log"),
+        APP_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
+
+    let http_port = pgwake_testkit::free_port();
+    let mut gunicorn = python_cmd("gunicorn");
+    gunicorn
+        .args(["--config", "python:otel_gunicorn"])
+        .args(["--workers", &WORKERS.to_string()])
+        .args(["--bind", &format!("127.0.0.1:{http_port}")])
+        .args(["--timeout", "60", "--graceful-timeout", "5"])
+        .args(["--error-logfile", "-"])
+        .arg("site_conf.wsgi:application")
+        // Half the requests sampled: the app's decision is pgwake's.
+        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        .env("OTEL_TRACES_SAMPLER_ARG", "0.5")
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/v1/traces", rx.base()),
+        );
+    let gunicorn = Proc::spawn(
+        "gunicorn",
+        django_env(gunicorn),
+        dir.path().join("gunicorn.log"),
+    )
+    .unwrap();
+    let mut load = python_cmd("python");
+    load.arg(python_dir().join("http_load.py"))
+        .args(["--port", &http_port.to_string()])
+        .args(["--count", &REQUESTS.to_string()])
+        .args(["--threads", &WORKERS.to_string()])
+        .args(["--deadline", "180"]);
+    let out = run_python(load, dir.path().join("http_load.log"), APP_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:?}\n{}\npgwake:\n{}",
+                gunicorn.output_tail(50),
+                pg.logs()
+            )
+        });
+    let summary = out.lines().last().unwrap_or_default().to_owned();
+    assert!(summary.starts_with("http: ok"), "{out}");
+
+    // The sampled requests: traces whose root is a Django request span for
+    // a note (the app exported them; unsampled ones it did not).
+    let sampled = || -> Vec<String> {
+        rx.spans()
+            .iter()
+            .filter(|s| {
+                s.service == "traced-django" && s.parent.is_empty() && s.name.contains("note")
+            })
+            .map(|s| s.trace_id.clone())
+            .collect()
+    };
+    let all_have_ours = |spans: &[Span], traces: &[String]| {
+        traces.iter().all(|t| {
+            spans
+                .iter()
+                .any(|s| &s.trace_id == t && s.service == "pgwake" && s.name == "server execution")
+        })
+    };
+    let done = poll_until_async(SPANS_TIMEOUT, || async {
+        let traces = sampled();
+        !traces.is_empty() && all_have_ours(&rx.spans(), &traces)
+    })
+    .await;
+    let traces = sampled();
+    let spans = rx.spans();
+    let missing: Vec<&String> = traces
+        .iter()
+        .filter(|t| !all_have_ours(&spans, std::slice::from_ref(t)))
+        .collect();
+    assert!(
+        done,
+        "{} of {} sampled requests lack pgwake spans: {missing:?}\npgwake:\n{}",
+        missing.len(),
+        traces.len(),
+        pg.logs()
+    );
+    // About half were sampled, and only those have pgwake spans.
+    assert!(
+        traces.len() > 50 && traces.len() < 250,
+        "{} of {REQUESTS} requests sampled",
+        traces.len()
+    );
+    let app_span_ids: std::collections::HashSet<&str> = spans
+        .iter()
+        .filter(|s| s.service == "traced-django")
+        .map(|s| s.span_id.as_str())
+        .collect();
+    for s in spans.iter().filter(|s| s.service == "pgwake") {
+        assert!(
+            app_span_ids.contains(s.parent.as_str()),
+            "a pgwake span outside a sampled request's trace: {s:#?}"
+        );
+    }
+    drop(gunicorn);
+}
