@@ -563,3 +563,48 @@ async fn every_sampled_request_of_a_traced_django_site_holds_pgwake_spans() {
     }
     drop(gunicorn);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_credential_refresh_is_a_trace_of_its_own() {
+    let rx = Receiver::start().await;
+    let cluster = common::cluster();
+    for (command, outcome) in [
+        ("echo app-secret", "ok"),
+        ("echo vault is sealed >&2; exit 2", "failed"),
+    ] {
+        let port = pgwake_testkit::free_port();
+        let toml = format!(
+            "{}{}",
+            config_for(&cluster, port, "size = 2\nmin_idle = 0").replace(
+                "password = \"app-secret\"",
+                &format!("method = \"command\"\ncommand = {command:?}\nallow_cleartext_without_tls = true")
+            ),
+            tracing_section(&rx)
+        );
+        let pg = Pgwake::start_config(&toml, port, &[]);
+        let seen = poll_until_async(SPANS_TIMEOUT, || async {
+            rx.spans().iter().any(|s| {
+                s.name == "credential refresh"
+                    && s.attrs.get("pgwake.credential.outcome").map(String::as_str) == Some(outcome)
+            })
+        })
+        .await;
+        assert!(
+            seen,
+            "no {outcome} refresh: {:#?}\npgwake:\n{}",
+            rx.spans(),
+            pg.logs()
+        );
+        let span = rx
+            .spans()
+            .into_iter()
+            .find(|s| s.attrs.get("pgwake.credential.outcome").map(String::as_str) == Some(outcome))
+            .unwrap();
+        assert_eq!(span.parent, "", "a trace of its own: {span:#?}");
+        assert!(span.attrs.contains_key("pgwake.credential.source"));
+        assert!(
+            !format!("{span:?}").contains("app-secret") || outcome == "failed",
+            "the secret never appears: {span:#?}"
+        );
+    }
+}

@@ -345,6 +345,7 @@ impl Shared {
     /// Keeps a token cache refreshing until the proxy stops or a reload
     /// replaces it.
     fn run_refresher(&self, cache: Arc<RefreshingCache>) {
+        self.trace_fetches(&cache);
         let stop = self.hard_stop.child_token();
         let old = self
             .refresher
@@ -360,6 +361,13 @@ impl Shared {
                 _ = cache.run() => {}
             }
         });
+    }
+
+    /// Makes each fetch of `cache` a small trace of its own (`[tracing]`).
+    fn trace_fetches(&self, cache: &RefreshingCache) {
+        if let Some(t) = self.traces.clone() {
+            cache.observe_fetches(Box::new(move |r| t.credential_trace(r)));
+        }
     }
 
     /// Runs `task` until the proxy stops.
@@ -538,9 +546,11 @@ impl Proxy {
             shared.run_refresher(cache);
         }
         if let Some(cache) = arm_tokens {
+            shared.trace_fetches(&cache);
             shared.spawn_until_stopped(cache.run());
         }
         for cache in db_refreshers {
+            shared.trace_fetches(&cache);
             shared.spawn_until_stopped(cache.run());
         }
         if let Some(l) = shared.lifecycle.clone() {

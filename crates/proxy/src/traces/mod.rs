@@ -331,6 +331,28 @@ impl Traces {
         self.wake_span(&Clock::now(), w, &Context::new(), Some(trigger));
     }
 
+    /// A credential fetch (refresh) as a trace of its own.
+    pub(crate) fn credential_trace(&self, r: &pgwake_credentials::FetchReport<'_>) {
+        let clock = Clock::now();
+        let mut span = self
+            .tracer
+            .span_builder("credential refresh")
+            .with_kind(SpanKind::Internal)
+            .with_start_time(clock.wall(r.began))
+            .with_attributes(vec![
+                KeyValue::new("pgwake.credential.source", r.source.to_owned()),
+                KeyValue::new(
+                    "pgwake.credential.outcome",
+                    if r.error.is_some() { "failed" } else { "ok" },
+                ),
+            ])
+            .start_with_context(&self.tracer, &Context::new());
+        if let Some(e) = r.error {
+            span.set_status(Status::error(e.to_owned()));
+        }
+        span.end_with_timestamp(clock.wall(r.began + r.took));
+    }
+
     /// An idle stop as a trace of its own.
     pub(crate) fn idle_stop_trace(
         &self,
