@@ -387,10 +387,15 @@ async fn a_request_that_woke_the_server_shows_the_wake_in_its_trace_and_in_one_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traced_app_prepares_each_statement_once_per_server_connection() {
+    let rx = Receiver::start().await;
     let cluster = common::cluster();
     let port = pgwake_testkit::free_port();
     // One server connection, so every execution lands on it.
-    let toml = config_for(&cluster, port, "size = 1\nmin_idle = 1");
+    let toml = format!(
+        "{}{}",
+        config_for(&cluster, port, "size = 1\nmin_idle = 1"),
+        tracing_section(&rx)
+    );
     let pg = Pgwake::start_config(&toml, port, &[]);
     let dir = tempfile::tempdir().unwrap();
     // 1,000 executions with prepare=True, each under a trace of its own:
@@ -416,6 +421,20 @@ async fn a_traced_app_prepares_each_statement_once_per_server_connection() {
         )
         .unwrap();
     assert_eq!(held.trim(), "1 false", "{held}");
+
+    // Every execution is still traced, those whose Parse pgwake answered
+    // from the server's statement too: one server execution per trace.
+    let executions = || {
+        let spans = rx.spans();
+        let traces: std::collections::HashSet<String> = spans
+            .iter()
+            .filter(|s| s.name == "server execution")
+            .map(|s| s.trace_id.clone())
+            .collect();
+        traces.len()
+    };
+    let all = poll_until_async(SPANS_TIMEOUT, || async { executions() == 1000 }).await;
+    assert!(all, "{} of 1000 executions traced", executions());
 }
 
 /// Runs a command from the virtualenv to its end within `limit`.

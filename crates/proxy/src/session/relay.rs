@@ -210,19 +210,21 @@ impl<C: ClientStream> Session<C> {
                     continue;
                 }
             };
-            // A statement whose text carries the app's trace context.
+            // A whole statement whose text carries the app's trace context.
             let traced = match &self.shared.traces {
                 Some(t) if self.cscan.at_boundary() => crate::traces::Traces::parent_of(tag, body)
-                    .map(|parent| (parent, t.statement_text(), server.tx.owed)),
+                    .map(|parent| {
+                        let text = t.statement_text().then(|| {
+                            super::accounting::masked(crate::traces::Traces::text_of(tag, body))
+                        });
+                        (parent, text, server.tx.owed)
+                    }),
                 _ => None,
             };
             if !track {
                 if let Some((parent, text, owed)) = traced {
-                    let text = text.then(|| {
-                        super::accounting::masked(crate::traces::Traces::text_of(tag, body))
-                    });
-                    self.traced
-                        .begin(parent, &self.pool.key().dbname, server.peer, owed, text);
+                    let db = &self.pool.key().dbname;
+                    self.traced.begin(parent, db, server.peer, owed, text);
                 }
                 server.tx.sent(tag);
                 pos = next;
@@ -257,11 +259,16 @@ impl<C: ClientStream> Session<C> {
                 self.held = true;
                 break;
             }
-            if let Some((parent, text, owed)) = traced {
-                let text = text
-                    .then(|| super::accounting::masked(crate::traces::Traces::text_of(tag, body)));
-                self.traced
-                    .begin(parent, &self.pool.key().dbname, server.peer, owed, text);
+            // A query pgwake answers itself gets no server reply to time (a
+            // Parse answered from the cache still has its Sync's).
+            let to_server_too = tag == b'P'
+                || matches!(
+                    step,
+                    crate::prepared::Step::Pass | crate::prepared::Step::Tail(_)
+                );
+            if let Some((parent, text, owed)) = traced.filter(|_| to_server_too) {
+                let db = &self.pool.key().dbname;
+                self.traced.begin(parent, db, server.peer, owed, text);
             }
             if step == crate::prepared::Step::Pass && to_server.is_empty() && copied == 0 {
                 server.tx.sent(tag);
