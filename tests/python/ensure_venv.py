@@ -27,7 +27,12 @@ LOCK_TIMEOUT = 1500
 ARGS = argparse.ArgumentParser(description="Creates or reuses a virtualenv of pinned packages.")
 ARGS.add_argument("venv_dir")
 ARGS.add_argument("--requirements", default=os.path.join(HERE, "requirements.txt"))
-ARGS.add_argument("--check", default="import psycopg, django, gunicorn, asyncpg")
+ARGS.add_argument(
+    "--check",
+    default="import psycopg, django, gunicorn, asyncpg, opentelemetry.sdk, "
+    "opentelemetry.instrumentation.psycopg, opentelemetry.instrumentation.django, "
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
 ARGS.add_argument("--tools", default="", help="comma-separated programs the venv must have")
 OPTS = None
 

@@ -22,6 +22,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("timeouts_", &["timeouts"]),
     ("client_auth_", &["client_auth"]),
     ("peering_", &["peering"]),
+    ("tracing_", &["tracing"]),
 ];
 
 /// Applies every `PGWAKE_*` variable in `env` to `root`, typed as the
@@ -50,7 +51,7 @@ pub(crate) fn apply<'a>(
                 .map(|p| format!("; did you mean PGWAKE_{}…?", p.to_ascii_uppercase()))
                 .unwrap_or_default();
             errors.push(format!(
-                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth, peering){hint}"
+                "{name}: no config section matches (sections: listen, server, server.auth, pool, lifecycle, lifecycle.command, admin, timeouts, log, client_auth, peering, tracing){hint}"
             ));
             continue;
         };

@@ -13,6 +13,7 @@ pub mod pgbouncer;
 mod secret_serde;
 mod server;
 mod set;
+mod tracing;
 mod tree;
 mod url;
 mod userlist;
@@ -28,6 +29,7 @@ pub use load::{load, ConfigErrors};
 use serde::{Deserialize, Serialize};
 pub use server::{AuthMethod, Server, ServerAuth, SslMode};
 pub use set::{needs_restart, SetError};
+pub use tracing::Tracing;
 pub use userlist::{parse_userlist, SecretKind, UserlistEntry};
 
 /// The whole configuration.
@@ -46,6 +48,7 @@ pub struct Config {
     pub log: Log,
     pub client_auth: ClientAuth,
     pub peering: Peering,
+    pub tracing: Tracing,
 }
 
 /// Cancels across replicas: a cancel request for a key another replica

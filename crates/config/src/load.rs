@@ -52,7 +52,15 @@ pub fn load<'a>(
     }
     let mut origins: Vec<(String, String)> = Vec::new();
     let defaults = Value::try_from(Config::default()).unwrap_or(Value::Table(Table::new()));
-    crate::env::apply(&mut root, env, &defaults, &mut origins, &mut errors);
+    let env: Vec<(&str, &str)> = env.into_iter().collect();
+    crate::env::apply(
+        &mut root,
+        env.iter().copied(),
+        &defaults,
+        &mut origins,
+        &mut errors,
+    );
+    crate::tracing::apply_otel_env(&mut root, env.iter().copied());
 
     overlay_database_servers(&mut root);
     default_sslmode_for_tokens(&mut root, &["server"]);

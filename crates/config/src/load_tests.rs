@@ -353,3 +353,102 @@ fn a_database_server_takes_what_it_leaves_out_from_server_but_not_its_login() {
     assert!(tokens.auth.password.is_none(), "no password inherited");
     assert_eq!(tokens.sslmode, SslMode::VerifyFull);
 }
+
+#[test]
+fn tracing_is_off_by_default_and_reads_the_file_then_otel_variables() {
+    let c = ok("[server]\nhost = \"db\"\n", &[]);
+    assert!(!c.tracing.enabled());
+    assert_eq!(c.tracing.service_name, "pgwake");
+
+    let c = ok(
+        "[server]\nhost = \"db\"\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nexport_timeout = \"2s\"\n[tracing.resource_attributes]\n\"deployment.environment\" = \"prod\"\n",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SERVICE_NAME", "db-proxy"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=data"),
+        ],
+    );
+    assert_eq!(
+        c.tracing.traces_url().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    assert_eq!(c.tracing.export_timeout, Duration::from_secs(2));
+    // The file is silent on these: the standard variables fill them.
+    assert_eq!(c.tracing.service_name, "db-proxy");
+    assert_eq!(
+        c.tracing
+            .resource_attributes
+            .get("deployment.environment")
+            .map(String::as_str),
+        Some("prod")
+    );
+    assert!(!c.tracing.resource_attributes.contains_key("team"));
+
+    let c = ok(
+        "[server]\nhost = \"db\"\n",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=data, region = west"),
+        ],
+    );
+    assert_eq!(
+        c.tracing.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(
+        c.tracing
+            .resource_attributes
+            .get("region")
+            .map(String::as_str),
+        Some("west")
+    );
+
+    let c = ok(
+        "[server]\nhost = \"db\"\n",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4318/v1/traces",
+            ),
+            ("PGWAKE_TRACING_SERVICE_NAME", "from-pgwake-var"),
+            ("OTEL_SERVICE_NAME", "from-otel-var"),
+        ],
+    );
+    assert_eq!(
+        c.tracing.traces_url().as_deref(),
+        Some("http://traces:4318/v1/traces")
+    );
+    assert_eq!(c.tracing.service_name, "from-pgwake-var");
+}
+
+#[test]
+fn tracing_keys_are_checked_by_name() {
+    let e = errs(
+        "[server]\nhost = \"db\"\n[tracing]\notlp_endpoint = \"collector:4318\"\nexport_timeout = \"0s\"\nqueue_size = 1\n",
+        &[],
+    )
+    .join("\n");
+    assert!(
+        e.contains("tracing.otlp_endpoint = \"collector:4318\""),
+        "{e}"
+    );
+    assert!(e.contains("tracing.export_timeout"), "{e}");
+    assert!(e.contains("tracing.queue_size"), "{e}");
+
+    let e = errs(
+        "[server]\nhost = \"db\"\n[tracing]\nendpoint = \"http://c:4318\"\n",
+        &[],
+    )
+    .join("\n");
+    assert!(
+        e.contains("tracing.endpoint") || e.contains("tracing: unknown field `endpoint`"),
+        "{e}"
+    );
+    let e = errs(
+        "[server]\nhost = \"db\"\n",
+        &[("PGWAKE_TRACING_ENDPONT", "http://c:4318")],
+    )
+    .join("\n");
+    assert!(e.contains("PGWAKE_TRACING_ENDPONT"), "{e}");
+}

@@ -43,6 +43,8 @@ pub fn needs_restart(key: &str) -> bool {
             | "log.format"
     ) || key == "lifecycle"
         || key.starts_with("lifecycle.")
+        || key == "tracing"
+        || key.starts_with("tracing.")
         || key
             .strip_prefix("databases.")
             .and_then(|rest| rest.split_once('.'))

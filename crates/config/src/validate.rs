@@ -272,6 +272,7 @@ fn check_server(s: &crate::Server, at: &str, errors: &mut Vec<String>) {
 pub(crate) fn validate(c: &Config, errors: &mut Vec<String>) {
     check_lifecycle(&c.lifecycle, errors);
     check_peering(&c.peering, errors);
+    crate::tracing::check(&c.tracing, errors);
     if c.server.host.is_empty() {
         errors.push(
             "server.host is not set: pass --server-url postgres://USER@HOST:5432/DB, set PGWAKE_SERVER_URL, or set [server] host".into(),

@@ -96,7 +96,22 @@ pub struct RefreshingCache {
     demand: Notify,
     /// Bumped after every fetch, successful or not.
     attempts: watch::Sender<u64>,
+    /// Told about every fetch (traces).
+    on_fetch: std::sync::OnceLock<FetchObserver>,
 }
+
+/// A finished fetch, for traces: which source, when, how long, and why it
+/// failed if it did. Never the token.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchReport<'a> {
+    pub source: &'a str,
+    pub began: std::time::Instant,
+    pub took: Duration,
+    pub error: Option<&'a str>,
+}
+
+/// Called after each fetch.
+pub type FetchObserver = Box<dyn Fn(&FetchReport<'_>) + Send + Sync>;
 
 impl fmt::Debug for RefreshingCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,7 +142,13 @@ impl RefreshingCache {
             fetching: AtomicBool::new(false),
             demand: Notify::new(),
             attempts: watch::channel(0).0,
+            on_fetch: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the function told about each fetch (once).
+    pub fn observe_fetches(&self, f: FetchObserver) {
+        let _ = self.on_fetch.set(f);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -185,6 +206,7 @@ impl RefreshingCache {
     /// One fetch; stores the result. Returns when to fetch next on success.
     async fn fetch_once(&self) -> Result<Duration, ()> {
         self.fetching.store(true, Ordering::SeqCst);
+        let began = std::time::Instant::now();
         let result =
             match tokio::time::timeout(self.settings.fetch_timeout, self.fetcher.fetch()).await {
                 Ok(r) => r,
@@ -238,7 +260,16 @@ impl RefreshingCache {
                 Err(())
             }
         };
+        let failed = st.last_error.clone().filter(|_| outcome.is_err());
         drop(st);
+        if let Some(observe) = self.on_fetch.get() {
+            observe(&FetchReport {
+                source: &self.name,
+                began,
+                took: began.elapsed(),
+                error: failed.as_deref(),
+            });
+        }
         self.fetching.store(false, Ordering::SeqCst);
         self.attempts.send_modify(|n| *n += 1);
         outcome

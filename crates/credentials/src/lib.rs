@@ -92,7 +92,10 @@ mod cache;
 mod command;
 mod password_file;
 pub use azure::{AzureIdentity, AzureSource, AZURE_POSTGRES_SCOPE};
-pub use cache::{CacheStats, RefreshSettings, RefreshingCache, Token, TokenFetcher, TokenFuture};
+pub use cache::{
+    CacheStats, FetchObserver, FetchReport, RefreshSettings, RefreshingCache, Token, TokenFetcher,
+    TokenFuture,
+};
 pub use command::{run_shell, CommandSource};
 pub use password_file::PasswordFile;
 

@@ -147,12 +147,29 @@ pub struct Lifecycle {
     wakes: AtomicU64,
     wake_failures: AtomicU64,
     stops: AtomicU64,
-    /// Told how long each finished wake took, and whether it worked.
+    /// Told about each finished wake.
     on_wake: std::sync::OnceLock<WakeObserver>,
+    /// The state the last wake began in, and how many callers waited for it.
+    last_wake: Mutex<(String, u32)>,
 }
 
-/// Called when a wake ends: (time taken, success).
-pub type WakeObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
+/// Called when a wake ends.
+pub type WakeObserver = Box<dyn Fn(&WakeReport) + Send + Sync>;
+
+/// A finished wake, for metrics and traces.
+#[derive(Debug, Clone)]
+pub struct WakeReport {
+    pub began: Instant,
+    pub took: Duration,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// The client whose arrival triggered it, as `note_client` named it.
+    pub trigger: String,
+    /// The server's state when it began (lower case).
+    pub state: String,
+    /// Callers that waited for this one start.
+    pub waiters: u32,
+}
 
 /// Counts for metrics and the admin console.
 #[derive(Debug, Clone, Copy, Default)]
@@ -188,6 +205,7 @@ impl Lifecycle {
             wake_failures: AtomicU64::new(0),
             stops: AtomicU64::new(0),
             on_wake: std::sync::OnceLock::new(),
+            last_wake: Mutex::new((String::new(), 0)),
         })
     }
 
@@ -203,6 +221,14 @@ impl Lifecycle {
     /// Sets the function told about each finished wake (once).
     pub fn observe_wakes(&self, f: WakeObserver) {
         let _ = self.on_wake.set(f);
+    }
+
+    /// The state the last wake began in and the callers that waited for it.
+    pub fn last_wake(&self) -> (String, u32) {
+        self.last_wake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn describe(&self) -> String {
@@ -293,7 +319,10 @@ impl Lifecycle {
     /// when the server is not asleep, so the connection error stands.
     pub async fn server_unavailable(self: &Arc<Self>) -> Result<bool, WakeError> {
         let signal = match self.joinable_wake() {
-            Some(s) => s,
+            Some(s) => {
+                self.last_wake.lock().unwrap_or_else(|e| e.into_inner()).1 += 1;
+                s
+            }
             None => {
                 let state = match self.state().await {
                     Ok(s) => s,
@@ -306,7 +335,11 @@ impl Lifecycle {
                     ServerState::Stopped
                     | ServerState::Stopping
                     | ServerState::Starting
-                    | ServerState::Busy(_) => self.begin_wake(),
+                    | ServerState::Busy(_) => {
+                        let s = self.begin_wake(&state);
+                        self.last_wake.lock().unwrap_or_else(|e| e.into_inner()).1 += 1;
+                        s
+                    }
                     ServerState::Ready | ServerState::Other(_) => return Ok(false),
                 }
             }
@@ -319,8 +352,8 @@ impl Lifecycle {
     pub async fn wake_now(self: &Arc<Self>) -> Result<(), WakeError> {
         match self.fresh_state().await {
             Ok(ServerState::Ready) => Ok(()),
-            Ok(_) => {
-                let (at, rx) = self.begin_wake();
+            Ok(state) => {
+                let (at, rx) = self.begin_wake(&state);
                 self.wait_for(rx, at).await.map(|_| ())
             }
             Err(e) => Err(WakeError::Failed(e.to_string())),
@@ -333,11 +366,13 @@ impl Lifecycle {
     }
 
     /// Starts a wake unless one is under way; returns its signal.
-    fn begin_wake(self: &Arc<Self>) -> (Instant, WakeSignal) {
+    fn begin_wake(self: &Arc<Self>, state: &ServerState) -> (Instant, WakeSignal) {
         let mut w = self.wake.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(running) = w.as_ref().filter(|(_, rx)| rx.borrow().is_none()) {
             return running.clone();
         }
+        let state = state.name().to_ascii_lowercase();
+        *self.last_wake.lock().unwrap_or_else(|e| e.into_inner()) = (state.clone(), 0);
         let (tx, rx) = watch::channel(None);
         let at = Instant::now();
         *w = Some((at, rx.clone()));
@@ -367,7 +402,14 @@ impl Lifecycle {
                 me.wake_failures.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(observe) = me.on_wake.get() {
-                observe(at.elapsed(), outcome.is_ok());
+                observe(&WakeReport {
+                    began: at,
+                    took: at.elapsed(),
+                    error: outcome.as_ref().err().cloned(),
+                    trigger,
+                    state,
+                    waiters: me.last_wake().1,
+                });
             }
             let _ = tx.send(Some(outcome));
         });

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod frame;
 pub mod sql;
+pub mod sqlcommenter;
 pub mod sqlstate;
 pub mod startup;
 

@@ -27,6 +27,7 @@ mod session;
 pub mod stats;
 mod stats_log;
 pub mod tls;
+mod traces;
 mod wake;
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ pub struct Shared {
     stop_request: CancellationToken,
     tasks: TaskTracker,
     started: std::time::Instant,
+    /// OpenTelemetry traces (`[tracing]`), when on.
+    pub(crate) traces: Option<Arc<traces::Traces>>,
 }
 
 /// Timeouts that change on reload without touching sessions: milliseconds,
@@ -342,6 +345,7 @@ impl Shared {
     /// Keeps a token cache refreshing until the proxy stops or a reload
     /// replaces it.
     fn run_refresher(&self, cache: Arc<RefreshingCache>) {
+        self.trace_fetches(&cache);
         let stop = self.hard_stop.child_token();
         let old = self
             .refresher
@@ -357,6 +361,13 @@ impl Shared {
                 _ = cache.run() => {}
             }
         });
+    }
+
+    /// Makes each fetch of `cache` a small trace of its own (`[tracing]`).
+    fn trace_fetches(&self, cache: &RefreshingCache) {
+        if let Some(t) = self.traces.clone() {
+            cache.observe_fetches(Box::new(move |r| t.credential_trace(r)));
+        }
     }
 
     /// Runs `task` until the proxy stops.
@@ -415,6 +426,9 @@ pub enum StartError {
     /// The `[lifecycle]` provider cannot be set up (a message from building it).
     #[error("{0}")]
     Lifecycle(String),
+    /// The `[tracing]` exporter cannot be set up.
+    #[error("{0}")]
+    Tracing(String),
     #[error("cannot listen on {addr} (admin.addr): {source}")]
     Admin {
         addr: String,
@@ -469,9 +483,21 @@ impl Proxy {
         }
         let (lifecycle, arm_tokens) = wake::from_config(&config).map_err(StartError::Lifecycle)?;
         let metrics = Arc::new(Metrics::new());
+        let traced = traces::Traces::from_config(&config.tracing).map_err(StartError::Tracing)?;
+        let (traces, export) = match traced {
+            Some((t, task)) => (Some(t), Some(task)),
+            None => (None, None),
+        };
         if let Some(l) = &lifecycle {
             let h = metrics.wake_seconds.clone();
-            l.observe_wakes(Box::new(move |took, _| h.record(took.as_secs_f64())));
+            let t = traces.clone();
+            let provider = l.describe();
+            l.observe_wakes(Box::new(move |w| {
+                h.record(w.took.as_secs_f64());
+                if let Some(t) = &t {
+                    t.wake_trace(&wake::report_trace(w, &provider), &w.trigger);
+                }
+            }));
         }
         let timeouts = LiveTimeouts::default();
         timeouts.set(&config);
@@ -505,8 +531,12 @@ impl Proxy {
             stop_request: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
+            traces,
             config: RwLock::new(Arc::new(config)),
         });
+        if let Some(task) = export {
+            shared.tasks.spawn(task);
+        }
         let listeners = listener::Listeners::bind(&shared).await?;
         shared.peering.set_listen_addr(listeners.tcp_addr);
         let config = shared.config();
@@ -516,9 +546,11 @@ impl Proxy {
             shared.run_refresher(cache);
         }
         if let Some(cache) = arm_tokens {
+            shared.trace_fetches(&cache);
             shared.spawn_until_stopped(cache.run());
         }
         for cache in db_refreshers {
+            shared.trace_fetches(&cache);
             shared.spawn_until_stopped(cache.run());
         }
         if let Some(l) = shared.lifecycle.clone() {
@@ -612,6 +644,10 @@ impl Proxy {
                     tracing::warn!(error = %e, "stop on shutdown failed");
                 }
             }
+        }
+        // The spans still queued go out in one last export.
+        if let Some(t) = &shared.traces {
+            t.stop();
         }
         // Give Terminate messages and upkeep tasks a moment to finish.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.tasks.wait()).await;

@@ -44,6 +44,8 @@ const DESCRIPTIONS: &[(&str, char, &str)] = &[
     ("pgwake_credential_valid", 'g', "1 when a valid token or password is at hand"),
     ("pgwake_server_state", 'g', "1 for the server's last known state as the provider reports it"),
     ("pgwake_wakes_total", 'c', "Wakes of a stopped server started"),
+    ("pgwake_trace_spans_exported_total", 'c', "Spans sent to the OTLP collector ([tracing])"),
+    ("pgwake_trace_spans_dropped_total", 'c', "Spans not sent, by reason: queue_full (the collector is slow or away and the queue, tracing.queue_size, was full), export_failed (the collector refused or did not answer within tracing.export_timeout)"),
     ("pgwake_wake_failures_total", 'c', "Wakes that failed"),
     ("pgwake_wake_duration_seconds", 'h', "Time from the start of a wake until the server answered"),
     ("pgwake_idle_stops_total", 'c', "Stop requests sent to the provider (idle stop, SLEEP, stop on shutdown)"),

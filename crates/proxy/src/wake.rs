@@ -110,6 +110,27 @@ const IDLE_CHECK_MARK: &str = "/* pgwake idle check */";
 /// server ("pgwake" in ASCII, then 1).
 const IDLE_STOP_LOCK: i64 = 0x7067_7761_6b65_0001;
 
+/// A finished wake as the traces module records it.
+pub(crate) fn report_trace(
+    w: &pgwake_lifecycle::WakeReport,
+    provider: &str,
+) -> crate::traces::WakeTrace {
+    let began = w.began.into_std();
+    crate::traces::WakeTrace {
+        began,
+        ended: began + w.took,
+        provider: provider.to_owned(),
+        state: w.state.clone(),
+        waiters: w.waiters,
+        client: w
+            .trigger
+            .strip_prefix("client ")
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned),
+        error: w.error.clone(),
+    }
+}
+
 pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, after: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,8 +202,19 @@ pub(crate) async fn idle_stop(shared: Arc<Shared>, lifecycle: Arc<Lifecycle>, af
                 p.drain_idle();
             }
             let why = format!("no client activity for {}s", after.as_secs());
-            if let Err(e) = lifecycle.stop_server(&why).await {
+            let began = std::time::Instant::now();
+            let stopped = lifecycle.stop_server(&why).await;
+            if let Err(e) = &stopped {
                 tracing::warn!(error = %e, "idle stop failed");
+            }
+            if let Some(t) = &shared.traces {
+                let error = stopped.as_ref().err().map(ToString::to_string);
+                t.idle_stop_trace(
+                    began,
+                    &lifecycle.describe(),
+                    lifecycle.idle_for(),
+                    error.as_deref(),
+                );
             }
         }
         // Closing the connection gives the lock back, whatever happened.

@@ -245,6 +245,21 @@ fn publish(shared: &Shared) {
         m.counter("pgwake_idle_stops_total", vec![])
             .absolute(st.stops);
     }
+    if let Some(t) = &shared.traces {
+        let c = &t.counts;
+        m.counter("pgwake_trace_spans_exported_total", vec![])
+            .absolute(c.exported.load(std::sync::atomic::Ordering::Relaxed));
+        for (reason, n) in [
+            ("queue_full", &c.dropped_queue_full),
+            ("export_failed", &c.dropped_export_failed),
+        ] {
+            m.counter(
+                "pgwake_trace_spans_dropped_total",
+                vec![Label::new("reason", reason)],
+            )
+            .absolute(n.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
     m.gauge("pgwake_paused", vec![])
         .set(if shared.control.paused_all() {
             1.0

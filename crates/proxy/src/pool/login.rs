@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::Pool;
 use crate::server::{ConnectError, ConnectPhases, ServerConn};
 use crate::stats::TimeoutKind;
+use crate::traces::{ConnectTrace, WakeTrace};
 
 /// Longest pause between logins after the server refused one (bad password).
 const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -32,11 +33,16 @@ impl Pool {
         let mut wakes = 0;
         let mut backoff = Duration::from_millis(25);
         let mut retried_rotation = false;
+        // For traces: attempts made and the wake waited for.
+        let mut attempts = 0u32;
+        let mut woken = None;
         loop {
             // Waits only when no valid secret exists (a token source still
             // fetching its first token, or one whose token expired).
             let wait = give_up.saturating_duration_since(tokio::time::Instant::now());
             let generation = server.credentials.generation();
+            attempts += 1;
+            let started = Instant::now();
             let password = match server.credentials.secret(wait).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -45,6 +51,7 @@ impl Pool {
                     return Err(e);
                 }
             };
+            let token = started.elapsed();
             let mut phases = ConnectPhases::default();
             let e = match ServerConn::connect_phased(
                 &server.target,
@@ -57,6 +64,20 @@ impl Pool {
             {
                 Ok(mut conn) => {
                     conn.credential_generation = generation;
+                    // Only a client's login is on a request's path (upkeep
+                    // passes `may_wake = false`).
+                    conn.born = may_wake.then(|| {
+                        Box::new(ConnectTrace {
+                            started,
+                            ended: Instant::now(),
+                            token,
+                            // A secret at hand takes microseconds; a fetch far longer.
+                            token_waited: token >= Duration::from_millis(1),
+                            phases,
+                            attempts,
+                            wake: woken.take(),
+                        })
+                    });
                     inner.metrics.connect_phases(phases.durations());
                     inner.lock().auth_failure = None;
                     inner.learn(&conn);
@@ -72,8 +93,23 @@ impl Pool {
                 .filter(|_| e.may_be_asleep() && wakes < 3)
             {
                 let woke = if may_wake {
+                    let began = Instant::now();
                     match l.server_unavailable().await {
-                        Ok(woke) => woke,
+                        Ok(woke) => {
+                            if woke {
+                                let (state, waiters) = l.last_wake();
+                                woken = Some(WakeTrace {
+                                    began,
+                                    ended: Instant::now(),
+                                    provider: l.describe(),
+                                    state,
+                                    waiters,
+                                    client: None,
+                                    error: None,
+                                });
+                            }
+                            woke
+                        }
                         Err(w) => {
                             let e = ConnectError::Asleep(w);
                             self.note_failure(&e);

@@ -61,8 +61,15 @@ impl StatementHasher {
         }
     }
 
-    pub(super) fn hash(&self, content: &[u8]) -> u64 {
-        self.key.hash_one((self.settings, content))
+    /// The hash of a Parse's content (text, NUL, parameter types) given
+    /// as two pieces: the same bytes hash the same however they are split.
+    pub(super) fn hash(&self, before: &[u8], after: &[u8]) -> u64 {
+        let mut h = self.key.build_hasher();
+        self.settings.hash(&mut h);
+        h.write_u8(b'P');
+        h.write(before);
+        h.write(after);
+        h.finish()
     }
 
     /// The hash of a SQL `PREPARE`'s text after the name: never the same
@@ -95,8 +102,14 @@ pub struct StatementSpec {
     /// types; for SQL: name, NUL, the `PREPARE` text after the name.
     pub(super) parse: Box<[u8]>,
     pub(super) name_len: usize,
-    /// Hash of everything after the name.
+    /// Hash of everything after the name, a trailing sqlcommenter comment
+    /// left out.
     pub(super) hash: u64,
+    /// Where in the content the query text's trailing sqlcommenter comment
+    /// (`/*traceparent='…'*/`) lies: left out of what the server prepares,
+    /// so that a traced app, whose every statement text differs by its
+    /// comment, still prepares each statement once per server connection.
+    pub(super) comment: Option<std::ops::Range<usize>>,
     /// Prepared by SQL `PREPARE` (parameter types by name, so it is
     /// prepared on a connection by `PREPARE` too).
     pub(super) sql: bool,
@@ -108,8 +121,19 @@ pub struct StatementSpec {
 
 impl StatementSpec {
     pub(super) fn new(body: &[u8], name_len: usize, hasher: &StatementHasher) -> Self {
+        let content = body.get(name_len + 1..).unwrap_or(&[]);
+        let text = &content[..content
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(content.len())];
+        let comment = pgwake_protocol::sqlcommenter::trailing_comment(text);
+        let (before, after) = match &comment {
+            Some(c) => (&content[..c.start], &content[c.end..]),
+            None => (content, &[][..]),
+        };
         StatementSpec {
-            hash: hasher.hash(&body[name_len + 1..]),
+            hash: hasher.hash(before, after),
+            comment,
             parse: body.into(),
             name_len,
             sql: false,
@@ -125,6 +149,7 @@ impl StatementSpec {
         parse.extend_from_slice(rest);
         StatementSpec {
             hash: hasher.hash_sql(rest),
+            comment: None,
             parse: parse.into(),
             name_len: name.len(),
             sql: true,
@@ -140,6 +165,16 @@ impl StatementSpec {
     /// Query text, NUL, parameter count and types: the Parse body after the name.
     pub(super) fn content(&self) -> &[u8] {
         &self.parse[self.name_len + 1..]
+    }
+
+    /// The content as the server prepares it: without the text's trailing
+    /// sqlcommenter comment, in two pieces.
+    pub(super) fn server_content(&self) -> (&[u8], &[u8]) {
+        let c = self.content();
+        match &self.comment {
+            Some(r) => (&c[..r.start], &c[r.end..]),
+            None => (c, &[]),
+        }
     }
 
     /// The query text.

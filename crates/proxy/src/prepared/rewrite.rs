@@ -149,8 +149,9 @@ impl Rewriter<'_> {
             });
             return Ok(Step::Tail(rest));
         }
-        let len = length(b'P', SERVER_NAME_LEN + 1 + content)?;
         let spec = Arc::new(StatementSpec::new(body, name.len(), &self.client.hasher));
+        let (before, after) = spec.server_content();
+        let len = length(b'P', SERVER_NAME_LEN + 1 + before.len() + after.len())?;
         self.client.put(spec.clone());
         let hash = spec.hash;
         let client = Some(ClientUndo {
@@ -184,6 +185,15 @@ impl Rewriter<'_> {
         }
         put_header(to_server, b'P', len);
         put_cstr(to_server, &server_name(hash));
+        // The client's text after the name, or (with a sqlcommenter
+        // comment) the text without it.
+        let tail = if spec.comment.is_some() {
+            to_server.put_slice(before);
+            to_server.put_slice(after);
+            body.len()
+        } else {
+            rest
+        };
         self.plan.push(Entry {
             kind: Kind::Forward(Expect::Parse),
             rename: Some(Rename::Statement(spec)),
@@ -192,7 +202,7 @@ impl Rewriter<'_> {
                 server: ServerUndo::Unprepare(hash),
             },
         });
-        Ok(Step::Tail(rest))
+        Ok(Step::Tail(tail))
     }
 
     pub(super) fn bind(&mut self, body: &[u8], to_server: &mut BytesMut) -> Result<Step, TooLarge> {
@@ -323,7 +333,8 @@ impl Rewriter<'_> {
     ) -> Result<(), TooLarge> {
         let hash = spec.hash;
         let content = spec.content();
-        let len = length(b'P', SERVER_NAME_LEN + 1 + content.len())?;
+        let (before, after) = spec.server_content();
+        let len = length(b'P', SERVER_NAME_LEN + 1 + before.len() + after.len())?;
         if spec.sql {
             // Checked before anything is recorded.
             sql_commands::check_prepare_len(content.len())?;
@@ -337,7 +348,8 @@ impl Rewriter<'_> {
         }
         put_header(to_server, b'P', len);
         put_cstr(to_server, &server_name(hash));
-        to_server.put_slice(content);
+        to_server.put_slice(before);
+        to_server.put_slice(after);
         self.plan.push(Entry {
             kind: Kind::Swallow(Expect::Parse),
             rename: Some(Rename::Statement(spec.clone())),

@@ -674,6 +674,45 @@ fn server_names_are_the_content_hash_in_hex() {
 }
 
 #[test]
+fn a_trailing_sqlcommenter_comment_is_not_part_of_the_server_statement() {
+    let hasher = StatementHasher::new();
+    let spec = |body: &[u8]| StatementSpec::new(&body[5..], 1, &hasher);
+    let traced = |span: &str| {
+        format!("SELECT $1 /*db_driver='psycopg%3A3.2.13',traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-{span}-01'*/")
+    };
+    let a = spec(&parse("a", &traced("c532cb4098ac3dd2"), &[23]));
+    let b = spec(&parse("b", &traced("00f067aa0ba902b7"), &[23]));
+    // Another trace, the same statement on the server.
+    assert_eq!(a.hash(), b.hash());
+    let (before, after) = a.server_content();
+    assert_eq!(before, b"SELECT $1 ");
+    assert_eq!(after, b"\0\0\x01\0\0\0\x17");
+    // The client still sees its own text.
+    assert!(a.query().ends_with(b"-01'*/"));
+    // Another statement, or other types, another server statement.
+    assert_ne!(
+        a.hash(),
+        spec(&parse(
+            "c",
+            &traced("c532cb4098ac3dd2").replace("$1", "$1 + 1"),
+            &[23]
+        ))
+        .hash()
+    );
+    assert_ne!(
+        a.hash(),
+        spec(&parse("d", &traced("c532cb4098ac3dd2"), &[20])).hash()
+    );
+    // A comment that is not sqlcommenter's stays part of the statement.
+    let plain = spec(&parse("e", "SELECT $1 /* a note */", &[23]));
+    assert_eq!(plain.server_content().0, plain.content());
+    assert_ne!(
+        plain.hash(),
+        spec(&parse("f", "SELECT $1 /* another */", &[23])).hash()
+    );
+}
+
+#[test]
 fn lru_evicts_the_least_recently_used_unpinned_statement() {
     let mut s = ServerStatements::new(2);
     s.insert(1, 0);

@@ -437,6 +437,7 @@ async fn login(
                     broken: false,
                     credential_generation: 0,
                     prepared: Box::new(crate::prepared::OnServer::new(1)),
+                    born: None,
                 });
             }
             _ => return Err(LoginProtocol::UnexpectedMessage.into()),

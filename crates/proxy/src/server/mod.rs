@@ -118,6 +118,9 @@ pub struct ServerConn {
     /// Prepared statements and the reply plan (transaction mode). Boxed: a
     /// connection moves by value through checkouts and client tasks.
     pub(crate) prepared: Box<crate::prepared::OnServer>,
+    /// How this connection was opened for a client, until the first traced
+    /// statement on it takes it (`[tracing]`).
+    pub(crate) born: Option<Box<crate::traces::ConnectTrace>>,
 }
 
 /// The frames whose bodies the relay reads from the server side:

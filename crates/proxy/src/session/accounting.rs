@@ -38,6 +38,14 @@ fn mask_literals(text: &[u8]) -> String {
     out
 }
 
+/// A statement's text for a span: its start, string literals masked as
+/// in the slow-query log.
+pub(super) fn masked(text: &[u8]) -> String {
+    let mut kept = Vec::new();
+    keep_text(&mut kept, text);
+    mask_literals(&kept)
+}
+
 /// Keeps the start of a query's text (up to its terminating NUL).
 pub(super) fn keep_text(out: &mut Vec<u8>, text: &[u8]) {
     let text = &text[..text.len().min(QUERY_TEXT_MAX)];

@@ -135,6 +135,8 @@ struct Session<C> {
     /// Room from the shared budget while `cbuf` holds (or is filling with)
     /// a large frame that must be read whole.
     lease: Option<crate::budget::Lease>,
+    /// Statements in flight that carried a trace context (`[tracing]`).
+    traced: crate::traces::InSession,
 }
 
 impl<C: ClientStream> Session<C> {
@@ -289,6 +291,7 @@ impl<C: ClientStream> Session<C> {
         Ok(Session {
             _admission: admission,
             lease: None,
+            traced: Default::default(),
             registered,
             counted_active: false,
             query_start: None,
@@ -410,6 +413,7 @@ impl<C: ClientStream> Session<C> {
         self.xact_start = None;
         self.cancel_sent = None;
         self.query_text.clear();
+        self.traced.detached();
     }
 
     /// Serves the client's requests for as long as they keep coming.
@@ -602,6 +606,9 @@ impl<C: ClientStream> Session<C> {
             }
         };
         PoolCounts::add(&self.pool.stats().assignments, 1);
+        if self.shared.traces.is_some() {
+            self.traced.attached(began, p.conn.born.take());
+        }
         if p.conn.settings_fp != self.want_fp {
             Box::pin(self.sync_settings(&mut p)).await?;
         }

@@ -210,7 +210,22 @@ impl<C: ClientStream> Session<C> {
                     continue;
                 }
             };
+            // A whole statement whose text carries the app's trace context.
+            let traced = match &self.shared.traces {
+                Some(t) if self.cscan.at_boundary() => crate::traces::Traces::parent_of(tag, body)
+                    .map(|parent| {
+                        let text = t.statement_text().then(|| {
+                            super::accounting::masked(crate::traces::Traces::text_of(tag, body))
+                        });
+                        (parent, text, server.tx.owed)
+                    }),
+                _ => None,
+            };
             if !track {
+                if let Some((parent, text, owed)) = traced {
+                    let db = &self.pool.key().dbname;
+                    self.traced.begin(parent, db, server.peer, owed, text);
+                }
                 server.tx.sent(tag);
                 pos = next;
                 continue;
@@ -243,6 +258,17 @@ impl<C: ClientStream> Session<C> {
                 tracing::debug!(peer = %self.peer(), tag = %(tag as char), plan = server.prepared.owed(), owed = server.tx.owed, "holding a client message until the server answers");
                 self.held = true;
                 break;
+            }
+            // A query pgwake answers itself gets no server reply to time (a
+            // Parse answered from the cache still has its Sync's).
+            let to_server_too = tag == b'P'
+                || matches!(
+                    step,
+                    crate::prepared::Step::Pass | crate::prepared::Step::Tail(_)
+                );
+            if let Some((parent, text, owed)) = traced.filter(|_| to_server_too) {
+                let db = &self.pool.key().dbname;
+                self.traced.begin(parent, db, server.peer, owed, text);
             }
             if step == crate::prepared::Step::Pass && to_server.is_empty() && copied == 0 {
                 server.tx.sent(tag);
@@ -278,6 +304,7 @@ impl<C: ClientStream> Session<C> {
         let sending: &[u8] = if unchanged { &self.cbuf[..pos] } else { &out };
         if !sending.is_empty() {
             let written = server.stream.write_all(sending).await;
+            self.traced.sent();
             PoolCounts::add(&self.pool.stats().received, pos as u64);
             if self.query_start.is_none() {
                 let now = Instant::now();
@@ -331,6 +358,10 @@ impl<C: ClientStream> Session<C> {
         // The request is still at the front of the buffer.
         self.replay = 0;
         tracing::info!(peer = %self.peer(), pool = %self.pool.key(), "retrying the request on a fresh server connection");
+        self.traced.event(
+            "retry",
+            "the pooled server connection was dead on first use",
+        );
         let mut p = match self.pool.checkout_fresh().await {
             Ok(p) => p,
             Err(e) => {
@@ -347,6 +378,7 @@ impl<C: ClientStream> Session<C> {
             }
         }
         self.attached(p.conn.cancel_key());
+        self.traced.reconnected(p.conn.born.take());
         // Sent as any request is (by the relay, first thing); no second
         // replay if this one dies too.
         self.fresh = false;
@@ -382,6 +414,9 @@ impl<C: ClientStream> Session<C> {
             };
             if let Scanned::Frame { tag: b'E', body } = item {
                 let fields = backend::parse::error_fields(body);
+                if !self.traced.is_empty() {
+                    self.traced.error(fields.sqlstate());
+                }
                 if fields.is_fatal() {
                     // The server is closing this connection (shutdown, terminated
                     // backend): not the client's session to end. Keep it from the
@@ -472,6 +507,8 @@ impl<C: ClientStream> Session<C> {
             }
             pos = next;
         }
+        // A traced statement's reply is complete before the client has it.
+        let answered = (readies > 0 && !self.traced.is_empty()).then(Instant::now);
         if pos > 0 || edited {
             if self.replay > 0 {
                 // The server answered: the request went through.
@@ -501,6 +538,9 @@ impl<C: ClientStream> Session<C> {
         if readies > 0 {
             let owed = server.tx.owed;
             self.account_ready(readies, xact_ends, owed);
+            if let (Some(t), Some(at)) = (self.shared.traces.as_deref(), answered) {
+                self.traced.readies(readies, at, t);
+            }
         }
         Ok(())
     }

@@ -81,6 +81,7 @@ impl<C: ClientStream> Session<C> {
         server: &mut ServerConn,
         kind: TimeoutKind,
     ) -> Result<(), Stop> {
+        self.traced.event("timeout", kind.name());
         let limit = |d: Option<Duration>| d.unwrap_or_default();
         if self.cancel_sent.is_some() {
             // The server did not answer the cancel: give the connection up.
