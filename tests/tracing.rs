@@ -627,3 +627,127 @@ async fn each_credential_refresh_is_a_trace_of_its_own() {
         );
     }
 }
+
+/// A sampled traceparent with this span id as the app's span.
+fn traceparent(trace: u8, span: u8, flags: &str) -> (String, String, String) {
+    let trace_id = format!("{:02x}", trace).repeat(16);
+    let span_id = format!("{:02x}", span).repeat(8);
+    (
+        format!("/*traceparent='00-{trace_id}-{span_id}-{flags}'*/"),
+        trace_id,
+        span_id,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_timeouts_are_on_the_span_and_unsampled_or_malformed_contexts_make_none() {
+    let rx = Receiver::start().await;
+    let cluster = common::cluster();
+    let port = pgwake_testkit::free_port();
+    let toml = format!(
+        "{}{}",
+        config_for(&cluster, port, "size = 1\nmin_idle = 1"),
+        tracing_section(&rx)
+    );
+    let pg = Pgwake::start_config(&toml, port, &[("PGWAKE_TIMEOUTS_QUERY_TIMEOUT", "500ms")]);
+    let c = pg.client().await;
+
+    let (failing, failing_trace, failing_span) = traceparent(0x11, 0x12, "01");
+    let e = c
+        .simple_query(&format!("SELECT 1/0 {failing}"))
+        .await
+        .expect_err("division by zero");
+    assert_eq!(common::code(&e), "22012");
+    let (slow, slow_trace, _) = traceparent(0x21, 0x22, "01");
+    let e = tokio::time::timeout(
+        SPANS_TIMEOUT,
+        c.simple_query(&format!("SELECT pg_sleep(30) {slow}")),
+    )
+    .await
+    .expect("cancelled by query_timeout")
+    .expect_err("cancelled");
+    assert_eq!(common::code(&e), "57014");
+
+    // Not sampled, or malformed: the statements run, and no spans come of them.
+    let (unsampled, unsampled_trace, _) = traceparent(0x31, 0x32, "00");
+    let long = "a".repeat(1 << 20);
+    let quiet = [
+        format!("SELECT 1 {unsampled}"),
+        "SELECT 1 /*traceparent='00-4141-4242-01'*/".to_owned(),
+        "SELECT 1 /*traceparent='01-41414141414141414141414141414141-4242424242424242-01'*/".to_owned(),
+        "SELECT 1 /*traceparent='00-4141414141414141414141414141414G-4242424242424242-01'*/".to_owned(),
+        "SELECT 1 /* /*traceparent='00-41414141414141414141414141414141-4242424242424242-01'*/ */".to_owned(),
+        "SELECT 1 /*traceparent='00-41414141414141414141414141414141-4242424242424242-01'".to_owned() + " */ -- x",
+        format!("SELECT 1 /*traceparent='00-41414141414141414141414141414141-4242424242424242-01',x='{long}'*/"),
+    ];
+    for q in &quiet {
+        c.simple_query(q)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {}", &q[..q.len().min(120)]));
+    }
+    // A last sampled statement: once its span is in, so are the others'
+    // (one queue, exported in order).
+    let (marker, marker_trace, _) = traceparent(0x51, 0x52, "01");
+    c.simple_query(&format!("SELECT 1 {marker}")).await.unwrap();
+    let arrived = poll_until_async(SPANS_TIMEOUT, || async {
+        !rx.in_trace(&marker_trace).is_empty()
+    })
+    .await;
+    assert!(arrived, "{:#?}", rx.spans());
+
+    let failed = rx.in_trace(&failing_trace);
+    let exec = failed
+        .iter()
+        .find(|s| s.name == "server execution")
+        .unwrap();
+    assert_eq!(exec.parent, failing_span);
+    assert_eq!(
+        exec.attrs
+            .get("db.response.status_code")
+            .map(String::as_str),
+        Some("22012"),
+        "{exec:#?}"
+    );
+    assert!(exec.events.iter().any(|(n, _)| n == "error"), "{exec:#?}");
+
+    let timed_out = rx.in_trace(&slow_trace);
+    let exec = timed_out
+        .iter()
+        .find(|s| s.name == "server execution")
+        .unwrap();
+    assert_eq!(
+        exec.attrs
+            .get("db.response.status_code")
+            .map(String::as_str),
+        Some("57014"),
+        "{exec:#?}"
+    );
+    let timeout = exec
+        .events
+        .iter()
+        .find(|(n, _)| n == "timeout")
+        .expect("a timeout event");
+    assert_eq!(
+        timeout.1.get("pgwake.detail").map(String::as_str),
+        Some("query")
+    );
+
+    assert!(rx.in_trace(&unsampled_trace).is_empty());
+    let ours: Vec<Span> = rx
+        .spans()
+        .into_iter()
+        .filter(|s| s.service == "pgwake")
+        .collect();
+    let traces: std::collections::HashSet<&str> =
+        ours.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(
+        traces,
+        [
+            failing_trace.as_str(),
+            slow_trace.as_str(),
+            marker_trace.as_str()
+        ]
+        .into(),
+        "{ours:#?}"
+    );
+}
