@@ -193,29 +193,37 @@ fn tracing_section(rx: &Receiver) -> String {
     format!("[tracing]\notlp_endpoint = \"{}\"\n", rx.base())
 }
 
+/// pgwake in front of `cluster` with pool settings `pool`, tracing to `rx`.
+fn start_traced(
+    rx: &Receiver,
+    cluster: &pgwake_testkit::Cluster,
+    pool: &str,
+    env: &[(&str, &str)],
+) -> Pgwake {
+    let port = pgwake_testkit::free_port();
+    let toml = format!("{}{}", config_for(cluster, port, pool), tracing_section(rx));
+    Pgwake::start_config(&toml, port, env)
+}
+
+/// Runs the app's `requests` mode (`count` requests, each a trace of its
+/// own, exported to `rx`); the trace id of each.
+async fn app_requests(pg: &Pgwake, rx: &Receiver, count: u32) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let otlp = Some(format!("{}/v1/traces", rx.base()));
+    let out = run_app(dir.path(), pg.port, "requests", count, otlp)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
+    let ids = trace_ids(&out);
+    assert_eq!(ids.len(), count as usize, "{out}");
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traced_request_holds_pgwakes_spans_under_the_apps_database_span() {
     let rx = Receiver::start().await;
     let cluster = common::cluster();
-    let port = pgwake_testkit::free_port();
-    let toml = format!(
-        "{}{}",
-        config_for(&cluster, port, "size = 4\nmin_idle = 0"),
-        tracing_section(&rx)
-    );
-    let pg = Pgwake::start_config(&toml, port, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_app(
-        dir.path(),
-        port,
-        "requests",
-        3,
-        Some(format!("{}/v1/traces", rx.base())),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
-    let ids = trace_ids(&out);
-    assert_eq!(ids.len(), 3, "{out}");
+    let pg = start_traced(&rx, &cluster, "size = 4\nmin_idle = 0", &[]);
+    let ids = app_requests(&pg, &rx, 3).await;
 
     // Every request's trace gets pgwake's server execution span.
     let complete = poll_until_async(SPANS_TIMEOUT, || async {
@@ -322,19 +330,8 @@ async fn a_request_that_woke_the_server_shows_the_wake_in_its_trace_and_in_one_o
         tracing_section(&rx)
     );
     let pg = Pgwake::start_config(&toml, port, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_app(
-        dir.path(),
-        port,
-        "requests",
-        1,
-        Some(format!("{}/v1/traces", rx.base())),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
+    let ids = app_requests(&pg, &rx, 1).await;
     assert!(cluster.is_running());
-    let ids = trace_ids(&out);
-    assert_eq!(ids.len(), 1, "{out}");
     let id = &ids[0];
 
     let seen = poll_until_async(SPANS_TIMEOUT, || async {
@@ -389,14 +386,9 @@ async fn a_request_that_woke_the_server_shows_the_wake_in_its_trace_and_in_one_o
 async fn a_traced_app_prepares_each_statement_once_per_server_connection() {
     let rx = Receiver::start().await;
     let cluster = common::cluster();
-    let port = pgwake_testkit::free_port();
     // One server connection, so every execution lands on it.
-    let toml = format!(
-        "{}{}",
-        config_for(&cluster, port, "size = 1\nmin_idle = 1"),
-        tracing_section(&rx)
-    );
-    let pg = Pgwake::start_config(&toml, port, &[]);
+    let pg = start_traced(&rx, &cluster, "size = 1\nmin_idle = 1", &[]);
+    let port = pg.port;
     let dir = tempfile::tempdir().unwrap();
     // 1,000 executions with prepare=True, each under a trace of its own:
     // 1,000 statement texts (and client-side names) differing only in
@@ -454,13 +446,8 @@ async fn every_sampled_request_of_a_traced_django_site_holds_pgwake_spans() {
     const WORKERS: u32 = 4;
     let rx = Receiver::start().await;
     let cluster = common::cluster();
-    let port = pgwake_testkit::free_port();
-    let toml = format!(
-        "{}{}",
-        config_for(&cluster, port, "size = 4\nmin_idle = 1"),
-        tracing_section(&rx)
-    );
-    let pg = Pgwake::start_config(&toml, port, &[]);
+    let pg = start_traced(&rx, &cluster, "size = 4\nmin_idle = 1", &[]);
+    let port = pg.port;
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || ensure_venv(&logs))
@@ -643,13 +630,12 @@ fn traceparent(trace: u8, span: u8, flags: &str) -> (String, String, String) {
 async fn errors_and_timeouts_are_on_the_span_and_unsampled_or_malformed_contexts_make_none() {
     let rx = Receiver::start().await;
     let cluster = common::cluster();
-    let port = pgwake_testkit::free_port();
-    let toml = format!(
-        "{}{}",
-        config_for(&cluster, port, "size = 1\nmin_idle = 1"),
-        tracing_section(&rx)
+    let pg = start_traced(
+        &rx,
+        &cluster,
+        "size = 1\nmin_idle = 1",
+        &[("PGWAKE_TIMEOUTS_QUERY_TIMEOUT", "500ms")],
     );
-    let pg = Pgwake::start_config(&toml, port, &[("PGWAKE_TIMEOUTS_QUERY_TIMEOUT", "500ms")]);
     let c = pg.client().await;
 
     let (failing, failing_trace, failing_span) = traceparent(0x11, 0x12, "01");

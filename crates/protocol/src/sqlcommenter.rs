@@ -13,6 +13,8 @@
 
 use std::ops::Range;
 
+use crate::sql::{ident_char, ident_start, skip_line, skip_quoted, skip_string};
+
 /// Longest dollar-quote tag the lexer follows; a longer one makes it give
 /// up (no comment), which keeps a hostile statement's cost linear.
 const DOLLAR_TAG_MAX: usize = 64;
@@ -149,7 +151,7 @@ fn top_level_comments_at_end(text: &[u8]) -> Option<(usize, usize)> {
         run = None;
         at = match b {
             b'\'' => skip_string(text, at + 1, escapes_before(text, at)),
-            b'"' => skip_quoted(text, at + 1),
+            b'"' => skip_quoted(text, at + 1, b'"'),
             b'-' if text.get(at + 1) == Some(&b'-') => skip_line(text, at),
             b'$' => skip_dollar(text, at)?,
             _ => at + 1,
@@ -164,39 +166,6 @@ fn escapes_before(text: &[u8], quote: usize) -> bool {
     quote >= 1
         && matches!(text[quote - 1], b'e' | b'E')
         && (quote < 2 || !ident_char(text[quote - 2]))
-}
-
-fn skip_string(text: &[u8], mut at: usize, escapes: bool) -> usize {
-    while let Some(&b) = text.get(at) {
-        match b {
-            b'\\' if escapes => at += 2,
-            b'\'' if text.get(at + 1) == Some(&b'\'') => at += 2,
-            b'\'' => return at + 1,
-            _ => at += 1,
-        }
-    }
-    text.len()
-}
-
-fn skip_quoted(text: &[u8], mut at: usize) -> usize {
-    while let Some(&b) = text.get(at) {
-        at += 1;
-        if b == b'"' {
-            if text.get(at) == Some(&b'"') {
-                at += 1;
-            } else {
-                return at;
-            }
-        }
-    }
-    text.len()
-}
-
-fn skip_line(text: &[u8], at: usize) -> usize {
-    match text[at..].iter().position(|&b| b == b'\n' || b == b'\r') {
-        Some(p) => at + p + 1,
-        None => text.len(),
-    }
 }
 
 /// After the (nested) block comment at `at`, whether it held another,
@@ -256,14 +225,6 @@ fn skip_dollar(text: &[u8], at: usize) -> Option<usize> {
             None => text.len(),
         },
     )
-}
-
-fn ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-fn ident_char(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
 /// The `key='value'` pairs of a comment body; `None` items for malformed
