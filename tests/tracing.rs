@@ -193,29 +193,37 @@ fn tracing_section(rx: &Receiver) -> String {
     format!("[tracing]\notlp_endpoint = \"{}\"\n", rx.base())
 }
 
+/// pgwake in front of `cluster` with pool settings `pool`, tracing to `rx`.
+fn start_traced(
+    rx: &Receiver,
+    cluster: &pgwake_testkit::Cluster,
+    pool: &str,
+    env: &[(&str, &str)],
+) -> Pgwake {
+    let port = pgwake_testkit::free_port();
+    let toml = format!("{}{}", config_for(cluster, port, pool), tracing_section(rx));
+    Pgwake::start_config(&toml, port, env)
+}
+
+/// Runs the app's `requests` mode (`count` requests, each a trace of its
+/// own, exported to `rx`); the trace id of each.
+async fn app_requests(pg: &Pgwake, rx: &Receiver, count: u32) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let otlp = Some(format!("{}/v1/traces", rx.base()));
+    let out = run_app(dir.path(), pg.port, "requests", count, otlp)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
+    let ids = trace_ids(&out);
+    assert_eq!(ids.len(), count as usize, "{out}");
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traced_request_holds_pgwakes_spans_under_the_apps_database_span() {
     let rx = Receiver::start().await;
     let cluster = common::cluster();
-    let port = pgwake_testkit::free_port();
-    let toml = format!(
-        "{}{}",
-        config_for(&cluster, port, "size = 4\nmin_idle = 0"),
-        tracing_section(&rx)
-    );
-    let pg = Pgwake::start_config(&toml, port, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_app(
-        dir.path(),
-        port,
-        "requests",
-        3,
-        Some(format!("{}/v1/traces", rx.base())),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
-    let ids = trace_ids(&out);
-    assert_eq!(ids.len(), 3, "{out}");
+    let pg = start_traced(&rx, &cluster, "size = 4\nmin_idle = 0", &[]);
+    let ids = app_requests(&pg, &rx, 3).await;
 
     // Every request's trace gets pgwake's server execution span.
     let complete = poll_until_async(SPANS_TIMEOUT, || async {
@@ -322,19 +330,8 @@ async fn a_request_that_woke_the_server_shows_the_wake_in_its_trace_and_in_one_o
         tracing_section(&rx)
     );
     let pg = Pgwake::start_config(&toml, port, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_app(
-        dir.path(),
-        port,
-        "requests",
-        1,
-        Some(format!("{}/v1/traces", rx.base())),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\npgwake:\n{}", pg.logs()));
+    let ids = app_requests(&pg, &rx, 1).await;
     assert!(cluster.is_running());
-    let ids = trace_ids(&out);
-    assert_eq!(ids.len(), 1, "{out}");
     let id = &ids[0];
 
     let seen = poll_until_async(SPANS_TIMEOUT, || async {
@@ -389,14 +386,9 @@ async fn a_request_that_woke_the_server_shows_the_wake_in_its_trace_and_in_one_o
 async fn a_traced_app_prepares_each_statement_once_per_server_connection() {
     let rx = Receiver::start().await;
     let cluster = common::cluster();
-    let port = pgwake_testkit::free_port();
     // One server connection, so every execution lands on it.
-    let toml = format!(
-        "{}{}",
-        config_for(&cluster, port, "size = 1\nmin_idle = 1"),
-        tracing_section(&rx)
-    );
-    let pg = Pgwake::start_config(&toml, port, &[]);
+    let pg = start_traced(&rx, &cluster, "size = 1\nmin_idle = 1", &[]);
+    let port = pg.port;
     let dir = tempfile::tempdir().unwrap();
     // 1,000 executions with prepare=True, each under a trace of its own:
     // 1,000 statement texts (and client-side names) differing only in
@@ -454,13 +446,8 @@ async fn every_sampled_request_of_a_traced_django_site_holds_pgwake_spans() {
     const WORKERS: u32 = 4;
     let rx = Receiver::start().await;
     let cluster = common::cluster();
-    let port = pgwake_testkit::free_port();
-    let toml = format!(
-        "{}{}",
-        config_for(&cluster, port, "size = 4\nmin_idle = 1"),
-        tracing_section(&rx)
-    );
-    let pg = Pgwake::start_config(&toml, port, &[]);
+    let pg = start_traced(&rx, &cluster, "size = 4\nmin_idle = 1", &[]);
+    let port = pg.port;
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || ensure_venv(&logs))
@@ -626,4 +613,127 @@ async fn each_credential_refresh_is_a_trace_of_its_own() {
             "the secret never appears: {span:#?}"
         );
     }
+}
+
+/// A sampled traceparent with this span id as the app's span.
+fn traceparent(trace: u8, span: u8, flags: &str) -> (String, String, String) {
+    let trace_id = format!("{:02x}", trace).repeat(16);
+    let span_id = format!("{:02x}", span).repeat(8);
+    (
+        format!("/*traceparent='00-{trace_id}-{span_id}-{flags}'*/"),
+        trace_id,
+        span_id,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_timeouts_are_on_the_span_and_unsampled_or_malformed_contexts_make_none() {
+    let rx = Receiver::start().await;
+    let cluster = common::cluster();
+    let pg = start_traced(
+        &rx,
+        &cluster,
+        "size = 1\nmin_idle = 1",
+        &[("PGWAKE_TIMEOUTS_QUERY_TIMEOUT", "500ms")],
+    );
+    let c = pg.client().await;
+
+    let (failing, failing_trace, failing_span) = traceparent(0x11, 0x12, "01");
+    let e = c
+        .simple_query(&format!("SELECT 1/0 {failing}"))
+        .await
+        .expect_err("division by zero");
+    assert_eq!(common::code(&e), "22012");
+    let (slow, slow_trace, _) = traceparent(0x21, 0x22, "01");
+    let e = tokio::time::timeout(
+        SPANS_TIMEOUT,
+        c.simple_query(&format!("SELECT pg_sleep(30) {slow}")),
+    )
+    .await
+    .expect("cancelled by query_timeout")
+    .expect_err("cancelled");
+    assert_eq!(common::code(&e), "57014");
+
+    // Not sampled, or malformed: the statements run, and no spans come of them.
+    let (unsampled, unsampled_trace, _) = traceparent(0x31, 0x32, "00");
+    let long = "a".repeat(1 << 20);
+    let quiet = [
+        format!("SELECT 1 {unsampled}"),
+        "SELECT 1 /*traceparent='00-4141-4242-01'*/".to_owned(),
+        "SELECT 1 /*traceparent='01-41414141414141414141414141414141-4242424242424242-01'*/".to_owned(),
+        "SELECT 1 /*traceparent='00-4141414141414141414141414141414G-4242424242424242-01'*/".to_owned(),
+        "SELECT 1 /* /*traceparent='00-41414141414141414141414141414141-4242424242424242-01'*/ */".to_owned(),
+        "SELECT 1 /*traceparent='00-41414141414141414141414141414141-4242424242424242-01'".to_owned() + " */ -- x",
+        format!("SELECT 1 /*traceparent='00-41414141414141414141414141414141-4242424242424242-01',x='{long}'*/"),
+    ];
+    for q in &quiet {
+        c.simple_query(q)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {}", &q[..q.len().min(120)]));
+    }
+    // A last sampled statement: once its span is in, so are the others'
+    // (one queue, exported in order).
+    let (marker, marker_trace, _) = traceparent(0x51, 0x52, "01");
+    c.simple_query(&format!("SELECT 1 {marker}")).await.unwrap();
+    let arrived = poll_until_async(SPANS_TIMEOUT, || async {
+        !rx.in_trace(&marker_trace).is_empty()
+    })
+    .await;
+    assert!(arrived, "{:#?}", rx.spans());
+
+    let failed = rx.in_trace(&failing_trace);
+    let exec = failed
+        .iter()
+        .find(|s| s.name == "server execution")
+        .unwrap();
+    assert_eq!(exec.parent, failing_span);
+    assert_eq!(
+        exec.attrs
+            .get("db.response.status_code")
+            .map(String::as_str),
+        Some("22012"),
+        "{exec:#?}"
+    );
+    assert!(exec.events.iter().any(|(n, _)| n == "error"), "{exec:#?}");
+
+    let timed_out = rx.in_trace(&slow_trace);
+    let exec = timed_out
+        .iter()
+        .find(|s| s.name == "server execution")
+        .unwrap();
+    assert_eq!(
+        exec.attrs
+            .get("db.response.status_code")
+            .map(String::as_str),
+        Some("57014"),
+        "{exec:#?}"
+    );
+    let timeout = exec
+        .events
+        .iter()
+        .find(|(n, _)| n == "timeout")
+        .expect("a timeout event");
+    assert_eq!(
+        timeout.1.get("pgwake.detail").map(String::as_str),
+        Some("query")
+    );
+
+    assert!(rx.in_trace(&unsampled_trace).is_empty());
+    let ours: Vec<Span> = rx
+        .spans()
+        .into_iter()
+        .filter(|s| s.service == "pgwake")
+        .collect();
+    let traces: std::collections::HashSet<&str> =
+        ours.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(
+        traces,
+        [
+            failing_trace.as_str(),
+            slow_trace.as_str(),
+            marker_trace.as_str()
+        ]
+        .into(),
+        "{ours:#?}"
+    );
 }

@@ -22,7 +22,7 @@ import argparse
 import sys
 import time
 
-import psycopg
+from driver_common import psycopg_connect
 from opentelemetry import trace
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.sdk.resources import Resource
@@ -52,14 +52,7 @@ def main():
     PsycopgInstrumentor().instrument(enable_commenter=True, commenter_options={})
     tracer = trace.get_tracer("traced-app")
 
-    conn = psycopg.connect(
-        host=args.host,
-        port=args.port,
-        dbname=args.dbname,
-        user=args.user,
-        connect_timeout=10,
-        autocommit=True,
-    )
+    conn = psycopg_connect(args, "traced-app", autocommit=True)
     try:
         for i in range(args.count):
             if time.monotonic() > deadline:

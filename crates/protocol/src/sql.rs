@@ -329,7 +329,7 @@ fn trim_end(text: &[u8], start: usize, mut end: usize) -> usize {
 
 /// After a `'…'` string whose body starts at `at` (`''` is a quote; with
 /// `escapes`, so is `\'`). Unterminated: the end of the text.
-fn skip_string(text: &[u8], mut at: usize, escapes: bool) -> usize {
+pub(crate) fn skip_string(text: &[u8], mut at: usize, escapes: bool) -> usize {
     while let Some(&b) = text.get(at) {
         match b {
             b'\\' if escapes => at += 2,
@@ -342,7 +342,7 @@ fn skip_string(text: &[u8], mut at: usize, escapes: bool) -> usize {
 }
 
 /// After a `"…"` identifier whose body starts at `at`.
-fn skip_quoted(text: &[u8], at: usize, quote: u8) -> usize {
+pub(crate) fn skip_quoted(text: &[u8], at: usize, quote: u8) -> usize {
     let mut at = at;
     while let Some(&b) = text.get(at) {
         at += 1;
@@ -381,7 +381,7 @@ fn skip_dollar(text: &[u8], at: usize) -> usize {
     }
 }
 
-fn skip_line(text: &[u8], at: usize) -> usize {
+pub(crate) fn skip_line(text: &[u8], at: usize) -> usize {
     match text[at..].iter().position(|&b| b == b'\n' || b == b'\r') {
         Some(p) => at + p + 1,
         None => text.len(),
@@ -427,11 +427,11 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b')
 }
 
-fn ident_start(b: u8) -> bool {
+pub(crate) fn ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
 
-fn ident_char(b: u8) -> bool {
+pub(crate) fn ident_char(b: u8) -> bool {
     ident_start(b) || b.is_ascii_digit() || b == b'$'
 }
 

@@ -13,6 +13,8 @@
 
 use std::ops::Range;
 
+use crate::sql::{ident_char, ident_start, skip_line, skip_quoted, skip_string};
+
 /// Longest dollar-quote tag the lexer follows; a longer one makes it give
 /// up (no comment), which keeps a hostile statement's cost linear.
 const DOLLAR_TAG_MAX: usize = 64;
@@ -53,25 +55,35 @@ pub fn may_carry_comment(text: &[u8]) -> bool {
     end >= 4 && &text[end - 2..end] == b"*/"
 }
 
-/// The byte range of the trailing sqlcommenter comment of `text`
-/// (`/*` to `*/` inclusive): a top-level block comment followed by nothing
-/// but whitespace, semicolons and NULs, whose body is a well-formed
-/// `key='value'` list. `None` for anything else.
+/// The byte range of the trailing sqlcommenter comments of `text` (`/*`
+/// of the first to `*/` of the last): top-level block comments whose
+/// bodies are well-formed `key='value'` lists, with only whitespace
+/// between them and nothing but whitespace, semicolons and NULs after. Two
+/// instrumentations may each append one (Django's and psycopg's). `None`
+/// for anything else.
 pub fn trailing_comment(text: &[u8]) -> Option<Range<usize>> {
+    let (first, _, end) = trailing_comments(text)?;
+    Some(first..end)
+}
+
+/// (start of the first trailing sqlcommenter comment, start of the last,
+/// end of the last).
+fn trailing_comments(text: &[u8]) -> Option<(usize, usize, usize)> {
     if !may_carry_comment(text) {
         return None;
     }
     let end = trimmed_end(text);
-    let start = last_top_level_comment(&text[..end])?;
-    let body = &text[start + 2..end - 2];
-    Pairs::new(body).all(|p| p.is_some()).then_some(start..end)
+    let (first, last) = top_level_comments_at_end(&text[..end])?;
+    Some((first, last, end))
 }
 
 /// The trace context in `text`'s trailing sqlcommenter comment, if it
 /// holds a valid version-00 `traceparent`.
 pub fn trace_context(text: &[u8]) -> Option<TraceContext> {
-    let range = trailing_comment(text)?;
-    let body = &text[range.start + 2..range.end - 2];
+    // The last comment: the one the innermost instrumentation (the driver's,
+    // whose span is the statement's) appended.
+    let (_, last, end) = trailing_comments(text)?;
+    let body = &text[last + 2..end - 2];
     let mut parent = None;
     let mut state = None;
     for pair in Pairs::new(body) {
@@ -112,33 +124,40 @@ fn trimmed_end(text: &[u8]) -> usize {
     end
 }
 
-/// Where the block comment that ends `text` exactly begins, when it is a
-/// top-level comment (outside strings, quoted identifiers, dollar quotes
-/// and other comments) and holds no comment of its own.
-fn last_top_level_comment(text: &[u8]) -> Option<usize> {
+/// Where the run of sqlcommenter comments that ends `text` exactly begins,
+/// and where its last comment begins: top-level comments (outside strings,
+/// quoted identifiers, dollar quotes and other comments), each holding no
+/// comment of its own and a well-formed body, with only whitespace between.
+fn top_level_comments_at_end(text: &[u8]) -> Option<(usize, usize)> {
     let mut at = 0;
-    let mut last = None;
+    // The run of valid comments so far: (first start, last start).
+    let mut run: Option<(usize, usize)> = None;
     while at < text.len() {
-        at = match text[at] {
+        let b = text[at];
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') {
+            at += 1;
+            continue;
+        }
+        if b == b'/' && text.get(at + 1) == Some(&b'*') {
+            let (end, nested, closed) = skip_block(text, at);
+            let valid = closed
+                && !nested
+                && end - at >= 4
+                && Pairs::new(&text[at + 2..end - 2]).all(|p| p.is_some());
+            run = valid.then(|| (run.map_or(at, |(first, _)| first), at));
+            at = end;
+            continue;
+        }
+        run = None;
+        at = match b {
             b'\'' => skip_string(text, at + 1, escapes_before(text, at)),
-            b'"' => skip_quoted(text, at + 1),
+            b'"' => skip_quoted(text, at + 1, b'"'),
             b'-' if text.get(at + 1) == Some(&b'-') => skip_line(text, at),
-            b'/' if text.get(at + 1) == Some(&b'*') => {
-                let (end, nested) = skip_block(text, at);
-                if end == text.len() {
-                    // The comment that ends the text (or an unterminated one).
-                    if nested || !text.ends_with(b"*/") || end - at < 4 {
-                        return None;
-                    }
-                    last = Some(at);
-                }
-                end
-            }
             b'$' => skip_dollar(text, at)?,
             _ => at + 1,
         };
     }
-    last
+    run
 }
 
 /// Whether the string starting at `quote` is an `E'…'` string (backslash
@@ -149,41 +168,9 @@ fn escapes_before(text: &[u8], quote: usize) -> bool {
         && (quote < 2 || !ident_char(text[quote - 2]))
 }
 
-fn skip_string(text: &[u8], mut at: usize, escapes: bool) -> usize {
-    while let Some(&b) = text.get(at) {
-        match b {
-            b'\\' if escapes => at += 2,
-            b'\'' if text.get(at + 1) == Some(&b'\'') => at += 2,
-            b'\'' => return at + 1,
-            _ => at += 1,
-        }
-    }
-    text.len()
-}
-
-fn skip_quoted(text: &[u8], mut at: usize) -> usize {
-    while let Some(&b) = text.get(at) {
-        at += 1;
-        if b == b'"' {
-            if text.get(at) == Some(&b'"') {
-                at += 1;
-            } else {
-                return at;
-            }
-        }
-    }
-    text.len()
-}
-
-fn skip_line(text: &[u8], at: usize) -> usize {
-    match text[at..].iter().position(|&b| b == b'\n' || b == b'\r') {
-        Some(p) => at + p + 1,
-        None => text.len(),
-    }
-}
-
-/// After the (nested) block comment at `at`, and whether it held another.
-fn skip_block(text: &[u8], at: usize) -> (usize, bool) {
+/// After the (nested) block comment at `at`, whether it held another,
+/// and whether it was closed (else it runs to the end).
+fn skip_block(text: &[u8], at: usize) -> (usize, bool, bool) {
     let mut depth = 0usize;
     let mut nested = false;
     let mut i = at;
@@ -198,13 +185,13 @@ fn skip_block(text: &[u8], at: usize) -> (usize, bool) {
                 depth -= 1;
                 i += 2;
                 if depth == 0 {
-                    return (i, nested);
+                    return (i, nested, true);
                 }
             }
             _ => i += 1,
         }
     }
-    (text.len(), nested)
+    (text.len(), nested, false)
 }
 
 /// After a `$tag$…$tag$` string at `at` (or a lone `$`); `None` when the
@@ -238,14 +225,6 @@ fn skip_dollar(text: &[u8], at: usize) -> Option<usize> {
             None => text.len(),
         },
     )
-}
-
-fn ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-fn ident_char(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
 /// The `key='value'` pairs of a comment body; `None` items for malformed
@@ -497,6 +476,21 @@ mod tests {
         ] {
             assert_eq!(trace_context(q.as_bytes()), None, "{q}");
         }
+    }
+
+    #[test]
+    fn two_instrumentations_append_two_comments_and_the_last_is_the_statement_s() {
+        let django = "/*controller='note',framework='django%3A5.2.8',traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-1111111111111111-01'*/";
+        let q = format!("SELECT 1 {django} /*traceparent='{TP}'*/;");
+        let c = trace_context(q.as_bytes()).expect("context");
+        assert_eq!(c.parent.parent_id[7], 0xd2);
+        let r = trailing_comment(q.as_bytes()).expect("comments");
+        assert_eq!(&q[..r.start], "SELECT 1 ");
+        assert_eq!(&q[r.end..], ";");
+        // A plain comment before them is the statement's own.
+        let q = format!("SELECT 1 /* note */ /*traceparent='{TP}'*/");
+        let r = trailing_comment(q.as_bytes()).expect("comment");
+        assert_eq!(&q[..r.start], "SELECT 1 /* note */ ");
     }
 
     #[test]

@@ -109,6 +109,23 @@ proptest! {
     }
 
     #[test]
+    fn of_two_trailing_comments_the_last_gives_the_parent_and_both_are_the_place(
+        stmt in statement(),
+        (t1, s1, f1) in ids(),
+        (t2, s2, f2) in ids(),
+        gap in prop_oneof![Just(""), Just(" "), Just("\n ")],
+    ) {
+        let outer = comment(&t1, &s1, f1).replace("db_driver", "framework");
+        let inner = comment(&t2, &s2, f2);
+        let text = format!("{stmt} {outer}{gap}{inner};");
+        let got = trace_context(text.as_bytes()).unwrap();
+        prop_assert_eq!(got.parent.parent_id, s2);
+        let r = trailing_comment(text.as_bytes()).unwrap();
+        prop_assert_eq!(&text[..r.start], format!("{stmt} "));
+        prop_assert_eq!(&text[r.end..], ";");
+    }
+
+    #[test]
     fn a_truncated_comment_gives_nothing(
         stmt in statement(),
         (t, s, f) in ids(),

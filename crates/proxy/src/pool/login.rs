@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Pool;
-use crate::server::{ConnectError, ConnectPhases, ServerConn};
+use crate::server::{ConnectError, ConnectPhases, ConnectTrace, ServerConn, WakeTrace};
 use crate::stats::TimeoutKind;
-use crate::traces::{ConnectTrace, WakeTrace};
 
 /// Longest pause between logins after the server refused one (bad password).
 const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(30);

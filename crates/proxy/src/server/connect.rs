@@ -106,6 +106,39 @@ pub struct ConnectPhases {
     pub addr: Option<SocketAddr>,
 }
 
+/// How a server connection was opened (kept on the connection until the
+/// first traced statement on it takes it).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectTrace {
+    /// The start of the attempt that succeeded (its token fetch).
+    pub(crate) started: Instant,
+    pub(crate) ended: Instant,
+    /// Getting the password or token from the credential cache.
+    pub(crate) token: Duration,
+    /// No valid token was at hand: the login waited for a fetch.
+    pub(crate) token_waited: bool,
+    pub(crate) phases: ConnectPhases,
+    /// Attempts made, the one that succeeded included.
+    pub(crate) attempts: u32,
+    /// The server was asleep and this login waited for its wake.
+    pub(crate) wake: Option<WakeTrace>,
+}
+
+/// A wake of a stopped server.
+#[derive(Debug, Clone)]
+pub(crate) struct WakeTrace {
+    pub(crate) began: Instant,
+    pub(crate) ended: Instant,
+    pub(crate) provider: String,
+    /// The server's state when the wake began (`stopped`, `stopping`, …).
+    pub(crate) state: String,
+    /// Logins that waited for this one start.
+    pub(crate) waiters: u32,
+    /// The address of the client whose arrival triggered it.
+    pub(crate) client: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
 impl ConnectPhases {
     /// The durations in the order the phases happen: dns, tcp, tls, auth.
     pub fn durations(&self) -> [Option<Duration>; 4] {

@@ -20,7 +20,7 @@ mod connect;
 mod error;
 mod internal;
 
-pub(crate) use connect::resolve;
+pub(crate) use connect::{resolve, ConnectTrace, WakeTrace};
 pub use connect::{send_cancel, send_cancel_within, ConnectPhase, ConnectPhases, Target};
 pub use error::{ConnectError, LoginProtocol};
 
@@ -120,7 +120,7 @@ pub struct ServerConn {
     pub(crate) prepared: Box<crate::prepared::OnServer>,
     /// How this connection was opened for a client, until the first traced
     /// statement on it takes it (`[tracing]`).
-    pub(crate) born: Option<Box<crate::traces::ConnectTrace>>,
+    pub(crate) born: Option<Box<ConnectTrace>>,
 }
 
 /// The frames whose bodies the relay reads from the server side:

@@ -32,8 +32,9 @@ use pgwake_config::Tracing;
 use pgwake_protocol::sqlcommenter;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use crate::server::{ConnectTrace, WakeTrace};
 pub(crate) use queue::SpanCounts;
-pub(crate) use statement::{ConnectTrace, InSession, Statement, WakeTrace};
+pub(crate) use statement::{InSession, Statement};
 
 /// `db.system.name` of every database span.
 const DB_SYSTEM: &str = "postgresql";

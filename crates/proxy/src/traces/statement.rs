@@ -2,11 +2,11 @@
 //! plain instants and durations, turned into spans once it is over.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use opentelemetry::Context;
 
-use crate::server::ConnectPhases;
+use crate::server::ConnectTrace;
 
 /// One statement that carried a sampled trace context.
 #[derive(Debug)]
@@ -30,39 +30,6 @@ pub(crate) struct Statement {
     pub(crate) events: Vec<(Instant, &'static str, String)>,
     /// The masked text, when `tracing.statement_text` is on.
     pub(crate) text: Option<String>,
-}
-
-/// How a server connection was opened (kept on the connection until the
-/// first traced statement on it takes it).
-#[derive(Debug, Clone)]
-pub(crate) struct ConnectTrace {
-    /// The start of the attempt that succeeded (its token fetch).
-    pub(crate) started: Instant,
-    pub(crate) ended: Instant,
-    /// Getting the password or token from the credential cache.
-    pub(crate) token: Duration,
-    /// No valid token was at hand: the login waited for a fetch.
-    pub(crate) token_waited: bool,
-    pub(crate) phases: ConnectPhases,
-    /// Attempts made, the one that succeeded included.
-    pub(crate) attempts: u32,
-    /// The server was asleep and this login waited for its wake.
-    pub(crate) wake: Option<WakeTrace>,
-}
-
-/// A wake of a stopped server.
-#[derive(Debug, Clone)]
-pub(crate) struct WakeTrace {
-    pub(crate) began: Instant,
-    pub(crate) ended: Instant,
-    pub(crate) provider: String,
-    /// The server's state when the wake began (`stopped`, `stopping`, …).
-    pub(crate) state: String,
-    /// Logins that waited for this one start.
-    pub(crate) waiters: u32,
-    /// The address of the client whose arrival triggered it.
-    pub(crate) client: Option<String>,
-    pub(crate) error: Option<String>,
 }
 
 /// A session's traced statements in flight, and what its last attachment
