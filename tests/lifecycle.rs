@@ -210,7 +210,8 @@ async fn idle_stop_waits_for_outside_sessions_and_a_new_client_wakes_it() {
     .await;
     assert_eq!(arm.stops(), 1);
     assert!(!cluster.is_running());
-    assert!(pg.logs().contains("stopping the database server"));
+    pg.wait_for_log_async("stopping the database server", Duration::from_secs(10))
+        .await;
 
     // A client arrives: a new wake, and it is served.
     query(&pg)
@@ -296,7 +297,8 @@ async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.logs()));
     assert_eq!(arm.starts(), 1);
-    assert!(pg.logs().contains("HTTP 429"), "{}", pg.logs());
+    pg.wait_for_log_async("HTTP 429", Duration::from_secs(10))
+        .await;
 
     // ARM's start finishes (the client may be served before pg_ctl, which
     // polls, has seen the server ready).
@@ -342,7 +344,8 @@ async fn the_command_provider_wakes_a_cluster_with_pg_ctl() {
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.logs()));
     assert!(cluster.is_running());
-    assert!(pg.logs().contains("database server is awake after"));
+    pg.wait_for_log_async("database server is awake after", Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
