@@ -130,6 +130,20 @@ impl ClientInfo {
         }
     }
 
+    /// Ready with `reason()` once it says so, else registered to be woken
+    /// by a kill (or shutdown) and checked again: one that came between the
+    /// check and the registration woke no one.
+    fn poll_kill_waker<T>(&self, cx: &mut Context<'_>, reason: impl Fn() -> Option<T>) -> Poll<T> {
+        if let Some(why) = reason() {
+            return Poll::Ready(why);
+        }
+        self.kill_waker.register(cx.waker());
+        match reason() {
+            Some(why) => Poll::Ready(why),
+            None => Poll::Pending,
+        }
+    }
+
     /// Completes when the client is killed. Cancel-safe; one session (one
     /// task) waits on it.
     pub fn killed(&self) -> Killed<'_> {
@@ -166,15 +180,7 @@ impl Future for Interrupted<'_> {
     type Output = Interrupt;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Interrupt> {
-        if let Some(why) = self.reason() {
-            return Poll::Ready(why);
-        }
-        self.0.info.kill_waker.register(cx.waker());
-        // A kill or shutdown between the check and the registration woke no one.
-        match self.reason() {
-            Some(why) => Poll::Ready(why),
-            None => Poll::Pending,
-        }
+        self.0.info.poll_kill_waker(cx, || self.reason())
     }
 }
 
@@ -185,15 +191,7 @@ impl Future for Killed<'_> {
     type Output = Kill;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Kill> {
-        if let Some(by) = self.0.kill_reason() {
-            return Poll::Ready(by);
-        }
-        self.0.kill_waker.register(cx.waker());
-        // A kill between the check and the registration woke no one.
-        match self.0.kill_reason() {
-            Some(by) => Poll::Ready(by),
-            None => Poll::Pending,
-        }
+        self.0.poll_kill_waker(cx, || self.0.kill_reason())
     }
 }
 

@@ -125,6 +125,9 @@ impl InSession {
 
     /// Something happened to the statements in flight (a retry, a timeout).
     pub(crate) fn event(&mut self, name: &'static str, detail: &str) {
+        if self.statements.is_empty() {
+            return;
+        }
         let now = Instant::now();
         for s in &mut self.statements {
             s.events.push((now, name, detail.to_owned()));
