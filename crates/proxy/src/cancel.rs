@@ -7,7 +7,7 @@
 //! apart; without, each client gets a pid of its own. Either way a cancel
 //! must quote both, and the key is 32 random bits, as PostgreSQL's is.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! The clients logged in, for SHOW CLIENTS, SHOW SERVERS and the client
 //! gauges. A session registers at login and is removed when it ends.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};

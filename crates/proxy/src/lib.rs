@@ -65,7 +65,9 @@ pub struct Shared {
     /// Starts and stops the server (`[lifecycle]`), if configured.
     lifecycle: Option<Arc<pgwake_lifecycle::Lifecycle>>,
     /// Pools, with the client database name whose route made them.
-    pools: Mutex<HashMap<PoolKey, (Pool, String)>>,
+    /// (Looked up at every login: a fast hash, as its keys come from the
+    /// configuration's routes.)
+    pools: Mutex<foldhash::HashMap<PoolKey, (Pool, String)>>,
     cancels: Arc<CancelRegistry>,
     /// Cancels for other replicas' keys (`[peering]`).
     peering: peering::Peering,
@@ -515,7 +517,7 @@ impl Proxy {
             db_servers,
             refresher: Mutex::new(None),
             lifecycle,
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(foldhash::HashMap::default()),
             cancels: Arc::new(CancelRegistry::default()),
             peering: peering::Peering::default(),
             metrics,

@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::client_io::ClientOrigin;
 use crate::client_io::Peer;
+use crate::client_io::{peer_text, ClientOrigin};
 use crate::session;
 use crate::{Shared, StartError};
 
@@ -161,14 +161,6 @@ impl Listeners {
 
 /// `ip:port`, formatted into one allocation of the right size (formatting
 /// into an empty string grows it two or three times).
-fn peer_text(peer: SocketAddr) -> String {
-    use std::fmt::Write;
-    // The longest: `[` + 39 (IPv6) + `%` + 10 (scope) + `]:` + 5 (port).
-    let mut text = String::with_capacity(58);
-    let _ = write!(text, "{peer}");
-    text
-}
-
 enum Conn {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
@@ -229,6 +221,9 @@ mod tests {
     fn peer_text_is_the_address_as_displayed_in_one_allocation() {
         for peer in [
             "127.0.0.1:54321",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.20.3:6432",
             "[::1]:6432",
             "[fe80::1%4294967295]:65535",
             "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535",

@@ -77,6 +77,54 @@ pub struct Defaults {
     pub reported: Vec<(String, String)>,
     /// The same, lower-case names.
     pub params: Params,
+    /// `reported` as ParameterStatus messages, written once for every
+    /// client's login, and where each message ends.
+    status: Vec<u8>,
+    status_ends: Vec<usize>,
+    /// `reported`'s names in lower case, as `want`s are.
+    status_lower: Vec<String>,
+}
+
+impl Defaults {
+    pub fn new(reported: Vec<(String, String)>, params: Params) -> Self {
+        let mut wire = bytes::BytesMut::new();
+        let mut status_ends = Vec::with_capacity(reported.len());
+        for (name, value) in &reported {
+            pgwake_protocol::backend::parameter_status(&mut wire, name, value);
+            status_ends.push(wire.len());
+        }
+        let status_lower = reported
+            .iter()
+            .map(|(name, _)| name.to_ascii_lowercase())
+            .collect();
+        Defaults {
+            reported,
+            params,
+            status: wire.to_vec(),
+            status_ends,
+            status_lower,
+        }
+    }
+
+    /// Writes the ParameterStatus messages a client gets at login: the
+    /// server's, with the client's own value where `want` (lower-case
+    /// names) has one.
+    pub fn write_status(&self, out: &mut bytes::BytesMut, want: &Params) {
+        if want.is_empty() {
+            out.extend_from_slice(&self.status);
+            return;
+        }
+        out.reserve(self.status.len());
+        let mut start = 0;
+        let names = self.reported.iter().zip(&self.status_lower);
+        for (((name, _), lower), &end) in names.zip(&self.status_ends) {
+            match want.get(lower) {
+                Some(v) => pgwake_protocol::backend::parameter_status(out, name, v),
+                None => out.extend_from_slice(self.status.get(start..end).unwrap_or_default()),
+            }
+            start = end;
+        }
+    }
 }
 
 /// Why no connection could be handed out.
@@ -559,8 +607,13 @@ impl Pool {
 
     /// Returns a connection. Only an idle, clean one within its lifetime goes
     /// back; anything else is closed.
-    pub fn checkin(&self, mut p: Pooled) {
-        let now = Instant::now();
+    pub fn checkin(&self, p: Pooled) {
+        self.checkin_at(p, Instant::now());
+    }
+
+    /// [`Self::checkin`] by a caller that read the clock a moment ago
+    /// (a session, at the reply that ended its transaction).
+    pub fn checkin_at(&self, mut p: Pooled, now: Instant) {
         let c = p.conn.prepared.take_counts();
         if c.hits + c.misses + c.evictions > 0 {
             let counts = &self.inner.counts;
@@ -669,10 +722,10 @@ impl Inner {
         });
         let mut d = self.defaults.write().unwrap_or_else(|e| e.into_inner());
         if d.is_none() {
-            *d = Some(Arc::new(Defaults {
-                reported: conn.reported.clone(),
-                params: conn.params.clone(),
-            }));
+            *d = Some(Arc::new(Defaults::new(
+                conn.reported.clone(),
+                conn.params.clone(),
+            )));
         }
     }
 
@@ -691,5 +744,59 @@ impl Inner {
         if let Some(unwanted) = st.offer(slot) {
             st.unclaimed(unwanted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(reported: &[(&str, &str)], want: &[(&str, &str)]) -> (Vec<u8>, Vec<u8>) {
+        let reported: Vec<(String, String)> = reported
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let params = reported
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let want: Params = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let defaults = Defaults::new(reported.clone(), params);
+        let mut fast = bytes::BytesMut::from(&b"before"[..]);
+        defaults.write_status(&mut fast, &want);
+        // What it stands for: one ParameterStatus per reported setting, with
+        // the client's value where it set one.
+        let mut plain = bytes::BytesMut::from(&b"before"[..]);
+        for (name, value) in &reported {
+            let v = want.get(&name.to_ascii_lowercase()).unwrap_or(value);
+            pgwake_protocol::backend::parameter_status(&mut plain, name, v);
+        }
+        (fast.to_vec(), plain.to_vec())
+    }
+
+    #[test]
+    fn login_parameter_status_is_the_servers_with_the_clients_own_values() {
+        let reported = [
+            ("application_name", ""),
+            ("DateStyle", "ISO, MDY"),
+            ("server_version", "15.18"),
+            ("TimeZone", "UTC"),
+        ];
+        for want in [
+            &[][..],
+            &[("application_name", "pgbench")][..],
+            &[("datestyle", "German"), ("timezone", "Europe/Berlin")][..],
+            &[("search_path", "app")][..],
+        ] {
+            let (fast, plain) = written(&reported, want);
+            assert_eq!(fast, plain, "client settings {want:?}");
+        }
+        let (with_app, _) = written(&reported, &[("application_name", "pgbench")]);
+        assert!(with_app.windows(8).any(|w| w == b"pgbench\0"));
+        let (none, _) = written(&[], &[("application_name", "x")]);
+        assert_eq!(none, b"before");
     }
 }

@@ -54,7 +54,12 @@ pub(crate) fn serve_unix(
         admitted: permit.is_some(),
         encrypted: false,
     };
-    let login = Box::pin(async move { login.run(client, BytesMut::new()).await.map(Box::new) });
+    let login = Box::pin(async move {
+        login
+            .run(client, super::spare_buffers::take())
+            .await
+            .map(Box::new)
+    });
     async move {
         let _permit = permit;
         if let Some(session) = login.await {
@@ -84,7 +89,8 @@ async fn accept_tcp(
         admitted,
         encrypted: false,
     };
-    let mut buf = BytesMut::new();
+    // A spare read buffer: a busy pgwake logs clients in without allocating one.
+    let mut buf = super::spare_buffers::take();
     let tls = login.shared.client_tls();
     let step = handshake(&mut client, &mut buf, tls.is_some());
     match within_login(&login.shared, login.deadline, step).await {

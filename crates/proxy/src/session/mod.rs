@@ -260,14 +260,7 @@ impl<C: ClientStream> Session<C> {
             pool.stats().clone(),
         );
 
-        for (name, value) in &defaults.reported {
-            // `want`'s names are lower case; few clients set any.
-            let v = want
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map_or(value, |(_, v)| v);
-            backend::parameter_status(&mut out, name, v);
-        }
+        defaults.write_status(&mut out, &want);
         backend::backend_key_data(&mut out, cancel.pid(), cancel.key());
         backend::ready_for_query(&mut out, b'I');
         if client.send(&out).await.is_err() {
@@ -337,6 +330,9 @@ impl<C: ClientStream> Session<C> {
             }
         };
         Box::pin(self.finish(stop, held)).await;
+        // The read buffer serves the next client's login.
+        self.cbuf.clear();
+        spare_buffers::give_back(std::mem::take(&mut self.cbuf));
     }
 
     /// Tells the client why it is being closed, if it should be told, and
@@ -441,7 +437,8 @@ impl<C: ClientStream> Session<C> {
                 match self.relay(&mut p).await {
                     Stop::Released => {
                         self.detached();
-                        self.pool.checkin(p);
+                        // The clock as read at the transaction's last reply.
+                        self.pool.checkin_at(p, self.idle_since);
                         if self.shared.is_stopping() {
                             return Some((Stop::Fatal(shutting_down()), None));
                         }
@@ -465,6 +462,11 @@ impl<C: ClientStream> Session<C> {
     async fn await_request(&mut self) -> Result<bool, Stop> {
         if !self.cbuf.is_empty() {
             return Ok(true);
+        }
+        if self.cbuf.capacity() > 0 {
+            // The login's buffer, say: an idle client holds none.
+            self.lease = None;
+            spare_buffers::give_back(std::mem::take(&mut self.cbuf));
         }
         let idle_limit = self.shared.timeouts.client_idle();
         loop {
@@ -592,7 +594,8 @@ impl<C: ClientStream> Session<C> {
                 other => break other,
             }
         };
-        let waited = began.elapsed();
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(began);
         PoolCounts::add(&self.pool.stats().wait_us, micros(waited));
         if let Some(h) = self.pool.histograms() {
             h.wait.record(waited.as_secs_f64());
@@ -606,6 +609,10 @@ impl<C: ClientStream> Session<C> {
             }
         };
         PoolCounts::add(&self.pool.stats().assignments, 1);
+        // The request goes out next: its time runs from here (one clock
+        // read for the wait and the query).
+        self.query_start = Some(now);
+        self.xact_start.get_or_insert(now);
         if self.shared.traces.is_some() {
             self.traced.attached(began, p.conn.born.take());
         }
