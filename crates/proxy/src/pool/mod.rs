@@ -110,11 +110,43 @@ impl Defaults {
     /// server's, with the client's own value where `want` (lower-case
     /// names) has one.
     pub fn write_status(&self, out: &mut bytes::BytesMut, want: &Params) {
-        if want.is_empty() {
-            out.extend_from_slice(&self.status);
-            return;
+        // Where the client's own values go: found by name among the few it
+        // set, then everything between them copied in one piece.
+        let mut own = [(0usize, ""); 4];
+        let mut n = 0;
+        for (k, v) in want {
+            let Some(i) = self.status_lower.iter().position(|name| name == k) else {
+                continue;
+            };
+            if n == own.len() {
+                return self.write_status_each(out, want);
+            }
+            own[n] = (i, v.as_str());
+            n += 1;
         }
+        let own = &mut own[..n];
+        own.sort_unstable_by_key(|&(i, _)| i);
         out.reserve(self.status.len());
+        let mut copied = 0;
+        for &(i, v) in own.iter() {
+            let (Some((name, _)), Some(&end)) = (self.reported.get(i), self.status_ends.get(i))
+            else {
+                continue;
+            };
+            let begin = i
+                .checked_sub(1)
+                .and_then(|j| self.status_ends.get(j))
+                .map_or(0, |&b| b);
+            out.extend_from_slice(self.status.get(copied..begin).unwrap_or_default());
+            pgwake_protocol::backend::parameter_status(out, name, v);
+            copied = end;
+        }
+        out.extend_from_slice(self.status.get(copied..).unwrap_or_default());
+    }
+
+    /// [`Self::write_status`] one setting at a time (a client that set
+    /// many of the reported settings).
+    fn write_status_each(&self, out: &mut bytes::BytesMut, want: &Params) {
         let mut start = 0;
         let names = self.reported.iter().zip(&self.status_lower);
         for (((name, _), lower), &end) in names.zip(&self.status_ends) {
@@ -790,6 +822,20 @@ mod tests {
             &[("application_name", "pgbench")][..],
             &[("datestyle", "German"), ("timezone", "Europe/Berlin")][..],
             &[("search_path", "app")][..],
+            &[
+                ("application_name", "a"),
+                ("datestyle", "German"),
+                ("server_version", "1"),
+                ("timezone", "UTC"),
+                ("search_path", "app"),
+            ][..],
+            &[
+                ("application_name", "a"),
+                ("datestyle", "German"),
+                ("server_version", "1"),
+                ("timezone", "Europe/Berlin"),
+                ("zz", "after"),
+            ][..],
         ] {
             let (fast, plain) = written(&reported, want);
             assert_eq!(fast, plain, "client settings {want:?}");
