@@ -15,10 +15,6 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// rather than a future: waiting on it adds one pointer to an idle
     /// client's task, where tokio's `readable()` future adds 150 bytes.)
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-    /// Waits until there is something to read (or EOF).
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        std::future::poll_fn(move |cx| self.poll_readable(cx))
-    }
     /// Reads what is there without waiting (`WouldBlock` when nothing is).
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// The address the client reached pgwake at (`None` on the unix

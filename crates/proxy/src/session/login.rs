@@ -31,12 +31,18 @@ pub(crate) fn serve_tcp(
     // holds nothing but it: an idle client's task holds only its session.
     let login = Box::pin(accept_tcp(client, peer, shared, permit.is_some()));
     async move {
-        let _permit = permit;
-        match login.await {
+        // `permit` is held until the session ends (dropped with this block);
+        // the boxed login is freed as soon as it is done.
+        let accepted = {
+            let mut login = login;
+            login.as_mut().await
+        };
+        match accepted {
             Accepted::Plain(session) => session.run().await,
             Accepted::Tls(session) => session.run().await,
             Accepted::Done => {}
         }
+        drop(permit);
     }
 }
 
@@ -61,10 +67,10 @@ pub(crate) fn serve_unix(
             .map(Box::new)
     });
     async move {
-        let _permit = permit;
         if let Some(session) = login.await {
             session.run().await;
         }
+        drop(permit);
     }
 }
 

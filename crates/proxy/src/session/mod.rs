@@ -9,6 +9,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -26,6 +27,7 @@ use crate::pool::{Defaults, Pool, PoolKey, Pooled};
 use crate::stats::{micros, PoolCounts};
 use crate::Shared;
 use pgwake_lifecycle::Lifecycle;
+use std::future::Future;
 
 mod accounting;
 mod buffers;
@@ -37,7 +39,7 @@ mod timeouts;
 
 use buffers::spare_buffers;
 use notices::with_wake_notices;
-use timeouts::{sleep_for, CancelSent};
+use timeouts::CancelSent;
 
 pub(crate) use login::{serve_tcp, serve_unix};
 
@@ -66,6 +68,14 @@ enum Next {
     Idle,
     /// The client left (EOF or Terminate).
     Gone,
+}
+
+/// What ended an idle client's wait.
+enum Woke {
+    Interrupted(Interrupt),
+    /// The socket has something (`false`: it failed).
+    Readable(bool),
+    IdleTimeout,
 }
 
 /// Why the relay stopped.
@@ -468,17 +478,38 @@ impl<C: ClientStream> Session<C> {
             self.lease = None;
             spare_buffers::give_back(std::mem::take(&mut self.cbuf));
         }
-        let idle_limit = self.shared.timeouts.client_idle();
+        // One timer for the whole idle spell, polled by hand with the
+        // interrupt and the socket: this wait is what an idle client's task
+        // holds, so it is kept to a few words.
+        let mut timer = self
+            .shared
+            .timeouts
+            .client_idle()
+            .map(|d| Box::pin(tokio::time::sleep(d)));
         loop {
             // Shutdown comes as an interrupt too. (When the grace period
             // ends, sessions still relaying are dropped with the runtime;
             // their server backends see the close and roll back.)
-            tokio::select! {
-                biased;
-                why = self.registered.interrupted() => return Err(interrupted(why)),
-                r = self.client.readable() => if r.is_err() { return Ok(false) },
-                _ = sleep_for(idle_limit) => {
-                    return Err(Stop::Fatal(self.client_idle_timeout(idle_limit)));
+            let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(why) = std::pin::pin!(self.registered.interrupted()).poll(cx) {
+                    return Poll::Ready(Woke::Interrupted(why));
+                }
+                if let Poll::Ready(r) = self.client.poll_readable(cx) {
+                    return Poll::Ready(Woke::Readable(r.is_ok()));
+                }
+                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Woke::IdleTimeout),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            match woke {
+                Woke::Interrupted(why) => return Err(interrupted(why)),
+                Woke::Readable(false) => return Ok(false),
+                Woke::Readable(true) => {}
+                Woke::IdleTimeout => {
+                    let limit = self.shared.timeouts.client_idle();
+                    return Err(Stop::Fatal(self.client_idle_timeout(limit)));
                 }
             }
             // Readiness can be stale (the last read emptied the socket

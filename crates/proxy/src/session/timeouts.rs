@@ -25,15 +25,6 @@ pub(super) struct CancelSent {
     pub(super) answered: bool,
 }
 
-/// Sleeps for `d`, or forever when there is no limit.
-pub(super) async fn sleep_for(d: Option<Duration>) {
-    match d {
-        // Boxed: a timer is large, and every idle client's task holds this.
-        Some(d) => Box::pin(tokio::time::sleep(d)).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Waits for the session's timer when a deadline applies, else forever.
 pub(super) async fn expiry(
     timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
