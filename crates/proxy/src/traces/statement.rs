@@ -37,7 +37,8 @@ pub(crate) struct Statement {
 /// for statements without a trace context.
 #[derive(Debug, Default)]
 pub(crate) struct InSession {
-    attach: Option<Attach>,
+    /// Boxed: only with tracing on, and every session holds the field.
+    attach: Option<Box<Attach>>,
     statements: Vec<Statement>,
 }
 
@@ -52,11 +53,11 @@ impl InSession {
     /// A server connection was attached after a wait from `began`;
     /// `born` says how it was opened, if it was opened for this client.
     pub(crate) fn attached(&mut self, began: Instant, born: Option<Box<ConnectTrace>>) {
-        self.attach = Some(Attach {
+        self.attach = Some(Box::new(Attach {
             began,
             attached: Instant::now(),
             born,
-        });
+        }));
     }
 
     /// The connection was given back: the next attachment is another's.
@@ -76,7 +77,7 @@ impl InSession {
         text: Option<String>,
     ) {
         let attach = self.attach.take();
-        let (pool_wait, connect) = match attach {
+        let (pool_wait, connect) = match attach.map(|a| *a) {
             Some(a) => (Some((a.began, a.attached)), a.born),
             None => (None, None),
         };
