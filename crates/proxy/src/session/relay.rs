@@ -12,6 +12,7 @@ use pgwake_protocol::{sqlstate, Scanned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::accounting::keep_text;
+use super::buffers::spare_buffers;
 use super::timeouts::expiry;
 use super::{too_large, ClientStream, Session, Stop};
 use crate::params;
@@ -166,7 +167,10 @@ impl<C: ClientStream> Session<C> {
         let mut capture = self.query_text.is_empty() && self.shared.timeouts.slow_query().is_some();
         // Rewritten output: empty unless a frame was changed, added or held
         // back; then it holds everything from the buffer's start to `pos`.
+        // (Both from the spare buffers when needed: no allocation per
+        // rewritten request.)
         let mut out = BytesMut::new();
+        let mut to_server = BytesMut::new();
         let mut to_client = BytesMut::new();
         let mut copied = 0;
         let mut pos = 0;
@@ -230,7 +234,11 @@ impl<C: ClientStream> Session<C> {
                 pos = next;
                 continue;
             }
-            let mut to_server = BytesMut::new();
+            to_server.clear();
+            if to_server.capacity() == 0 && matches!(tag, b'P' | b'B' | b'D' | b'C') {
+                // The messages that name statements: rewritten, mostly.
+                to_server = spare_buffers::take();
+            }
             let step = server
                 .prepared
                 .client_message(
@@ -250,6 +258,7 @@ impl<C: ClientStream> Session<C> {
             if step == crate::prepared::Step::Wait {
                 if !to_server.is_empty() {
                     // A Sync so that what is in flight gets answered.
+                    spare_room(&mut out);
                     out.extend_from_slice(&self.cbuf[copied..pos]);
                     out.extend_from_slice(&to_server);
                     copied = pos;
@@ -276,6 +285,7 @@ impl<C: ClientStream> Session<C> {
                 continue;
             }
             // Bytes change from here on: copy what passed unchanged so far.
+            spare_room(&mut out);
             out.extend_from_slice(&self.cbuf[copied..pos]);
             if !to_server.is_empty() {
                 out.extend_from_slice(&to_server);
@@ -331,6 +341,13 @@ impl<C: ClientStream> Session<C> {
             }
         } else {
             self.cbuf.advance(pos);
+        }
+        for b in [out, to_server] {
+            if b.capacity() > 0 {
+                let mut b = b;
+                b.clear();
+                spare_buffers::give_back(b);
+            }
         }
         self.settle_buffer();
         if !to_client.is_empty() && self.client.send(&to_client).await.is_err() {
@@ -543,6 +560,13 @@ impl<C: ClientStream> Session<C> {
             }
         }
         Ok(())
+    }
+}
+
+/// A spare buffer for `out` when it has none yet.
+fn spare_room(out: &mut BytesMut) {
+    if out.capacity() == 0 {
+        *out = spare_buffers::take();
     }
 }
 
