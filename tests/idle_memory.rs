@@ -12,7 +12,7 @@ mod common;
 use std::future::ready;
 use std::time::{Duration, Instant};
 
-use common::raw::{error_body_sqlstate, frame, startup};
+use common::raw::{error_body_sqlstate, frame, startup_with};
 use common::{app_backends, cluster, config_for, wait_until_async, Pgwake};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,11 +23,13 @@ const CLIENTS: usize = 2000;
 /// Server connections: all of them opened before the first measurement.
 const POOL_SIZE: usize = 5;
 /// Resident memory an idle client may cost pgwake. PgBouncer needs about
-/// 1 KiB, pgwake about 1.8 KiB here in a debug build (its task is 256 bytes
-/// and holds only a small wait between requests); an idle client whose task
-/// kept the whole request path's state (3.5 KiB, as it once did) or a
-/// filled 8 KiB read buffer would go over.
-const MAX_KIB_PER_IDLE_CLIENT: f64 = 2.5;
+/// 1 KiB, pgwake about 2.05 KiB here in a debug build with the
+/// application_name these clients send (its task is 256 bytes and holds only
+/// a small wait between requests; the client's own settings are a small
+/// sorted vector). A client's settings back in a tree map (2.47 KiB), an idle
+/// task that kept the whole request path's state (3.5 KiB, as it once did) or
+/// a filled 8 KiB read buffer would go over.
+const MAX_KIB_PER_IDLE_CLIENT: f64 = 2.3;
 /// Clients logging in at once: an application pool filling up, well within
 /// the listen backlog.
 const LOGINS_IN_FLIGHT: usize = 64;
@@ -82,16 +84,21 @@ async fn read_message(s: &mut TcpStream) -> Result<(u8, Vec<u8>), String> {
     Ok((head[0], body))
 }
 
-/// Logs in as `app` to database `app` (trusted on loopback) and waits for
+/// Logs in as `app` to database `app` (trusted on loopback) with an
+/// application_name, as drivers and frameworks send one, and waits for
 /// ReadyForQuery.
 async fn login(port: u16) -> Result<TcpStream, String> {
     let run = async {
         let mut s = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        s.write_all(&startup("app", DB))
-            .await
-            .map_err(|e| format!("sending the startup packet: {e}"))?;
+        s.write_all(&startup_with(
+            "app",
+            DB,
+            &[("application_name", "web-worker")],
+        ))
+        .await
+        .map_err(|e| format!("sending the startup packet: {e}"))?;
         loop {
             match read_message(&mut s).await? {
                 (b'R', body) if body.get(..4) == Some(&[0, 0, 0, 0][..]) => {}

@@ -3,8 +3,16 @@
 
 /// A protocol 3.0 StartupMessage for `user` and database `db`.
 pub fn startup(user: &str, db: &str) -> Vec<u8> {
+    startup_with(user, db, &[])
+}
+
+/// A StartupMessage with settings after `user` and `database`.
+pub fn startup_with(user: &str, db: &str, settings: &[(&str, &str)]) -> Vec<u8> {
     let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
+    for (k, v) in [("user", user), ("database", db)]
+        .into_iter()
+        .chain(settings.iter().copied())
+    {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());

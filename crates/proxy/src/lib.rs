@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cancel::CancelRegistry;
 use crate::clients::Clients;
-use crate::pool::{Pool, PoolKey, PoolSettings, ServerSide};
+use crate::pool::{KeyNames, Pool, PoolKey, PoolKeyRef, PoolSettings, ServerSide};
 use crate::server::Target;
 use crate::stats::Metrics;
 
@@ -217,11 +217,18 @@ impl Shared {
     /// The pool for `key`, created (and its upkeep started) on first use.
     /// `prewarm`: open `min_idle` connections before any client asks (pools
     /// named in the config); other pools warm up after their first login.
-    pub fn pool(&self, key: &PoolKey, route_name: &str, route: &Route<'_>, prewarm: bool) -> Pool {
+    pub fn pool(
+        &self,
+        key: PoolKeyRef<'_>,
+        route_name: &str,
+        route: &Route<'_>,
+        prewarm: bool,
+    ) -> Pool {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((p, _)) = pools.get(key) {
+        if let Some((p, _)) = pools.get(&key as &dyn KeyNames) {
             return p.clone();
         }
+        let key = &key.to_key();
         let settings = pool_settings(&self.config(), route, prewarm);
         tracing::info!(pool = %key, size = settings.size, min_idle = settings.min_idle, mode = ?settings.mode, "new pool");
         // An entry with a server of its own: its connections and
@@ -252,7 +259,8 @@ impl Shared {
 
     /// Drops a pool created for a client whose first login failed (a
     /// database that does not exist, say), so stray names do not pile up.
-    pub fn forget_failed_pool(&self, key: &PoolKey) {
+    pub fn forget_failed_pool(&self, key: PoolKeyRef<'_>) {
+        let key = &key as &dyn KeyNames;
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((p, _)) = pools.get(key) {
             if p.defaults().is_none()
@@ -333,12 +341,12 @@ impl Shared {
         for db in warm {
             if let Some(route) = c.route(&db) {
                 if let Some(user) = route.user {
-                    let key = PoolKey {
-                        database: db.clone(),
-                        dbname: route.dbname.to_owned(),
-                        user: user.to_owned(),
+                    let key = PoolKeyRef {
+                        database: &db,
+                        dbname: route.dbname,
+                        user,
                     };
-                    self.pool(&key, &db, &route, true);
+                    self.pool(key, &db, &route, true);
                 }
             }
         }

@@ -4,12 +4,13 @@
 //! its first message reaches a connection, pgwake brings that connection's
 //! settings in line with the client's (one round trip, only when they differ).
 
-use std::collections::BTreeMap;
-
 /// Setting name → value, as in ParameterStatus or a startup packet. Names are
 /// kept in lower case: Postgres matches them case-insensitively (`timezone`
-/// from a client is `TimeZone` in ParameterStatus).
-pub type Params = BTreeMap<String, String>;
+/// from a client is `TimeZone` in ParameterStatus). A sorted vector: a
+/// client keeps the few settings it chose for as long as it is connected,
+/// and one that chose any would otherwise hold a whole tree node (540
+/// bytes) for them.
+pub type Params = litemap::LiteMap<String, String>;
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];

@@ -273,12 +273,12 @@ pub(crate) async fn query_secret(shared: &crate::Shared, user: &str) -> Option<S
         // The lookup runs on `[server]`.
         own_server: false,
     };
-    let key = crate::pool::PoolKey {
-        database: dbname.clone(),
-        dbname: dbname.clone(),
-        user: role.clone(),
+    let key = crate::pool::PoolKeyRef {
+        database: &dbname,
+        dbname: &dbname,
+        user: &role,
     };
-    let pool = shared.pool(&key, &dbname, &route, false);
+    let pool = shared.pool(key, &dbname, &route, false);
     let mut conn = match pool.checkout_quiet().await {
         Ok(c) => c,
         Err(e) => {

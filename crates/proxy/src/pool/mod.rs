@@ -35,7 +35,7 @@ mod upkeep;
 pub use snapshot::{totals_by_database, IdleConn, PoolSnapshot};
 
 /// Which pool: the server database and the server user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolKey {
     /// The database name clients use: the `[databases]` entry, or the
     /// client's database name when there is no `[databases]` table. Two
@@ -46,6 +46,80 @@ pub struct PoolKey {
     pub dbname: String,
     /// The user on the server.
     pub user: String,
+}
+
+/// A [`PoolKey`]'s names by reference: what a login looks its pool up
+/// with, copying no name unless the pool is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKeyRef<'a> {
+    pub database: &'a str,
+    pub dbname: &'a str,
+    pub user: &'a str,
+}
+
+impl PoolKeyRef<'_> {
+    pub fn to_key(self) -> PoolKey {
+        PoolKey {
+            database: self.database.to_owned(),
+            dbname: self.dbname.to_owned(),
+            user: self.user.to_owned(),
+        }
+    }
+}
+
+impl PoolKey {
+    pub fn as_key_ref(&self) -> PoolKeyRef<'_> {
+        PoolKeyRef {
+            database: &self.database,
+            dbname: &self.dbname,
+            user: &self.user,
+        }
+    }
+}
+
+/// A pool key, owned or by reference: a map keyed by [`PoolKey`] is
+/// searched with a [`PoolKeyRef`] through `dyn KeyNames` (both hash and
+/// compare their names alike).
+pub trait KeyNames {
+    fn names(&self) -> PoolKeyRef<'_>;
+}
+
+impl KeyNames for PoolKey {
+    fn names(&self) -> PoolKeyRef<'_> {
+        self.as_key_ref()
+    }
+}
+
+impl KeyNames for PoolKeyRef<'_> {
+    fn names(&self) -> PoolKeyRef<'_> {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyNames + 'a> for PoolKey {
+    fn borrow(&self) -> &(dyn KeyNames + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn KeyNames + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.names().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyNames + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.names() == other.names()
+    }
+}
+
+impl Eq for dyn KeyNames + '_ {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_key_ref().hash(state);
+    }
 }
 
 impl std::fmt::Display for PoolKey {

@@ -23,7 +23,7 @@ use crate::cancel::CancelHandle;
 use crate::client_io::ClientStream;
 use crate::clients::{ClientState, Interrupt, Kill, Registered};
 use crate::params::{self, Params};
-use crate::pool::{Defaults, Pool, PoolKey, Pooled};
+use crate::pool::{Defaults, Pool, PoolKeyRef, Pooled};
 use crate::stats::{micros, PoolCounts};
 use crate::Shared;
 use pgwake_lifecycle::Lifecycle;
@@ -201,10 +201,10 @@ impl<C: ClientStream> Session<C> {
             Ok(p) => p,
             Err(e) => return Err((client, e)),
         };
-        let key = PoolKey {
-            database: database.to_owned(),
-            dbname: route.dbname.to_owned(),
-            user: route.user.unwrap_or(user).to_owned(),
+        let key = PoolKeyRef {
+            database,
+            dbname: route.dbname,
+            user: route.user.unwrap_or(user),
         };
         if route.own_server && !shared.serves_own_server(database) {
             // Added by a reload: its server is set up at restart only, and
@@ -217,7 +217,7 @@ impl<C: ClientStream> Session<C> {
                 ),
             ));
         }
-        let pool = shared.pool(&key, database, &route, false);
+        let pool = shared.pool(key, database, &route, false);
         let lifecycle = shared.lifecycle.clone();
         if let Some(l) = &lifecycle {
             l.note_client(format!(
@@ -249,7 +249,7 @@ impl<C: ClientStream> Session<C> {
         let defaults = match learned {
             Ok(d) => d,
             Err(e) => {
-                shared.forget_failed_pool(&key);
+                shared.forget_failed_pool(key);
                 let mut e = e.to_client();
                 e.severity = backend::Severity::Fatal;
                 return Err((client, e));
@@ -286,7 +286,9 @@ impl<C: ClientStream> Session<C> {
         // server statements.
         let search_path = want
             .get("search_path")
-            .map(|v| params::fingerprint(&Params::from([("search_path".to_owned(), v.clone())])))
+            .map(|v| {
+                params::fingerprint(&Params::from_iter([("search_path".to_owned(), v.clone())]))
+            })
             .unwrap_or(0);
         let prepared = crate::prepared::ClientStatements::new(
             pool.statement_hasher().for_settings(search_path),
