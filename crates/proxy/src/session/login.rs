@@ -98,8 +98,13 @@ async fn accept_tcp(
     // A spare read buffer: a busy pgwake logs clients in without allocating one.
     let mut buf = super::spare_buffers::take();
     let tls = login.shared.client_tls();
-    let step = handshake(&mut client, &mut buf, tls.is_some());
-    match within_login(&login.shared, login.deadline, step).await {
+    let step = within_login(
+        &login.shared,
+        login.deadline,
+        handshake(&mut client, &mut buf, tls.is_some()),
+    )
+    .await;
+    match step {
         Ok(Handshake::Request(request)) => match login.finish(client, buf, request).await {
             Some(s) => Accepted::Plain(Box::new(s)),
             None => Accepted::Done,
@@ -140,12 +145,17 @@ fn login_deadline(shared: &Shared) -> tokio::time::Instant {
 }
 
 /// Runs a login step, failing it at `deadline` (`client_login_timeout`).
-async fn within_login<T>(
-    shared: &Shared,
+///
+/// A combinator rather than an `async fn`: the step is held once, inside
+/// the timeout, not a second time as the function's argument (a login's
+/// future is moved into its box whole, so its size is copied per client).
+fn within_login<'a, T>(
+    shared: &'a Shared,
     deadline: tokio::time::Instant,
-    step: impl std::future::Future<Output = Result<T, ErrorMessage>>,
-) -> Result<T, ErrorMessage> {
-    match tokio::time::timeout_at(deadline, step).await {
+    step: impl std::future::Future<Output = Result<T, ErrorMessage>> + 'a,
+) -> impl std::future::Future<Output = Result<T, ErrorMessage>> + 'a {
+    use futures_util::FutureExt;
+    tokio::time::timeout_at(deadline, step).map(move |r| match r {
         Ok(r) => r,
         Err(_) => {
             shared.metrics.timeout(TimeoutKind::ClientLogin);
@@ -157,7 +167,7 @@ async fn within_login<T>(
                 ),
             ))
         }
-    }
+    })
 }
 
 /// A client's login after its startup packet.
@@ -176,8 +186,13 @@ impl Login {
     /// Reads the startup packet (refusing encryption requests: the stream
     /// is encrypted already, or cannot be) and finishes the login.
     async fn run<C: ClientStream>(self, mut client: C, mut buf: BytesMut) -> Option<Session<C>> {
-        let step = handshake(&mut client, &mut buf, false);
-        let request = match within_login(&self.shared, self.deadline, step).await {
+        let step = within_login(
+            &self.shared,
+            self.deadline,
+            handshake(&mut client, &mut buf, false),
+        )
+        .await;
+        let request = match step {
             Ok(Handshake::Request(r)) => r,
             Ok(Handshake::Gone | Handshake::Tls) => return None,
             Err(e) => {
@@ -213,8 +228,13 @@ impl Login {
                 protocol_options,
             } => (minor, params, protocol_options),
         };
-        let checked = self.check(&mut client, &mut buf, &params);
-        let (user, database, admission) = match within_login(shared, self.deadline, checked).await {
+        let checked = within_login(
+            shared,
+            self.deadline,
+            self.check(&mut client, &mut buf, &params),
+        )
+        .await;
+        let (user, database, admission) = match checked {
             Ok(ok) => ok,
             Err(e) => {
                 let _ = send_fatal(&mut client, &e).await;
