@@ -62,10 +62,11 @@ pub(crate) const ENTRY_SIZE: usize = std::mem::size_of::<ClientInfo>();
 #[derive(Debug)]
 pub struct ClientInfo {
     pub id: u64,
-    pub user: String,
-    pub application_name: String,
-    /// `host:port`, or `unix`.
-    pub peer: String,
+    /// The user, the application name and the peer (`host:port`, or
+    /// `unix socket`) in one allocation, split at `names_at`: every client
+    /// keeps them for as long as it is connected.
+    names: Box<str>,
+    names_at: [u32; 2],
     /// The pool's key, shared by all its clients; `pool.database` is the
     /// database the client asked for.
     pub pool: Arc<PoolKey>,
@@ -83,6 +84,24 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    pub fn user(&self) -> &str {
+        self.names
+            .get(..self.names_at[0] as usize)
+            .unwrap_or_default()
+    }
+
+    pub fn application_name(&self) -> &str {
+        let [a, b] = self.names_at;
+        self.names.get(a as usize..b as usize).unwrap_or_default()
+    }
+
+    /// `host:port`, or `unix socket`.
+    pub fn peer(&self) -> &str {
+        self.names
+            .get(self.names_at[1] as usize..)
+            .unwrap_or_default()
+    }
+
     /// The database the client asked for.
     pub fn database(&self) -> &str {
         &self.pool.database
@@ -244,17 +263,22 @@ impl Clients {
         self: &Arc<Self>,
         user: &str,
         application_name: &str,
-        peer: String,
+        peer: &str,
         pool: Arc<PoolKey>,
         counts: Arc<PoolCounts>,
     ) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let now = SystemTime::now();
+        let mut names = String::with_capacity(user.len() + application_name.len() + peer.len());
+        names.push_str(user);
+        names.push_str(application_name);
+        names.push_str(peer);
+        // Startup packets are far below 4 GiB (max_message_size bounds them).
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let info = Arc::new(ClientInfo {
             id,
-            user: user.to_owned(),
-            application_name: application_name.to_owned(),
-            peer,
+            names: names.into_boxed_str(),
+            names_at: [at(user.len()), at(user.len() + application_name.len())],
             pool,
             connect_time: now,
             state: AtomicU8::new(ClientState::Idle as u8),
@@ -291,5 +315,36 @@ impl Clients {
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clients_names_read_back_as_given() {
+        let clients = Arc::new(Clients::default());
+        let key = Arc::new(PoolKey {
+            database: "app".into(),
+            dbname: "app".into(),
+            user: "app".into(),
+        });
+        let counts = Arc::new(PoolCounts::default());
+        for (user, app, peer) in [
+            ("app", "", "127.0.0.1:54321"),
+            ("ädmin", "web-worker ☃", "unix socket"),
+            ("", "", ""),
+            ("u", "a", "[::1]:6432"),
+        ] {
+            let r = clients.register(user, app, peer, key.clone(), counts.clone());
+            assert_eq!(
+                (r.info.user(), r.info.application_name(), r.info.peer()),
+                (user, app, peer)
+            );
+            assert_eq!(clients.get(r.info.id).map(|c| c.id), Some(r.info.id));
+        }
+        assert!(clients.all().is_empty(), "each client left when dropped");
+        assert_eq!(counts.clients.load(Ordering::Relaxed), 0);
     }
 }

@@ -252,9 +252,9 @@ fn kill_client(shared: &Shared, arg: Option<&str>) -> Result<Vec<String>, ErrorM
     client.kill(Kill::Client);
     tracing::info!(
         id,
-        peer = %client.peer,
+        peer = %client.peer(),
         database = %client.database(),
-        user = %client.user,
+        user = %client.user(),
         "KILL_CLIENT: client disconnected"
     );
     Ok(Vec::new())

@@ -296,16 +296,16 @@ fn clients(shared: &Shared) -> Table {
         t.row(
             Socket {
                 kind: "C",
-                user: &c.user,
+                user: c.user(),
                 database: c.database(),
                 state: state.name(),
-                peer: &c.peer,
+                peer: c.peer(),
                 times: (unix_micros(c.connect_time), c.request_time()),
                 wait_us: wait,
                 ids: (c.id, (pid != 0).then_some(u64::from(pid) << 32), 0),
                 close_needed: false,
                 tls: false,
-                application_name: &c.application_name,
+                application_name: c.application_name(),
             }
             .row(),
         );

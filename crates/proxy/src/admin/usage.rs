@@ -29,7 +29,7 @@ pub(super) fn users(shared: &Shared) -> Table {
     }
     let mut clients: BTreeMap<String, usize> = BTreeMap::new();
     for c in shared.clients.all() {
-        *clients.entry(c.user.clone()).or_default() += 1;
+        *clients.entry(c.user().to_owned()).or_default() += 1;
     }
     let names: BTreeSet<String> = shared
         .client_auth

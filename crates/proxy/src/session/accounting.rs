@@ -77,8 +77,8 @@ impl<C: ClientStream> Session<C> {
                 tracing::warn!(
                     duration_ms = micros(took) / 1000,
                     database = %info.database(),
-                    user = %info.user,
-                    application_name = %info.application_name,
+                    user = %info.user(),
+                    application_name = %info.application_name(),
                     client = %self.peer(),
                     query = %mask_literals(&self.query_text),
                     "slow query"

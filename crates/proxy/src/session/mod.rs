@@ -265,7 +265,7 @@ impl<C: ClientStream> Session<C> {
         let registered = shared.clients.register(
             user,
             get("application_name").unwrap_or(""),
-            peer,
+            &peer,
             pool.shared_key(),
             pool.stats().clone(),
         );
@@ -278,7 +278,7 @@ impl<C: ClientStream> Session<C> {
         }
         if shared.config().log.connections {
             let info = &registered.info;
-            tracing::info!(client = %info.peer, database = %info.database(), user = %info.user, application_name = %info.application_name, "client login");
+            tracing::info!(client = %info.peer(), database = %info.database(), user = %info.user(), application_name = %info.application_name(), "client login");
         }
         let max = usize::try_from(shared.config().listen.max_message_size).unwrap_or(usize::MAX);
         // Statement text means other tables under another search_path (the
@@ -382,10 +382,10 @@ impl<C: ClientStream> Session<C> {
         let info = &self.registered.info;
         let age = info.connect_time.elapsed().unwrap_or_default();
         tracing::info!(
-            client = %info.peer,
+            client = %info.peer(),
             database = %info.database(),
-            user = %info.user,
-            application_name = %info.application_name,
+            user = %info.user(),
+            application_name = %info.application_name(),
             age = %humantime::format_duration(Duration::from_millis(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))),
             reason,
             "client logout"
@@ -394,7 +394,7 @@ impl<C: ClientStream> Session<C> {
 
     /// Where the client connects from (`host:port`, or `unix socket`).
     fn peer(&self) -> &str {
-        &self.registered.info.peer
+        self.registered.info.peer()
     }
 
     /// Notes that the client now holds the server connection with the
