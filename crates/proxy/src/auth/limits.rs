@@ -24,8 +24,8 @@ struct Counts {
 /// A client's place under the limits.
 pub(crate) struct Admission {
     limits: Arc<ClientLimits>,
-    database: Option<String>,
-    user: Option<String>,
+    database: Option<Box<str>>,
+    user: Option<Box<str>>,
 }
 
 impl ClientLimits {
@@ -36,23 +36,22 @@ impl ClientLimits {
         database: &str,
         user: &str,
     ) -> Result<Admission, ErrorMessage> {
-        let (db_limit, db_key) = match config
+        let own_limit = config
             .databases
             .get(database)
-            .and_then(|d| d.max_client_conn)
-        {
-            Some(n) => (n, format!("databases.{database}.max_client_conn")),
-            None => (
-                config.listen.max_client_conn_per_database,
-                "listen.max_client_conn_per_database".to_owned(),
-            ),
-        };
+            .and_then(|d| d.max_client_conn);
+        let db_limit = own_limit.unwrap_or(config.listen.max_client_conn_per_database);
         let user_limit = config.listen.max_client_conn_per_user;
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let over = |limit: usize, map: &HashMap<String, usize>, name: &str| {
             limit > 0 && map.get(name).copied().unwrap_or(0) >= limit
         };
         if over(db_limit, &counts.databases, database) {
+            // The key that set the limit, named only when it is reached.
+            let db_key = match own_limit {
+                Some(_) => format!("databases.{database}.max_client_conn"),
+                None => "listen.max_client_conn_per_database".to_owned(),
+            };
             return Err(too_many(format!(
                 "too many clients for database \"{database}\" ({db_key} = {db_limit})"
             )));
@@ -66,11 +65,11 @@ impl ClientLimits {
         // the set of limited names in use.
         let database = (db_limit > 0).then(|| {
             *counts.databases.entry(database.to_owned()).or_default() += 1;
-            database.to_owned()
+            Box::from(database)
         });
         let user = (user_limit > 0).then(|| {
             *counts.users.entry(user.to_owned()).or_default() += 1;
-            user.to_owned()
+            Box::from(user)
         });
         Ok(Admission {
             limits: self.clone(),
@@ -87,8 +86,8 @@ fn too_many(message: String) -> ErrorMessage {
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut counts = self.limits.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let release = |map: &mut HashMap<String, usize>, name: &Option<String>| {
-            if let Some(name) = name {
+        let release = |map: &mut HashMap<String, usize>, name: &Option<Box<str>>| {
+            if let Some(name) = name.as_deref() {
                 if let Some(n) = map.get_mut(name) {
                     *n -= 1;
                     if *n == 0 {
