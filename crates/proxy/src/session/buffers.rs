@@ -58,7 +58,7 @@ impl<C: ClientStream> Session<C> {
                 l = budget.lease(want, wait) => l,
             };
             match leased {
-                Ok(l) => self.lease = Some(l),
+                Ok(l) => self.lease = Some(Box::new(l)),
                 Err(e) => {
                     tracing::warn!(peer = %self.peer(), error = %e, "refused a client message");
                     return Err(Stop::Fatal(e.to_client()));

@@ -135,7 +135,8 @@ struct Session<C> {
     idle_since: Instant,
     /// A cancel request sent for `query_timeout`, not yet settled by the
     /// query's ReadyForQuery.
-    cancel_sent: Option<CancelSent>,
+    /// (Boxed, as `lease`: rare, and every idle client holds the field.)
+    cancel_sent: Option<Box<CancelSent>>,
     /// The start of the query in flight, for the slow-query log.
     query_text: Vec<u8>,
     /// The timer for timeouts, reset as deadlines move.
@@ -144,7 +145,7 @@ struct Session<C> {
     _admission: crate::auth::Admission,
     /// Room from the shared budget while `cbuf` holds (or is filling with)
     /// a large frame that must be read whole.
-    lease: Option<crate::budget::Lease>,
+    lease: Option<Box<crate::budget::Lease>>,
     /// Statements in flight that carried a trace context (`[tracing]`).
     traced: crate::traces::InSession,
 }

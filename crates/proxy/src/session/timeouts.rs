@@ -42,7 +42,7 @@ pub(super) async fn expiry(
 impl<C: ClientStream> Session<C> {
     /// When the next timeout fires, if any applies now.
     pub(super) fn timeout_deadline(&self, server: &ServerConn) -> Option<(Instant, TimeoutKind)> {
-        if let Some(c) = self.cancel_sent {
+        if let Some(c) = self.cancel_sent.as_deref() {
             return Some((c.at + CANCEL_GRACE, TimeoutKind::Query));
         }
         let t = &self.shared.timeouts;
@@ -88,10 +88,10 @@ impl<C: ClientStream> Session<C> {
                 self.shared.metrics.timeout(kind);
                 let (addr, pid, key) = server.cancel_key();
                 tracing::info!(peer = %self.peer(), pool = %self.pool.key(), backend_pid = pid, "query ran past timeouts.query_timeout; cancelling it");
-                self.cancel_sent = Some(CancelSent {
+                self.cancel_sent = Some(Box::new(CancelSent {
                     at: Instant::now(),
                     answered: false,
-                });
+                }));
                 self.shared
                     .metrics
                     .cancels
