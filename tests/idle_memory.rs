@@ -23,7 +23,7 @@ const CLIENTS: usize = 2000;
 /// Server connections: all of them opened before the first measurement.
 const POOL_SIZE: usize = 5;
 /// Resident memory an idle client may cost pgwake. PgBouncer needs about
-/// 1 KiB, pgwake about 2.05 KiB here in a debug build with the
+/// 1 KiB, pgwake about 1.86 KiB here in a debug build with the
 /// application_name these clients send (its task is 256 bytes and holds only
 /// a small wait between requests; the client's own settings are a small
 /// sorted vector). A client's settings back in a tree map (2.47 KiB), an idle
