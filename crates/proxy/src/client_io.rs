@@ -135,9 +135,9 @@ impl std::fmt::Display for ClientOrigin {
 }
 
 /// `ip:port` as `SocketAddr` displays it, in one allocation of its own
-/// length (every client keeps it); an IPv4 address (nearly every client)
-/// without the formatting machinery, which costs a new client more than
-/// its whole startup packet's parsing.
+/// length (for the login's messages; the registry entry copies it); an
+/// IPv4 address (nearly every client) without the formatting machinery,
+/// which cost a new client more than its whole startup packet's parsing.
 pub(crate) fn peer_text(peer: SocketAddr) -> String {
     match peer {
         SocketAddr::V4(v4) => {

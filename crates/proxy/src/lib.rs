@@ -65,8 +65,9 @@ pub struct Shared {
     /// Starts and stops the server (`[lifecycle]`), if configured.
     lifecycle: Option<Arc<pgwake_lifecycle::Lifecycle>>,
     /// Pools, with the client database name whose route made them.
-    /// (Looked up at every login: a fast hash, as its keys come from the
-    /// configuration's routes.)
+    /// (Looked up at every login: foldhash, seeded per process. A pool
+    /// whose first login fails is forgotten, so clients cannot grow the
+    /// map with names of their own.)
     pools: Mutex<foldhash::HashMap<PoolKey, (Pool, String)>>,
     cancels: Arc<CancelRegistry>,
     /// Cancels for other replicas' keys (`[peering]`).
@@ -228,7 +229,7 @@ impl Shared {
         if let Some((p, _)) = pools.get(&key as &dyn KeyNames) {
             return p.clone();
         }
-        let key = &key.to_key();
+        let key = key.to_key();
         let settings = pool_settings(&self.config(), route, prewarm);
         tracing::info!(pool = %key, size = settings.size, min_idle = settings.min_idle, mode = ?settings.mode, "new pool");
         // An entry with a server of its own: its connections and
@@ -253,7 +254,7 @@ impl Shared {
             self.hard_stop.child_token(),
         );
         self.tasks.spawn(pool.clone().maintain());
-        pools.insert(key.clone(), (pool.clone(), route_name.to_owned()));
+        pools.insert(key, (pool.clone(), route_name.to_owned()));
         pool
     }
 

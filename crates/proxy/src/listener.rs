@@ -159,8 +159,7 @@ impl Listeners {
     }
 }
 
-/// `ip:port`, formatted into one allocation of the right size (formatting
-/// into an empty string grows it two or three times).
+/// An accepted client socket.
 enum Conn {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),

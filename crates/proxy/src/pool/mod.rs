@@ -147,89 +147,65 @@ pub struct PoolSettings {
 /// that asked for nothing in particular gets.
 #[derive(Debug)]
 pub struct Defaults {
-    /// ParameterStatus as the server sent it (names in the server's spelling).
-    pub reported: Vec<(String, String)>,
-    /// The same, lower-case names.
+    /// The settings the server reported, lower-case names.
     pub params: Params,
-    /// `reported` as ParameterStatus messages, written once for every
-    /// client's login, and where each message ends.
+    /// What the server reported, as the ParameterStatus messages every
+    /// client's login gets: written once, then copied.
     status: Vec<u8>,
-    status_ends: Vec<usize>,
-    /// `reported`'s names in lower case, as `want`s are.
-    status_lower: Vec<String>,
+    /// One per reported setting, in order: its name as the server spells
+    /// it and in lower case (as `want`s are), and where its message ends.
+    reported: Vec<Reported>,
+}
+
+#[derive(Debug)]
+struct Reported {
+    name: String,
+    lower: String,
+    end: usize,
 }
 
 impl Defaults {
-    pub fn new(reported: Vec<(String, String)>, params: Params) -> Self {
-        let mut wire = bytes::BytesMut::new();
-        let mut status_ends = Vec::with_capacity(reported.len());
-        for (name, value) in &reported {
-            pgwake_protocol::backend::parameter_status(&mut wire, name, value);
-            status_ends.push(wire.len());
-        }
-        let status_lower = reported
+    /// `reported`: ParameterStatus as the server sent it (names in the
+    /// server's spelling); `params`: the same, lower-case names.
+    pub fn new(reported: &[(String, String)], params: Params) -> Self {
+        let mut status = bytes::BytesMut::new();
+        let reported = reported
             .iter()
-            .map(|(name, _)| name.to_ascii_lowercase())
+            .map(|(name, value)| {
+                pgwake_protocol::backend::parameter_status(&mut status, name, value);
+                Reported {
+                    name: name.clone(),
+                    lower: name.to_ascii_lowercase(),
+                    end: status.len(),
+                }
+            })
             .collect();
         Defaults {
-            reported,
             params,
-            status: wire.to_vec(),
-            status_ends,
-            status_lower,
+            status: status.to_vec(),
+            reported,
         }
     }
 
     /// Writes the ParameterStatus messages a client gets at login: the
     /// server's, with the client's own value where `want` (lower-case
-    /// names) has one.
+    /// names) has one. The runs of the server's own are copied whole.
     pub fn write_status(&self, out: &mut bytes::BytesMut, want: &Params) {
-        // Where the client's own values go: found by name among the few it
-        // set, then everything between them copied in one piece.
-        let mut own = [(0usize, ""); 4];
-        let mut n = 0;
-        for (k, v) in want {
-            let Some(i) = self.status_lower.iter().position(|name| name == k) else {
-                continue;
-            };
-            if n == own.len() {
-                return self.write_status_each(out, want);
-            }
-            own[n] = (i, v.as_str());
-            n += 1;
-        }
-        let own = &mut own[..n];
-        own.sort_unstable_by_key(|&(i, _)| i);
         out.reserve(self.status.len());
-        let mut copied = 0;
-        for &(i, v) in own.iter() {
-            let (Some((name, _)), Some(&end)) = (self.reported.get(i), self.status_ends.get(i))
-            else {
-                continue;
-            };
-            let begin = i
-                .checked_sub(1)
-                .and_then(|j| self.status_ends.get(j))
-                .map_or(0, |&b| b);
-            out.extend_from_slice(self.status.get(copied..begin).unwrap_or_default());
-            pgwake_protocol::backend::parameter_status(out, name, v);
-            copied = end;
+        // `copied`: where the server's messages not yet written begin;
+        // `start`: where the current one begins.
+        let (mut copied, mut start) = (0, 0);
+        for r in &self.reported {
+            // A scan, not a search: a client sets few settings, and names
+            // of another length are told apart at once.
+            if let Some((_, v)) = want.iter().find(|(k, _)| **k == r.lower) {
+                out.extend_from_slice(self.status.get(copied..start).unwrap_or_default());
+                pgwake_protocol::backend::parameter_status(out, &r.name, v);
+                copied = r.end;
+            }
+            start = r.end;
         }
         out.extend_from_slice(self.status.get(copied..).unwrap_or_default());
-    }
-
-    /// [`Self::write_status`] one setting at a time (a client that set
-    /// many of the reported settings).
-    fn write_status_each(&self, out: &mut bytes::BytesMut, want: &Params) {
-        let mut start = 0;
-        let names = self.reported.iter().zip(&self.status_lower);
-        for (((name, _), lower), &end) in names.zip(&self.status_ends) {
-            match want.get(lower) {
-                Some(v) => pgwake_protocol::backend::parameter_status(out, name, v),
-                None => out.extend_from_slice(self.status.get(start..end).unwrap_or_default()),
-            }
-            start = end;
-        }
     }
 }
 
@@ -828,10 +804,7 @@ impl Inner {
         });
         let mut d = self.defaults.write().unwrap_or_else(|e| e.into_inner());
         if d.is_none() {
-            *d = Some(Arc::new(Defaults::new(
-                conn.reported.clone(),
-                conn.params.clone(),
-            )));
+            *d = Some(Arc::new(Defaults::new(&conn.reported, conn.params.clone())));
         }
     }
 
@@ -870,7 +843,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let defaults = Defaults::new(reported.clone(), params);
+        let defaults = Defaults::new(&reported, params);
         let mut fast = bytes::BytesMut::from(&b"before"[..]);
         defaults.write_status(&mut fast, &want);
         // What it stands for: one ParameterStatus per reported setting, with

@@ -29,10 +29,12 @@ pub(super) mod spare_buffers {
         b
     }
 
-    /// Keeps an emptied buffer, or frees it when enough are kept (or when
-    /// it grew for a large message: that memory goes back at once).
-    pub(in crate::session) fn give_back(b: BytesMut) {
-        if b.is_empty() && b.capacity() > 0 && b.capacity() <= crate::budget::FREE {
+    /// Keeps a buffer (emptied) for the next taker, or frees it when enough
+    /// are kept (or when it grew for a large message: that memory goes back
+    /// at once).
+    pub(in crate::session) fn give_back(mut b: BytesMut) {
+        b.clear();
+        if b.capacity() > 0 && b.capacity() <= crate::budget::FREE {
             SPARE.with(|s| {
                 let mut s = s.borrow_mut();
                 if s.len() < KEEP {
@@ -70,6 +72,13 @@ impl<C: ClientStream> Session<C> {
             self.cbuf.reserve(missing);
         }
         Ok(())
+    }
+
+    /// Gives the read buffer and its room in the budget back, whatever it
+    /// held: the client is idle or gone.
+    pub(super) fn release_buffer(&mut self) {
+        self.lease = None;
+        spare_buffers::give_back(std::mem::take(&mut self.cbuf));
     }
 
     /// Once `cbuf` holds no large frame, gives its memory and its room in

@@ -6,6 +6,7 @@
 //! it idle with nothing owed. Session mode: attached at the first message and
 //! kept until the client leaves, then reset with `DISCARD ALL`.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use crate::pool::{Defaults, Pool, PoolKeyRef, Pooled};
 use crate::stats::{micros, PoolCounts};
 use crate::Shared;
 use pgwake_lifecycle::Lifecycle;
-use std::future::Future;
 
 mod accounting;
 mod buffers;
@@ -344,8 +344,7 @@ impl<C: ClientStream> Session<C> {
         };
         Box::pin(self.finish(stop, held)).await;
         // The read buffer serves the next client's login.
-        self.cbuf.clear();
-        spare_buffers::give_back(std::mem::take(&mut self.cbuf));
+        self.release_buffer();
     }
 
     /// Tells the client why it is being closed, if it should be told, and
@@ -476,11 +475,8 @@ impl<C: ClientStream> Session<C> {
         if !self.cbuf.is_empty() {
             return Ok(true);
         }
-        if self.cbuf.capacity() > 0 {
-            // The login's buffer, say: an idle client holds none.
-            self.lease = None;
-            spare_buffers::give_back(std::mem::take(&mut self.cbuf));
-        }
+        // The login's buffer, say: an idle client holds none.
+        self.release_buffer();
         // One timer for the whole idle spell, polled by hand with the
         // interrupt and the socket: this wait is what an idle client's task
         // holds, so it is kept to a few words.
@@ -564,8 +560,7 @@ impl<C: ClientStream> Session<C> {
             if self.cbuf.is_empty() {
                 // Between transactions: give the buffer back, and take the
                 // next request if it is already here.
-                self.lease = None;
-                spare_buffers::give_back(std::mem::take(&mut self.cbuf));
+                self.release_buffer();
                 match self.probe() {
                     Next::Request => continue,
                     other => return Ok(other),

@@ -342,13 +342,8 @@ impl<C: ClientStream> Session<C> {
         } else {
             self.cbuf.advance(pos);
         }
-        for b in [out, to_server] {
-            if b.capacity() > 0 {
-                let mut b = b;
-                b.clear();
-                spare_buffers::give_back(b);
-            }
-        }
+        spare_buffers::give_back(out);
+        spare_buffers::give_back(to_server);
         self.settle_buffer();
         if !to_client.is_empty() && self.client.send(&to_client).await.is_err() {
             return Err(Stop::ClientGone);
