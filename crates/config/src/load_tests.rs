@@ -452,3 +452,37 @@ fn tracing_keys_are_checked_by_name() {
     .join("\n");
     assert!(e.contains("PGWAKE_TRACING_ENDPONT"), "{e}");
 }
+
+#[test]
+fn a_collector_password_in_the_tracing_endpoint_is_never_shown() {
+    let c = ok(
+        "[server]\nhost = \"db\"\n[tracing]\notlp_endpoint = \"https://pgwake:s3cret@collector:4318\"\n",
+        &[],
+    );
+    // Sent to the collector as configured; shown without the credentials.
+    assert_eq!(
+        c.tracing.traces_url().as_deref(),
+        Some("https://pgwake:s3cret@collector:4318/v1/traces")
+    );
+    let shown = c.tracing.traces_url_shown().unwrap_or_default();
+    assert_eq!(shown, "https://***:***@collector:4318/v1/traces");
+    let plain = ok(
+        "[server]\nhost = \"db\"\n[tracing]\notlp_endpoint = \"http://collector:4318\"\n",
+        &[],
+    );
+    assert_eq!(
+        plain.tracing.traces_url_shown().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+
+    let e = errs(
+        "[server]\nhost = \"db\"\n[tracing]\notlp_endpoint = \"ftp://pgwake:s3cret@collector:4318\"\n",
+        &[],
+    )
+    .join("\n");
+    assert!(
+        e.contains("tracing.otlp_endpoint = \"ftp://***:***@collector:4318"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+}

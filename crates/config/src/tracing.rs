@@ -59,6 +59,12 @@ impl Tracing {
     }
 
     /// The URL spans are posted to.
+    /// [`Self::traces_url`] as logs and messages show it: a user name or
+    /// password in it (a collector's basic auth) is replaced by `***`.
+    pub fn traces_url_shown(&self) -> Option<String> {
+        self.traces_url().map(|u| hide_credentials(&u))
+    }
+
     pub fn traces_url(&self) -> Option<String> {
         let e = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
         Some(if e.ends_with("/v1/traces") {
@@ -127,6 +133,19 @@ pub(crate) fn apply_otel_env<'a>(
     }
 }
 
+/// `url` with any user name and password replaced by `***` (as is, when
+/// it does not parse: there is nothing to find in it then).
+fn hide_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(u.password().map(|_| "***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Problems with `[tracing]`, each naming its key.
 pub(crate) fn check(t: &Tracing, errors: &mut Vec<String>) {
     if let Some(e) = &t.otlp_endpoint {
@@ -135,7 +154,8 @@ pub(crate) fn check(t: &Tracing, errors: &mut Vec<String>) {
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
         if ok.is_none() {
             errors.push(format!(
-                "tracing.otlp_endpoint = {e:?} is not an http:// or https:// URL (like http://127.0.0.1:4318)"
+                "tracing.otlp_endpoint = {:?} is not an http:// or https:// URL (like http://127.0.0.1:4318)",
+                hide_credentials(e)
             ));
         }
     }

@@ -80,7 +80,10 @@ impl Traces {
             .with_timeout(config.export_timeout)
             .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
             .build()
-            .map_err(|e| format!("tracing.otlp_endpoint = {url:?}: {e}"))?;
+            .map_err(|e| {
+                let shown = config.traces_url_shown().unwrap_or_default();
+                format!("tracing.otlp_endpoint = {shown:?}: {e}")
+            })?;
         let resource = Resource::builder_empty()
             .with_service_name(config.service_name.clone())
             .with_attributes(
@@ -107,7 +110,8 @@ impl Traces {
             .with_resource(resource)
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "pgwake");
-        tracing::info!(endpoint = %url, service = %config.service_name, "tracing: spans for statements that carry a trace context");
+        let shown = config.traces_url_shown().unwrap_or_default();
+        tracing::info!(endpoint = %shown, service = %config.service_name, "tracing: spans for statements that carry a trace context");
         Ok(Some((
             Arc::new(Traces {
                 tracer,
