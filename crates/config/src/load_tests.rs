@@ -466,6 +466,17 @@ fn a_collector_password_in_the_tracing_endpoint_is_never_shown() {
     );
     let shown = c.tracing.traces_url_shown().unwrap_or_default();
     assert_eq!(shown, "https://***:***@collector:4318/v1/traces");
+    let written = c.to_toml();
+    assert!(
+        written.contains("https://***:***@collector:4318"),
+        "{written}"
+    );
+    assert!(
+        c.flatten()
+            .iter()
+            .all(|(_, v)| !v.contains("s3cret") && !written.contains("s3cret")),
+        "{written}"
+    );
     let plain = ok(
         "[server]\nhost = \"db\"\n[tracing]\notlp_endpoint = \"http://collector:4318\"\n",
         &[],

@@ -19,7 +19,12 @@ pub struct Tracing {
     /// already ends so is used as it is). Unset: tracing is off. When the
     /// file and `PGWAKE_TRACING_OTLP_ENDPOINT` are silent,
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Written (`pgwake check`, `SHOW CONFIG`) with any user name and
+    /// password as `***`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_shown"
+    )]
     pub otlp_endpoint: Option<String>,
     /// The `service.name` of pgwake's spans (else `OTEL_SERVICE_NAME`).
     pub service_name: String,
@@ -130,6 +135,13 @@ pub(crate) fn apply_otel_env<'a>(
             }
             insert(root, &["tracing", "resource_attributes"], Value::Table(t));
         }
+    }
+}
+
+fn serialize_shown<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(url) => s.serialize_str(&hide_credentials(url)),
+        None => s.serialize_none(),
     }
 }
 
