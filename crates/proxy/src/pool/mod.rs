@@ -593,6 +593,32 @@ impl Pool {
         self.checkout_inner(true, true).await
     }
 
+    /// An idle connection, at once, if the pool has one that is usable at
+    /// `now`: the common case, without a future, a wait or a clock read.
+    /// `None`: [`Pool::checkout`] has the answer (a wait, a login, an error).
+    pub fn checkout_idle(&self, now: Instant) -> Option<Pooled> {
+        let mut p = {
+            let mut st = self.inner.lock();
+            if st.closed || st.auth_failure.is_some() {
+                return None;
+            }
+            st.idle.pop_back()?
+        };
+        if self.usable(&mut p, now) {
+            return Some(p);
+        }
+        retire(p);
+        None
+    }
+
+    /// Whether an idle connection taken from the pool may serve at `now`:
+    /// open, within its lifetime, not from before a `RECONNECT`.
+    fn usable(&self, p: &mut Pooled, now: Instant) -> bool {
+        p.conn.is_alive()
+            && now < p.retire_at
+            && p.epoch == self.inner.epoch.load(Ordering::Relaxed)
+    }
+
     async fn checkout_inner(&self, fresh: bool, may_wake: bool) -> Result<Pooled, CheckoutError> {
         // Set at the first wait (a clock read only then).
         let mut deadline = None;
@@ -664,10 +690,7 @@ impl Pool {
             };
             match grant {
                 Grant::Conn(mut p) => {
-                    if p.conn.is_alive()
-                        && Instant::now() < p.retire_at
-                        && p.epoch == self.inner.epoch.load(Ordering::Relaxed)
-                    {
+                    if self.usable(&mut p, Instant::now()) {
                         return Ok(p);
                     }
                     tracing::debug!(pool = %self.inner.key, "replacing a pooled server connection that closed or expired");

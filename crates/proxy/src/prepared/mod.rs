@@ -59,6 +59,23 @@ pub fn client_frame_read_whole_at(frame: &[u8]) -> bool {
     }
 }
 
+/// Whether the client frame `tag` with `body` names a prepared statement
+/// (a Parse, Bind, Describe or Close of a named one): only such a frame,
+/// or a simple Query, may be rewritten. Unnamed ones pass unchanged.
+#[inline]
+pub fn client_frame_names_statement(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        b'P' => body.first().is_some_and(|&b| b != 0),
+        b'B' => body
+            .iter()
+            .position(|&b| b == 0)
+            .and_then(|portal_end| body.get(portal_end + 1))
+            .is_some_and(|&b| b != 0),
+        b'D' | b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+        _ => false,
+    }
+}
+
 /// Server frames whose whole body the [`ReplyTracker`] needs: ErrorResponse
 /// (renamed statements), CommandComplete (`DISCARD ALL`) and ReadyForQuery
 /// (transaction status).

@@ -296,7 +296,21 @@ impl ReplyPlan {
     }
 
     /// Gives the answers that are due: pgwake's own at the head.
+    #[inline]
     pub(super) fn settle(&mut self, to_client: &mut BytesMut) {
+        // Mostly the head is a message sent for the client: nothing is due.
+        if matches!(
+            self.entries.front(),
+            Some(Entry {
+                kind: Kind::Answer(_) | Kind::CopyEnd,
+                ..
+            })
+        ) {
+            self.settle_due(to_client);
+        }
+    }
+
+    fn settle_due(&mut self, to_client: &mut BytesMut) {
         while let Some(head) = self.entries.front() {
             match head.kind {
                 Kind::Answer(tag) => {

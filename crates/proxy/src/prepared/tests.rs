@@ -458,6 +458,7 @@ impl Conn {
     fn offer(&mut self, client: &mut Client, frame: &[u8]) -> bool {
         let (tag, body) = (frame[0], &frame[5..]);
         let mut to_client = BytesMut::new();
+        let before = self.to_server.len();
         let step = Rewriter {
             client: &mut client.statements,
             server: &mut self.server,
@@ -466,6 +467,11 @@ impl Conn {
         }
         .message(tag, body, &mut self.to_server, &mut to_client)
         .unwrap();
+        // The relay lends a buffer for rewriting only to frames that name a
+        // statement (and to queries): nothing else is rewritten.
+        if tag != b'Q' && !super::client_frame_names_statement(tag, body) {
+            assert_eq!(self.to_server.len(), before, "{} rewritten", tag as char);
+        }
         client.got.extend_from_slice(&to_client);
         match step {
             Step::Pass => self.to_server.extend_from_slice(frame),
@@ -1719,4 +1725,24 @@ mod sql_text {
     fn reserved_words_are_sorted_for_the_search() {
         assert!(RESERVED.windows(2).all(|w| w[0] < w[1]));
     }
+}
+
+#[test]
+fn frames_that_name_a_statement_are_told_apart() {
+    let names = |frame: &[u8]| super::client_frame_names_statement(frame[0], &frame[5..]);
+    assert!(names(&parse("s1", "select 1", &[])));
+    assert!(!names(&parse("", "select 1", &[])));
+    assert!(names(&bind("s1", 0)));
+    assert!(!names(&bind("", 0)));
+    assert!(names(&describe(b'S', "s1")));
+    assert!(!names(&describe(b'S', "")));
+    assert!(!names(&describe(b'P', "p1")));
+    assert!(names(&close(b'S', "s1")));
+    assert!(!names(&close(b'P', "p1")));
+    assert!(!names(&execute()));
+    assert!(!names(&sync()));
+    // Malformed: no terminating NUL for the portal, or an empty body.
+    assert!(!names(&msg(b'B', b"portal")));
+    assert!(!names(&msg(b'P', b"")));
+    assert!(!names(&msg(b'D', b"S")));
 }

@@ -49,7 +49,7 @@ pub(super) fn masked(text: &[u8]) -> String {
 /// Keeps the start of a query's text (up to its terminating NUL).
 pub(super) fn keep_text(out: &mut Vec<u8>, text: &[u8]) {
     let text = &text[..text.len().min(QUERY_TEXT_MAX)];
-    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    let end = memchr::memchr(0, text).unwrap_or(text.len());
     out.extend_from_slice(&text[..end]);
 }
 
@@ -61,8 +61,10 @@ impl<C: ClientStream> Session<C> {
         self.idle_since = now;
         let stats = self.pool.stats();
         PoolCounts::add(&stats.queries, readies);
+        let mut query_took = None;
         if let Some(start) = self.query_start.take() {
             let took = now.duration_since(start);
+            query_took = Some((start, took));
             PoolCounts::add(&stats.query_us, micros(took));
             if let Some(h) = self.pool.histograms() {
                 h.query.record(took.as_secs_f64());
@@ -93,7 +95,11 @@ impl<C: ClientStream> Session<C> {
         if xact_ends > 0 {
             PoolCounts::add(&stats.xacts, xact_ends);
             if let Some(start) = self.xact_start.take() {
-                let took = now.duration_since(start);
+                // Mostly a transaction of one query: its time is known.
+                let took = match query_took {
+                    Some((q, took)) if q == start => took,
+                    _ => now.duration_since(start),
+                };
                 PoolCounts::add(&stats.xact_us, micros(took));
                 if let Some(h) = self.pool.histograms() {
                     h.xact.record(took.as_secs_f64());

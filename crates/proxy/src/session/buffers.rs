@@ -17,8 +17,27 @@ pub(super) mod spare_buffers {
     const SIZE: usize = 8 * 1024;
     const KEEP: usize = 64;
 
+    /// Bytes a probe of an idle client reads at most.
+    const PROBE: usize = 512;
+
     thread_local! {
         static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        /// Where probes read first: zeroed once per thread, not per probe.
+        static SCRATCH: RefCell<[u8; PROBE]> = const { RefCell::new([0; PROBE]) };
+    }
+
+    /// Reads what is there without waiting (see `ClientStream::try_read`)
+    /// into a scratch area, and hands what was read to `got`: a stale
+    /// readiness costs neither a buffer nor zeroing one.
+    pub(in crate::session) fn probe<T>(
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+        got: impl FnOnce(&[u8]) -> T,
+    ) -> std::io::Result<T> {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let n = read(&mut s[..])?;
+            Ok(got(&s[..n]))
+        })
     }
 
     /// An empty buffer with room for `SIZE` bytes.

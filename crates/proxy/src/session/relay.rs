@@ -56,12 +56,12 @@ impl<C: ClientStream> Session<C> {
                 return Stop::Released;
             }
             tokio::select! {
-                // Fixed order: no random draw per turn.
+                // Fixed order, no random draw per turn. The server first:
+                // a wake-up is mostly its reply, and a branch that is ready
+                // spares polling (and re-registering) the ones after it.
+                // Tokio's per-task budget makes a busy server's branch
+                // pending now and then, so the client's is still polled.
                 biased;
-                r = self.client.read_buf(&mut self.cbuf) => match r {
-                    Ok(0) | Err(_) => return Stop::ClientGone,
-                    Ok(_) => if let Err(stop) = self.forward_client(server).await { return stop },
-                },
                 r = server.read_more() => match r {
                     Err(e) => {
                         server.broken = true;
@@ -80,6 +80,10 @@ impl<C: ClientStream> Session<C> {
                             if let Err(stop) = Box::pin(self.forward_client(server)).await { return stop }
                         }
                     }
+                },
+                r = self.client.read_buf(&mut self.cbuf) => match r {
+                    Ok(0) | Err(_) => return Stop::ClientGone,
+                    Ok(_) => if let Err(stop) = self.forward_client(server).await { return stop },
                 },
                 kind = expiry(timer, deadline) => {
                     if let Err(stop) = Box::pin(self.on_timeout(server, kind)).await { return stop }
@@ -201,7 +205,7 @@ impl<C: ClientStream> Session<C> {
                     }
                     if capture && tag == b'P' {
                         capture = false;
-                        let name_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+                        let name_end = memchr::memchr(0, body).unwrap_or(body.len());
                         keep_text(
                             &mut self.query_text,
                             body.get(name_end + 1..).unwrap_or(&[]),
@@ -235,7 +239,8 @@ impl<C: ClientStream> Session<C> {
                 continue;
             }
             to_server.clear();
-            if to_server.capacity() == 0 && matches!(tag, b'P' | b'B' | b'D' | b'C') {
+            if to_server.capacity() == 0 && crate::prepared::client_frame_names_statement(tag, body)
+            {
                 // The messages that name statements: rewritten, mostly.
                 to_server = spare_buffers::take();
             }
