@@ -65,10 +65,23 @@ macro_rules! try_read_draining {
     };
 }
 
+/// `ClientStream::send` for a plain socket: see [`crate::plain_send::send_plain`].
+macro_rules! send_plain {
+    () => {
+        fn send<'a>(
+            &'a mut self,
+            data: &'a [u8],
+        ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'a {
+            crate::plain_send::send_plain(self, data)
+        }
+    };
+}
+
 impl ClientStream for tokio::net::TcpStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
+    send_plain!();
     fn local_addr(&self) -> Option<SocketAddr> {
         tokio::net::TcpStream::local_addr(self).ok()
     }
@@ -79,6 +92,7 @@ impl ClientStream for tokio::net::UnixStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
+    send_plain!();
     try_read_draining!(tokio::net::UnixStream);
 }
 

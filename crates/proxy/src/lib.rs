@@ -19,6 +19,7 @@ pub mod doctor;
 mod listener;
 pub mod params;
 pub mod peering;
+mod plain_send;
 pub mod pool;
 pub mod prepared;
 mod reload;

@@ -16,6 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -38,6 +39,15 @@ impl ServerStream {
 
     pub fn is_tls(&self) -> bool {
         matches!(self, ServerStream::Tls(_))
+    }
+
+    /// Writes all of `data`: on a plain socket first without a future
+    /// (the common case: the socket takes it all at once).
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            ServerStream::Plain(s) => crate::plain_send::send_plain(s, data).await,
+            ServerStream::Tls(s) => s.write_all(data).await,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use pgwake_config::PoolMode;
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::{sqlstate, Scanned};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::accounting::keep_text;
 use super::buffers::spare_buffers;
@@ -318,7 +318,7 @@ impl<C: ClientStream> Session<C> {
         }
         let sending: &[u8] = if unchanged { &self.cbuf[..pos] } else { &out };
         if !sending.is_empty() {
-            let written = server.stream.write_all(sending).await;
+            let written = server.stream.send(sending).await;
             self.traced.sent();
             PoolCounts::add(&self.pool.stats().received, pos as u64);
             if self.query_start.is_none() {
