@@ -255,6 +255,7 @@ impl Shared {
             self.hard_stop.child_token(),
         );
         self.tasks.spawn(pool.clone().maintain());
+        self.tasks.spawn(pool.clone().expire_waits());
         pools.insert(key, (pool.clone(), route_name.to_owned()));
         pool
     }

@@ -18,6 +18,8 @@ pub(super) enum Content {
     Granted(Grant),
     /// The pool closed while it waited.
     Closed,
+    /// It waited `pool_wait_timeout` (see `Pool::expire_waits`).
+    Expired,
 }
 
 /// One waiter's place: where its grant is put, and how it is woken.
@@ -72,15 +74,14 @@ impl Handoff {
         std::mem::replace(&mut *self.lock(), Content::Empty)
     }
 
-    /// Waits until something is put in; `None`: the pool closed.
-    async fn filled(&self) -> Option<Grant> {
+    /// Waits until something is put in, and takes it (never `Empty`).
+    async fn filled(&self) -> Content {
         loop {
             match self.take() {
-                Content::Granted(g) => return Some(g),
-                Content::Closed => return None,
                 // A wake-up stored before this wait began (a permit left
                 // from an earlier one) only costs one more look.
                 Content::Empty => self.wake.notified().await,
+                other => return other,
             }
         }
     }
@@ -103,33 +104,17 @@ impl<'a> Waiting<'a> {
         }
     }
 
-    /// Waits for the grant; `None`: the pool closed.
-    pub(super) async fn granted(&mut self) -> Option<Grant> {
-        let h = self.handoff.as_ref()?;
+    /// Waits for the grant, the end of the wait (`Expired`) or the pool's
+    /// close (`Closed`); never `Empty`.
+    pub(super) async fn granted(&mut self) -> Content {
+        let Some(h) = self.handoff.as_ref() else {
+            return Content::Closed;
+        };
         let got = h.filled().await;
         if let Some(h) = self.handoff.take() {
             Handoff::give_back(h);
         }
         got
-    }
-
-    /// Gives up waiting: leaves the queue. A grant that arrived meanwhile is
-    /// still taken (`Ok(Some)`); `Err(())`: the pool closed.
-    pub(super) fn give_up(&mut self) -> Result<Option<Grant>, ()> {
-        let Some(h) = self.handoff.take() else {
-            return Ok(None);
-        };
-        let content = {
-            let mut st = self.pool.lock();
-            st.waiters.retain(|(w, _)| !Arc::ptr_eq(w, &h));
-            h.take()
-        };
-        Handoff::give_back(h);
-        match content {
-            Content::Empty => Ok(None),
-            Content::Granted(g) => Ok(Some(g)),
-            Content::Closed => Err(()),
-        }
     }
 }
 
@@ -256,6 +241,40 @@ mod tests {
             "the place went on to the second waiter: {got:?}"
         );
         assert_eq!(pool.counts(), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_at_pool_wait_timeout_and_the_queue_goes_on() {
+        let pool = full_pool(Duration::from_millis(200));
+        tokio::spawn(pool.clone().expire_waits());
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout().await.map(drop) }
+        });
+        queued(&pool, 1).await;
+        let got = first.await.expect("task");
+        assert!(
+            matches!(got, Err(CheckoutError::WaitTimeout { size: 1, .. })),
+            "the wait ended with the timeout: {got:?}"
+        );
+        assert_eq!(pool.counts().2, 0, "the expired waiter left the queue");
+        // The queue goes on: with a longer timeout (a reload), a later
+        // waiter still gets a place freed while it waits.
+        let mut settings = pool.inner.lock().settings.clone();
+        settings.wait_timeout = Duration::from_secs(30);
+        pool.reconfigure(settings, None);
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout().await.map(drop) }
+        });
+        queued(&pool, 1).await;
+        pool.inner.release_slot();
+        let got = second.await.expect("task");
+        assert!(
+            matches!(got, Err(CheckoutError::Connect(_))),
+            "the second waiter was given the place: {got:?}"
+        );
+        pool.close();
     }
 
     #[tokio::test]

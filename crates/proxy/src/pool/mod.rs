@@ -385,6 +385,8 @@ struct Inner {
     defaults: RwLock<Option<Arc<Defaults>>>,
     /// Ends the upkeep task.
     stop: CancellationToken,
+    /// A client began to wait in an empty queue (for `expire_waits`).
+    waits_began: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Pool {
@@ -426,6 +428,7 @@ impl Pool {
                 }),
                 defaults: RwLock::new(None),
                 stop,
+                waits_began: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -470,6 +473,8 @@ impl Pool {
     pub fn reconfigure(&self, settings: PoolSettings, server: Option<ServerSide>) {
         let mut st = self.inner.lock();
         st.settings = settings;
+        // A changed pool_wait_timeout moves the waits' deadlines.
+        self.inner.waits_began.notify_one();
         let mut stale = VecDeque::new();
         if let Some(server) = server {
             st.server = server;
@@ -622,6 +627,9 @@ impl Pool {
     async fn checkout_inner(&self, fresh: bool, may_wake: bool) -> Result<Pooled, CheckoutError> {
         // Set at the first wait (a clock read only then).
         let mut deadline = None;
+        // When the first wait began: a wait again (for a connection found
+        // dead) ends at the same time.
+        let mut waiting_since = None;
         loop {
             let next = {
                 let mut st = self.inner.lock();
@@ -642,51 +650,39 @@ impl Pool {
                         pool: Some(self.inner.clone()),
                     }))
                 } else {
-                    let now = Instant::now();
-                    let until = *deadline.get_or_insert_with(|| {
-                        tokio::time::Instant::from_std(now) + st.settings.wait_timeout
+                    // No timer per wait: the pool's `expire_waits` ends the
+                    // waits that reach `pool_wait_timeout`.
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::from_std(since) + st.settings.wait_timeout
                     });
                     let h = Handoff::take_spare();
-                    st.waiters.push_back((h.clone(), now));
-                    Err((h, until, st.settings.size, st.settings.wait_timeout))
+                    if st.waiters.is_empty() {
+                        // Wakes `expire_waits` (a permit if it is not waiting yet).
+                        self.inner.waits_began.notify_one();
+                    }
+                    st.waiters.push_back((h.clone(), since));
+                    Err(h)
                 }
             };
             let grant = match next {
                 Ok(g) => g,
-                Err((h, mut until, size, waited)) => {
-                    let mut waiting = Waiting::new(&self.inner, h);
-                    loop {
-                        match tokio::time::timeout_at(until, waiting.granted()).await {
-                            Ok(Some(g)) => break g,
-                            Ok(None) => return Err(CheckoutError::Closed),
-                            Err(_) => {
-                                // Waiting behind a wake: wait as long as it may take.
-                                let wake_until = self
-                                    .inner
-                                    .lifecycle
-                                    .as_ref()
-                                    .and_then(|l| l.wake_deadline());
-                                if let Some(later) = wake_until.filter(|u| *u > until) {
-                                    until = later;
-                                    deadline = Some(later);
-                                    continue;
-                                }
-                                match waiting.give_up() {
-                                    // Granted just as the time ran out.
-                                    Ok(Some(g)) => break g,
-                                    Ok(None) => {}
-                                    Err(()) => return Err(CheckoutError::Closed),
-                                }
-                                self.inner.metrics.timeout(TimeoutKind::PoolWait);
-                                return Err(CheckoutError::WaitTimeout {
-                                    key: self.inner.key.to_string(),
-                                    size,
-                                    waited,
-                                });
-                            }
-                        }
+                Err(h) => match Waiting::new(&self.inner, h).granted().await {
+                    Content::Granted(g) => g,
+                    Content::Expired => {
+                        self.inner.metrics.timeout(TimeoutKind::PoolWait);
+                        let (size, waited) = {
+                            let st = self.inner.lock();
+                            (st.settings.size, st.settings.wait_timeout)
+                        };
+                        return Err(CheckoutError::WaitTimeout {
+                            key: self.inner.key.to_string(),
+                            size,
+                            waited,
+                        });
                     }
-                }
+                    Content::Closed | Content::Empty => return Err(CheckoutError::Closed),
+                },
             };
             match grant {
                 Grant::Conn(mut p) => {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pgwake_lifecycle::ServerState;
 
+use super::handoff::Content;
 use super::{retire, Pool, Slot};
 
 impl Pool {
@@ -74,6 +75,55 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Ends the waits that reached `pool_wait_timeout`, as PgBouncer's
+    /// periodic check does: one timer per pool, at the earliest deadline
+    /// among its waiters, instead of one armed and disarmed by every client
+    /// that waits (about 870 instructions each). While the server is being
+    /// woken, a wait lasts as long as the wake may take. Runs until the
+    /// pool closes.
+    pub async fn expire_waits(self) {
+        let stop = self.inner.stop.clone();
+        loop {
+            let next = self.expire_due(Instant::now());
+            let inner = &self.inner;
+            let wait = async move {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => inner.waits_began.notified().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = wait => {}
+            }
+        }
+    }
+
+    /// Ends the waits due at `now`; the earliest deadline among the others.
+    fn expire_due(&self, now: Instant) -> Option<Instant> {
+        let waking_until = self
+            .inner
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.wake_deadline())
+            .map(tokio::time::Instant::into_std)
+            .filter(|until| *until > now);
+        let mut st = self.inner.lock();
+        let timeout = st.settings.wait_timeout;
+        let mut next: Option<Instant> = None;
+        st.waiters.retain(|(h, since)| {
+            let due = (*since + timeout).max(waking_until.unwrap_or(now));
+            if due <= now {
+                // Under the pool's lock, as every change to a handoff.
+                h.fill(Content::Expired);
+                return false;
+            }
+            next = Some(next.map_or(due, |n| n.min(due)));
+            true
+        });
+        next
     }
 
     fn prune(&self) {
