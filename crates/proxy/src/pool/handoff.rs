@@ -187,6 +187,22 @@ mod tests {
         pool
     }
 
+    /// A client waiting for a checkout, in a task of its own.
+    fn waiter(pool: &Pool) -> tokio::task::JoinHandle<Result<(), CheckoutError>> {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.checkout().await.map(drop) })
+    }
+
+    /// The waiter was given the pool's place: it tried to connect (and
+    /// found the server down).
+    async fn given_the_place(w: tokio::task::JoinHandle<Result<(), CheckoutError>>, what: &str) {
+        let got = w.await.expect("task");
+        assert!(
+            matches!(got, Err(CheckoutError::Connect(_))),
+            "{what}: {got:?}"
+        );
+    }
+
     async fn queued(pool: &Pool, n: usize) {
         while pool.counts().2 != n {
             tokio::task::yield_now().await;
@@ -196,26 +212,16 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_leaves_passes_its_place_to_the_next_and_handoffs_are_reused() {
         let pool = full_pool(Duration::from_secs(30));
-        let first = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.checkout().await.map(drop) }
-        });
+        let first = waiter(&pool);
         queued(&pool, 1).await;
-        let second = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.checkout().await.map(drop) }
-        });
+        let second = waiter(&pool);
         queued(&pool, 2).await;
         // The first client goes away while waiting: it leaves the queue.
         first.abort();
         queued(&pool, 1).await;
         // The place frees: the second waiter gets it (and finds the server down).
         pool.inner.release_slot();
-        let got = second.await.expect("task");
-        assert!(
-            matches!(got, Err(CheckoutError::Connect(_))),
-            "the second waiter was given the place: {got:?}"
-        );
+        given_the_place(second, "the second waiter was given the place").await;
         assert_eq!(pool.counts(), (0, 0, 0), "nothing queued, nothing held");
         // Both handoffs went back to this thread's spares (one per waiter).
         assert!(super::SPARE.with(|s| s.borrow().len()) >= 1);
@@ -224,22 +230,12 @@ mod tests {
     #[tokio::test]
     async fn a_grant_that_reaches_a_waiter_as_it_leaves_goes_to_the_next() {
         let pool = full_pool(Duration::from_secs(30));
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.checkout().await.map(drop) })
-            })
-            .collect();
+        let (first, second) = (waiter(&pool), waiter(&pool));
         queued(&pool, 2).await;
-        let [first, second] = <[_; 2]>::try_from(waiters).expect("two");
         // The place reaches the first waiter, which is gone before it runs.
         pool.inner.release_slot();
         first.abort();
-        let got = second.await.expect("task");
-        assert!(
-            matches!(got, Err(CheckoutError::Connect(_))),
-            "the place went on to the second waiter: {got:?}"
-        );
+        given_the_place(second, "the place went on to the second waiter").await;
         assert_eq!(pool.counts(), (0, 0, 0));
     }
 
@@ -247,10 +243,7 @@ mod tests {
     async fn a_wait_ends_at_pool_wait_timeout_and_the_queue_goes_on() {
         let pool = full_pool(Duration::from_millis(200));
         tokio::spawn(pool.clone().expire_waits());
-        let first = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.checkout().await.map(drop) }
-        });
+        let first = waiter(&pool);
         queued(&pool, 1).await;
         let got = first.await.expect("task");
         assert!(
@@ -263,30 +256,20 @@ mod tests {
         let mut settings = pool.inner.lock().settings.clone();
         settings.wait_timeout = Duration::from_secs(30);
         pool.reconfigure(settings, None);
-        let second = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.checkout().await.map(drop) }
-        });
+        let second = waiter(&pool);
         queued(&pool, 1).await;
         pool.inner.release_slot();
-        let got = second.await.expect("task");
-        assert!(
-            matches!(got, Err(CheckoutError::Connect(_))),
-            "the second waiter was given the place: {got:?}"
-        );
+        given_the_place(second, "the second waiter was given the place").await;
         pool.close();
     }
 
     #[tokio::test]
     async fn closing_the_pool_ends_every_wait() {
         let pool = full_pool(Duration::from_secs(30));
-        let waiter = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.checkout().await.map(drop) }
-        });
+        let w = waiter(&pool);
         queued(&pool, 1).await;
         pool.close();
-        let got = waiter.await.expect("task");
+        let got = w.await.expect("task");
         assert!(matches!(got, Err(CheckoutError::Closed)), "{got:?}");
     }
 }
