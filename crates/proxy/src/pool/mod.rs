@@ -696,9 +696,14 @@ impl Pool {
                 Grant::Slot(slot) => {
                     // Boxed: a login is rare and its future is large; every
                     // session's task would otherwise carry its size.
-                    let until = *deadline.get_or_insert_with(|| {
+                    let mut until = *deadline.get_or_insert_with(|| {
                         tokio::time::Instant::now() + self.inner.lock().settings.wait_timeout
                     });
+                    if waiting_since.is_some() {
+                        // A wait that outlasted its deadline behind a wake:
+                        // the login may take as long as the wake.
+                        until = until.max(self.inner.waking_until().unwrap_or(until));
+                    }
                     let (conn, epoch) = Box::pin(self.connect_with_retry(until, may_wake)).await?;
                     return Ok(self.inner.wrap(conn, slot, epoch));
                 }
@@ -787,6 +792,12 @@ fn retire(p: Pooled) {
 }
 
 impl Inner {
+    /// Until when a wake of the server now under way may take: a client
+    /// waiting behind it waits as long as that (see `Pool::expire_waits`).
+    fn waking_until(&self) -> Option<tokio::time::Instant> {
+        self.lifecycle.as_ref().and_then(|l| l.wake_deadline())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

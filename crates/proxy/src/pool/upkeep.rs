@@ -105,9 +105,7 @@ impl Pool {
     fn expire_due(&self, now: Instant) -> Option<Instant> {
         let waking_until = self
             .inner
-            .lifecycle
-            .as_ref()
-            .and_then(|l| l.wake_deadline())
+            .waking_until()
             .map(tokio::time::Instant::into_std)
             .filter(|until| *until > now);
         let mut st = self.inner.lock();

@@ -239,10 +239,9 @@ impl<C: ClientStream> Session<C> {
                 continue;
             }
             to_server.clear();
-            if to_server.capacity() == 0 && crate::prepared::client_frame_names_statement(tag, body)
-            {
+            if crate::prepared::client_frame_names_statement(tag, body) {
                 // The messages that name statements: rewritten, mostly.
-                to_server = spare_buffers::take();
+                spare_room(&mut to_server);
             }
             let step = server
                 .prepared
