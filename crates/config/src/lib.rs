@@ -229,6 +229,13 @@ pub struct Listen {
     /// when pgwake shares a few cores with the app and the database; more
     /// helps a shared service on a large machine. 0: one per core.
     pub worker_threads: usize,
+    /// An idle client (plain TCP or the unix socket) that has sent nothing
+    /// for this long is parked: its socket leaves the async runtime for a
+    /// compact table and its task ends, until it sends again. A client
+    /// that has sent nothing since its login is parked at once. `0s`: no
+    /// client is parked.
+    #[serde(with = "humantime_serde")]
+    pub park_idle_clients_after: Duration,
 }
 
 impl Default for Listen {
@@ -252,6 +259,7 @@ impl Default for Listen {
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
             worker_threads: 1,
+            park_idle_clients_after: Duration::from_secs(10),
         }
     }
 }

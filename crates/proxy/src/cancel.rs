@@ -24,6 +24,8 @@ pub struct CancelRegistry {
 
 #[derive(Debug)]
 struct Entry {
+    pid: u32,
+    key: u32,
     target: Mutex<Option<CancelTarget>>,
 }
 
@@ -38,12 +40,11 @@ pub enum Lookup {
     Unknown,
 }
 
-/// A client's registration; removed when dropped.
+/// A client's registration; removed when dropped. (Two words: every
+/// client, idle ones too, holds one.)
 #[derive(Debug)]
 pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
-    pid: u32,
-    key: u32,
     entry: Arc<Entry>,
 }
 
@@ -51,9 +52,6 @@ impl CancelRegistry {
     /// Registers a client and returns its keys. `replica`: the pid every
     /// client of this replica shares (`[peering]`); `None`: a pid of its own.
     pub fn register(self: &Arc<Self>, replica: Option<u32>) -> CancelHandle {
-        let entry = Arc::new(Entry {
-            target: Mutex::new(None),
-        });
         let pid = replica.unwrap_or_else(|| {
             // 31 bits and never 0: drivers read the pid as a positive int4.
             let n = self.next_pid.fetch_add(1, Ordering::Relaxed);
@@ -68,11 +66,14 @@ impl CancelRegistry {
                 break key;
             }
         };
+        let entry = Arc::new(Entry {
+            pid,
+            key,
+            target: Mutex::new(None),
+        });
         clients.insert((pid, key), entry.clone());
         CancelHandle {
             registry: self.clone(),
-            pid,
-            key,
             entry,
         }
     }
@@ -95,11 +96,11 @@ impl CancelRegistry {
 
 impl CancelHandle {
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.entry.pid
     }
 
     pub fn key(&self) -> u32 {
-        self.key
+        self.entry.key
     }
 
     /// Points this client's cancel at a server backend, or at nothing.
@@ -114,7 +115,7 @@ impl Drop for CancelHandle {
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(self.pid, self.key));
+            .remove(&(self.entry.pid, self.entry.key));
     }
 }
 

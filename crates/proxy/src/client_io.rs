@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -26,6 +27,24 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// connection, for SCRAM-SHA-256-PLUS.
     fn channel_binding(&self) -> Option<&[u8]> {
         None
+    }
+    /// Whether an idle client on this stream can be parked: its socket
+    /// taken out of the runtime ([`Self::into_parked`]) and put back
+    /// ([`Self::from_parked`]). Not TLS, whose state is not the socket's.
+    const PARKABLE: bool = false;
+    /// The socket, out of the runtime (see [`crate::parking`]).
+    fn into_parked(self) -> io::Result<OwnedFd>
+    where
+        Self: Sized,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// The stream again, from the socket [`Self::into_parked`] gave.
+    fn from_parked(_socket: OwnedFd) -> io::Result<Self>
+    where
+        Self: Sized,
+    {
+        Err(io::ErrorKind::Unsupported.into())
     }
     /// Writes all of `data` and pushes it out (TLS holds written bytes
     /// until flushed; for sockets the flush costs nothing).
@@ -81,6 +100,13 @@ impl ClientStream for tokio::net::TcpStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
+    const PARKABLE: bool = true;
+    fn into_parked(self) -> io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+    fn from_parked(socket: OwnedFd) -> io::Result<Self> {
+        Self::from_std(socket.into())
+    }
     send_plain!();
     fn local_addr(&self) -> Option<SocketAddr> {
         tokio::net::TcpStream::local_addr(self).ok()
@@ -91,6 +117,13 @@ impl ClientStream for tokio::net::TcpStream {
 impl ClientStream for tokio::net::UnixStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+    const PARKABLE: bool = true;
+    fn into_parked(self) -> io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+    fn from_parked(socket: OwnedFd) -> io::Result<Self> {
+        Self::from_std(socket.into())
     }
     send_plain!();
     try_read_draining!(tokio::net::UnixStream);

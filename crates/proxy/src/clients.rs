@@ -55,6 +55,15 @@ impl Kill {
     }
 }
 
+/// Not parked, and may be.
+const PARK_NO: u8 = 0;
+/// Asked to park at its next idle moment.
+const PARK_ASKED: u8 = 1;
+/// Parked: its socket waits outside the runtime.
+const PARK_PARKED: u8 = 2;
+/// Never parked (its stream cannot leave the runtime: TLS).
+const PARK_NEVER: u8 = 3;
+
 /// Bytes of one client's entry in the registry (SHOW MEM), its strings aside.
 pub(crate) const ENTRY_SIZE: usize = std::mem::size_of::<ClientInfo>();
 
@@ -70,6 +79,8 @@ pub struct ClientInfo {
     /// The pool's key, shared by all its clients; `pool.database` is the
     /// database the client asked for.
     pub pool: Arc<PoolKey>,
+    /// The pool's counts, this client among its clients.
+    counts: Arc<PoolCounts>,
     pub connect_time: SystemTime,
     state: AtomicU8,
     /// Backend process ID of the server connection held, 0 when none.
@@ -78,6 +89,9 @@ pub struct ClientInfo {
     request_time: AtomicU64,
     /// Set by the admin console: the session ends (see [`ClientInfo::killed`]).
     kill: AtomicU8,
+    /// Where the client stands with parking (see [`crate::parking`]):
+    /// [`PARK_NO`], [`PARK_ASKED`], [`PARK_PARKED`] or [`PARK_NEVER`].
+    park: AtomicU8,
     /// Wakes the session's task for a kill; lock-free, as the session polls
     /// it on every turn of its relay.
     kill_waker: AtomicWaker,
@@ -163,6 +177,56 @@ impl ClientInfo {
         }
     }
 
+    /// Asks an idle client to park (see [`crate::parking`]); false when it
+    /// is parked already, asked already or never parks.
+    pub(crate) fn ask_to_park(&self) -> bool {
+        let asked = self
+            .park
+            .compare_exchange(PARK_NO, PARK_ASKED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if asked {
+            self.kill_waker.wake();
+        }
+        asked
+    }
+
+    /// Idle, and has sent no request since its login.
+    pub(crate) fn quiet_since_login(&self) -> bool {
+        self.state() == ClientState::Idle && self.request_time() == unix_micros(self.connect_time)
+    }
+
+    /// Takes a request to park, if there is one.
+    pub(crate) fn take_park_request(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARK_ASKED
+            && self
+                .park
+                .compare_exchange(PARK_ASKED, PARK_NO, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Notes that the client is parked (`true`) or has a task again.
+    pub(crate) fn set_parked(&self, parked: bool) {
+        let to = if parked { PARK_PARKED } else { PARK_NO };
+        self.park.store(to, Ordering::Release);
+    }
+
+    /// Notes that the client can never be parked.
+    pub(crate) fn never_park(&self) {
+        self.park.store(PARK_NEVER, Ordering::Release);
+    }
+
+    /// While parked, a kill (or shutdown) wakes `waker` (the parking's)
+    /// instead of a task.
+    pub(crate) fn wake_on_kill(&self, waker: &std::task::Waker) {
+        self.kill_waker.register(waker);
+    }
+
+    /// Killed from the console, or pgwake is shutting down: a parked client
+    /// must be given its task back to be told.
+    pub(crate) fn must_wake(&self, stopping: bool) -> bool {
+        stopping || self.kill_reason().is_some()
+    }
+
     /// Completes when the client is killed. Cancel-safe; one session (one
     /// task) waits on it.
     pub fn killed(&self) -> Killed<'_> {
@@ -233,7 +297,6 @@ pub struct Clients {
 pub struct Registered {
     pub info: Arc<ClientInfo>,
     clients: Arc<Clients>,
-    counts: Arc<PoolCounts>,
 }
 
 impl Registered {
@@ -250,7 +313,7 @@ impl Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.clients.lock().remove(&self.info.id);
-        self.counts.clients.fetch_sub(1, Ordering::Relaxed);
+        self.info.counts.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -280,19 +343,20 @@ impl Clients {
             names: names.into_boxed_str(),
             names_at: [at(user.len()), at(user.len() + application_name.len())],
             pool,
+            counts,
             connect_time: now,
             state: AtomicU8::new(ClientState::Idle as u8),
             server_pid: AtomicU32::new(0),
             request_time: AtomicU64::new(unix_micros(now)),
             kill: AtomicU8::new(0),
+            park: AtomicU8::new(PARK_NO),
             kill_waker: AtomicWaker::new(),
         });
+        info.counts.clients.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, info.clone());
-        counts.clients.fetch_add(1, Ordering::Relaxed);
         Registered {
             info,
             clients: self.clone(),
-            counts,
         }
     }
 
@@ -303,6 +367,22 @@ impl Clients {
         for info in self.lock().values() {
             info.kill_waker.wake();
         }
+    }
+
+    /// Asks every idle client whose last request (or login) was before
+    /// `before` (unix µs) to park; how many were asked.
+    pub(crate) fn ask_idle_to_park(&self, before: u64) -> usize {
+        self.lock()
+            .values()
+            .filter(|c| {
+                c.state() == ClientState::Idle && c.request_time() < before && c.ask_to_park()
+            })
+            .count()
+    }
+
+    /// pgwake is shutting down.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// The client with `id`, if it is logged in.

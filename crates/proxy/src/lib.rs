@@ -18,6 +18,7 @@ mod credentials;
 pub mod doctor;
 mod listener;
 pub mod params;
+mod parking;
 pub mod peering;
 mod plain_send;
 pub mod pool;
@@ -101,6 +102,10 @@ pub struct Shared {
     /// SHUTDOWN from the admin console.
     stop_request: CancellationToken,
     tasks: TaskTracker,
+    /// The client sessions' tasks (a parked client's too, once resumed).
+    pub(crate) sessions: TaskTracker,
+    /// Idle clients parked outside the runtime.
+    pub(crate) parking: Arc<parking::Parking>,
     started: std::time::Instant,
     /// OpenTelemetry traces (`[tracing]`), when on.
     pub(crate) traces: Option<Arc<traces::Traces>>,
@@ -436,6 +441,10 @@ pub enum StartError {
         database: String,
         error: pgwake_credentials::CredentialError,
     },
+    /// The epoll set for parked idle clients cannot be made (out of file
+    /// descriptors, say).
+    #[error("cannot set up parking for idle clients: {0}")]
+    Parking(std::io::Error),
     /// The `[lifecycle]` provider cannot be set up (a message from building it).
     #[error("{0}")]
     Lifecycle(String),
@@ -516,6 +525,7 @@ impl Proxy {
         timeouts.set(&config);
         let client_auth = auth::ClientAuth::new(&config).map_err(StartError::ClientAuth)?;
         let client_tls = client_tls_acceptor(&config).map_err(StartError::Tls)?;
+        let parking = parking::Parking::new().map_err(StartError::Parking)?;
         let shared = Arc::new(Shared {
             client_auth,
             client_limits: Arc::new(auth::ClientLimits::default()),
@@ -543,6 +553,8 @@ impl Proxy {
             hard_stop: CancellationToken::new(),
             stop_request: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            sessions: TaskTracker::new(),
+            parking: Arc::new(parking),
             started: std::time::Instant::now(),
             traces,
             config: RwLock::new(Arc::new(config)),

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
 
 use crate::client_io::Peer;
 use crate::client_io::{peer_text, ClientOrigin};
@@ -114,7 +113,21 @@ impl Listeners {
     /// Accepts until shutdown, then waits for every session to end.
     pub(crate) async fn serve(self, shared: Arc<Shared>) {
         let limit = Arc::new(Semaphore::new(shared.config().listen.max_client_conn));
-        let sessions = TaskTracker::new();
+        let sessions = shared.sessions.clone();
+        {
+            let s = shared.clone();
+            sessions.spawn(shared.parking.clone().run(
+                sessions.clone(),
+                shared.clients.clone(),
+                shared.shutdown.clone(),
+                move || {
+                    (
+                        s.config().listen.park_idle_clients_after,
+                        s.timeouts.client_idle(),
+                    )
+                },
+            ));
+        }
         loop {
             let accepted = tokio::select! {
                 _ = shared.shutdown.cancelled() => break,

@@ -27,6 +27,7 @@ static METADATA: Metadata<'static> = Metadata::new("pgwake", metrics::Level::INF
 const DESCRIPTIONS: &[(&str, char, &str)] = &[
     ("pgwake_client_connections", 'g', "Client connections by state: active (holding a server connection), waiting (for one), idle"),
     ("pgwake_server_connections", 'g', "Server connections by state: active (serving a client), idle, login (being opened)"),
+    ("pgwake_clients_parked", 'g', "Idle clients parked outside the async runtime (listen.park_idle_clients_after): counted among the idle client connections too"),
     ("pgwake_pool_size", 'g', "Most server connections the pool may open"),
     ("pgwake_pool_wait_seconds", 'h', "Time clients waited for a server connection"),
     ("pgwake_transactions_total", 'c', "Transactions completed (a query outside a transaction block counts as one)"),
@@ -465,7 +466,7 @@ pub struct PoolHistograms {
 
 /// Counts of one pool, shared by its sessions. Times in microseconds, as
 /// PgBouncer's SHOW STATS reports them.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct PoolCounts {
     pub xacts: AtomicU64,
     pub queries: AtomicU64,

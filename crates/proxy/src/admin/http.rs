@@ -209,6 +209,8 @@ fn publish(shared: &Shared) {
                 .absolute(v.load(Ordering::Relaxed));
         }
     }
+    m.gauge("pgwake_clients_parked", vec![])
+        .set(as_f64(shared.parking.count()));
     if let Some(st) = shared.refresher_stats() {
         m.counter("pgwake_credential_fetches_total", vec![])
             .absolute(st.fetches);

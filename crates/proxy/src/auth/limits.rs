@@ -21,8 +21,14 @@ struct Counts {
     users: HashMap<String, usize>,
 }
 
-/// A client's place under the limits.
+/// A client's place under the limits: nothing to hold (one word in every
+/// session) where no limit applies.
 pub(crate) struct Admission {
+    _counted: Option<Box<Counted>>,
+}
+
+/// A place counted under a per-database or per-user limit.
+struct Counted {
     limits: Arc<ClientLimits>,
     database: Option<Box<str>>,
     user: Option<Box<str>>,
@@ -71,10 +77,15 @@ impl ClientLimits {
             *counts.users.entry(user.to_owned()).or_default() += 1;
             Box::from(user)
         });
+        if database.is_none() && user.is_none() {
+            return Ok(Admission { _counted: None });
+        }
         Ok(Admission {
-            limits: self.clone(),
-            database,
-            user,
+            _counted: Some(Box::new(Counted {
+                limits: self.clone(),
+                database,
+                user,
+            })),
         })
     }
 }
@@ -83,7 +94,7 @@ fn too_many(message: String) -> ErrorMessage {
     ErrorMessage::fatal(sqlstate::TOO_MANY_CONNECTIONS, message)
 }
 
-impl Drop for Admission {
+impl Drop for Counted {
     fn drop(&mut self) {
         let mut counts = self.limits.counts.lock().unwrap_or_else(|e| e.into_inner());
         let release = |map: &mut HashMap<String, usize>, name: &Option<Box<str>>| {

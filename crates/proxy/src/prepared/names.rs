@@ -40,12 +40,19 @@ pub fn server_name(hash: u64) -> [u8; SERVER_NAME_LEN] {
 /// prepared after it (see [`StatementSpec`]).
 #[derive(Clone, Default)]
 pub struct StatementHasher {
-    pub(super) key: RandomState,
-    pub(super) schema: Arc<AtomicU64>,
+    /// The pool's: shared by its clients (every client holds a hasher).
+    pool: Arc<PoolHasher>,
     /// The client's `search_path` (a fingerprint; 0: the server's): the
     /// same text under another one may mean other tables, so it is another
     /// server statement.
     pub(super) settings: u64,
+}
+
+/// The part of [`StatementHasher`] all clients of a pool share.
+#[derive(Default)]
+struct PoolHasher {
+    key: RandomState,
+    schema: AtomicU64,
 }
 
 impl StatementHasher {
@@ -64,7 +71,7 @@ impl StatementHasher {
     /// The hash of a Parse's content (text, NUL, parameter types) given
     /// as two pieces: the same bytes hash the same however they are split.
     pub(super) fn hash(&self, before: &[u8], after: &[u8]) -> u64 {
-        let mut h = self.key.build_hasher();
+        let mut h = self.pool.key.build_hasher();
         self.settings.hash(&mut h);
         h.write_u8(b'P');
         h.write(before);
@@ -75,16 +82,16 @@ impl StatementHasher {
     /// The hash of a SQL `PREPARE`'s text after the name: never the same
     /// input as a Parse's content.
     pub(super) fn hash_sql(&self, rest: &[u8]) -> u64 {
-        self.key.hash_one((self.settings, b'S', rest))
+        self.pool.key.hash_one((self.settings, b'S', rest))
     }
 
     /// Schema changes reported so far.
     pub fn schema_epoch(&self) -> u64 {
-        self.schema.load(Ordering::Relaxed)
+        self.pool.schema.load(Ordering::Relaxed)
     }
 
     pub(super) fn schema_changed(&self) {
-        self.schema.fetch_add(1, Ordering::Relaxed);
+        self.pool.schema.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -239,7 +246,11 @@ impl Eq for ByName {}
 /// One client's named statements, by the client's names.
 #[derive(Debug)]
 pub struct ClientStatements {
-    pub(super) by_name: HashSet<ByName>,
+    /// Made at the first named statement: most clients never name one,
+    /// and every client, idle ones too, holds this (one word boxed, six
+    /// for the set itself).
+    #[allow(clippy::box_collection)]
+    by_name: Option<Box<HashSet<ByName>>>,
     pub(super) hasher: StatementHasher,
 }
 
@@ -247,38 +258,42 @@ impl ClientStatements {
     /// `hasher`: the pool's, shared by all its clients.
     pub fn new(hasher: StatementHasher) -> Self {
         ClientStatements {
-            by_name: HashSet::new(),
+            by_name: None,
             hasher,
         }
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Arc<StatementSpec>> {
-        self.by_name.get(name).map(|b| &b.0)
+        self.by_name.as_ref()?.get(name).map(|b| &b.0)
     }
 
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.by_name.as_ref().map_or(0, |s| s.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.len() == 0
     }
 
     /// Forgets every statement (`DEALLOCATE ALL`, `DISCARD ALL`, or a lost
     /// server connection in the middle of a transaction).
     pub fn clear(&mut self) {
-        self.by_name.clear();
+        if let Some(s) = &mut self.by_name {
+            s.clear();
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<StatementSpec>> {
-        self.by_name.iter().map(|b| &b.0)
+        self.by_name.iter().flat_map(|s| s.iter()).map(|b| &b.0)
     }
 
     pub(super) fn put(&mut self, spec: Arc<StatementSpec>) {
-        self.by_name.replace(ByName(spec));
+        self.by_name
+            .get_or_insert_with(Default::default)
+            .replace(ByName(spec));
     }
 
     pub(super) fn take(&mut self, name: &[u8]) -> Option<Arc<StatementSpec>> {
-        self.by_name.take(name).map(|b| b.0)
+        self.by_name.as_mut()?.take(name).map(|b| b.0)
     }
 }

@@ -31,18 +31,23 @@ pub(crate) fn serve_tcp(
     // holds nothing but it: an idle client's task holds only its session.
     let login = Box::pin(accept_tcp(client, peer, shared, permit.is_some()));
     async move {
-        // `permit` is held until the session ends (dropped with this block);
-        // the boxed login is freed as soon as it is done.
+        // `permit` is held until the session ends (its task's, or parked
+        // with it); the boxed login is freed as soon as it is done.
         let accepted = {
             let mut login = login;
             login.as_mut().await
         };
         match accepted {
-            Accepted::Plain(session) => session.run().await,
-            Accepted::Tls(session) => session.run().await,
-            Accepted::Done => {}
+            Accepted::Plain(mut session) => {
+                session.permit = permit;
+                session.run().await
+            }
+            Accepted::Tls(mut session) => {
+                session.permit = permit;
+                session.run().await
+            }
+            Accepted::Done => drop(permit),
         }
-        drop(permit);
     }
 }
 
@@ -67,10 +72,10 @@ pub(crate) fn serve_unix(
             .map(Box::new)
     });
     async move {
-        if let Some(session) = login.await {
+        if let Some(mut session) = login.await {
+            session.permit = permit;
             session.run().await;
         }
-        drop(permit);
     }
 }
 

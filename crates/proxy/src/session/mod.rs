@@ -34,6 +34,7 @@ mod buffers;
 mod cleanup;
 mod login;
 mod notices;
+mod park;
 mod relay;
 mod timeouts;
 
@@ -76,6 +77,18 @@ enum Woke {
     /// The socket has something (`false`: it failed).
     Readable(bool),
     IdleTimeout,
+    /// Nothing yet, and the client is to park.
+    Park,
+}
+
+/// What ended an idle client's wait, for [`Session::run`].
+enum Wait {
+    /// A request can begin.
+    Request,
+    /// The client left.
+    Gone,
+    /// The client is quiet and parks.
+    Park,
 }
 
 /// Why the relay stopped.
@@ -143,11 +156,79 @@ struct Session<C> {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// This client's place under the per-database and per-user limits.
     _admission: crate::auth::Admission,
+    /// Its place under `listen.max_client_conn` (set after the login).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Room from the shared budget while `cbuf` holds (or is filling with)
     /// a large frame that must be read whole.
     lease: Option<Box<crate::budget::Lease>>,
     /// Statements in flight that carried a trace context (`[tracing]`).
     traced: crate::traces::InSession,
+}
+
+impl<C> Session<C> {
+    /// This session with another client stream (the socket out of the
+    /// runtime and back, for parking); the one it had.
+    fn with_client<D>(self, client: D) -> (Session<D>, C) {
+        let Session {
+            client: had,
+            cbuf,
+            cscan,
+            pool,
+            mode,
+            defaults,
+            want,
+            want_fp,
+            cancel,
+            lifecycle,
+            prepared,
+            held,
+            replay,
+            fresh,
+            shared,
+            registered,
+            counted_active,
+            query_start,
+            xact_start,
+            idle_since,
+            cancel_sent,
+            query_text,
+            timer,
+            _admission,
+            permit,
+            lease,
+            traced,
+        } = self;
+        let session = Session {
+            client,
+            cbuf,
+            cscan,
+            pool,
+            mode,
+            defaults,
+            want,
+            want_fp,
+            cancel,
+            lifecycle,
+            prepared,
+            held,
+            replay,
+            fresh,
+            shared,
+            registered,
+            counted_active,
+            query_start,
+            xact_start,
+            idle_since,
+            cancel_sent,
+            query_text,
+            timer,
+            _admission,
+            permit,
+            lease,
+            traced,
+        };
+        (session, had)
+    }
 }
 
 impl<C: ClientStream> Session<C> {
@@ -270,6 +351,11 @@ impl<C: ClientStream> Session<C> {
             pool.shared_key(),
             pool.stats().clone(),
         );
+        if C::PARKABLE {
+            shared.parking.note_login(&registered.info);
+        } else {
+            registered.info.never_park();
+        }
 
         defaults.write_status(&mut out, &want);
         backend::backend_key_data(&mut out, cancel.pid(), cancel.key());
@@ -296,6 +382,7 @@ impl<C: ClientStream> Session<C> {
         );
         Ok(Session {
             _admission: admission,
+            permit: None,
             lease: None,
             traced: Default::default(),
             registered,
@@ -334,8 +421,12 @@ impl<C: ClientStream> Session<C> {
     async fn run(mut self: Box<Self>) {
         let (stop, held) = loop {
             match self.await_request().await {
-                Ok(true) => {}
-                Ok(false) => break (Stop::ClientGone, None),
+                Ok(Wait::Request) => {}
+                Ok(Wait::Gone) => break (Stop::ClientGone, None),
+                Ok(Wait::Park) => {
+                    (*self).park();
+                    return;
+                }
                 Err(stop) => break (stop, None),
             }
             if let Some(done) = Box::pin(self.serve_busy()).await {
@@ -471,20 +562,21 @@ impl<C: ClientStream> Session<C> {
     /// `Ok(false)`: the client left (EOF). An idle client is told when
     /// pgwake shuts down, when it is killed from the console, and when it
     /// has been idle for `timeouts.client_idle_timeout`.
-    async fn await_request(&mut self) -> Result<bool, Stop> {
+    async fn await_request(&mut self) -> Result<Wait, Stop> {
         if !self.cbuf.is_empty() {
-            return Ok(true);
+            return Ok(Wait::Request);
         }
         // The login's buffer, say: an idle client holds none.
         self.release_buffer();
         // One timer for the whole idle spell, polled by hand with the
         // interrupt and the socket: this wait is what an idle client's task
         // holds, so it is kept to a few words.
-        let mut timer = self
-            .shared
-            .timeouts
-            .client_idle()
-            .map(|d| Box::pin(tokio::time::sleep(d)));
+        // Idle since the last reply (or the login), parked or not.
+        let mut timer = self.shared.timeouts.client_idle().map(|d| {
+            Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                self.idle_since + d,
+            )))
+        });
         loop {
             // Shutdown comes as an interrupt too. (When the grace period
             // ends, sessions still relaying are dropped with the runtime;
@@ -496,26 +588,32 @@ impl<C: ClientStream> Session<C> {
                 if let Poll::Ready(r) = self.client.poll_readable(cx) {
                     return Poll::Ready(Woke::Readable(r.is_ok()));
                 }
-                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(Woke::IdleTimeout),
-                    _ => Poll::Pending,
+                if let Some(Poll::Ready(())) = timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    return Poll::Ready(Woke::IdleTimeout);
                 }
+                // Quiet: the one moment a client parks (the parking's
+                // request comes as the interrupt's wake).
+                if self.registered.info.take_park_request() && self.may_park() {
+                    return Poll::Ready(Woke::Park);
+                }
+                Poll::Pending
             })
             .await;
             match woke {
                 Woke::Interrupted(why) => return Err(interrupted(why)),
-                Woke::Readable(false) => return Ok(false),
+                Woke::Readable(false) => return Ok(Wait::Gone),
                 Woke::Readable(true) => {}
                 Woke::IdleTimeout => {
                     let limit = self.shared.timeouts.client_idle();
                     return Err(Stop::Fatal(self.client_idle_timeout(limit)));
                 }
+                Woke::Park => return Ok(Wait::Park),
             }
             // Readiness can be stale (the last read emptied the socket
             // without seeing WouldBlock): `probe` tells.
             match self.probe() {
-                Next::Request => return Ok(true),
-                Next::Gone => return Ok(false),
+                Next::Request => return Ok(Wait::Request),
+                Next::Gone => return Ok(Wait::Gone),
                 Next::Idle => {}
             }
         }

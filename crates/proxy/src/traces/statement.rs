@@ -37,8 +37,14 @@ pub(crate) struct Statement {
 /// for statements without a trace context.
 #[derive(Debug, Default)]
 pub(crate) struct InSession {
-    /// Boxed: only with tracing on, and every session holds the field.
-    attach: Option<Box<Attach>>,
+    /// Made with tracing on only (at the first attachment or traced
+    /// statement): every session, idle ones too, holds this field.
+    traced: Option<Box<Traced>>,
+}
+
+#[derive(Debug, Default)]
+struct Traced {
+    attach: Option<Attach>,
     statements: Vec<Statement>,
 }
 
@@ -50,20 +56,34 @@ struct Attach {
 }
 
 impl InSession {
+    fn traced(&mut self) -> &mut Traced {
+        self.traced.get_or_insert_with(Default::default)
+    }
+
+    /// The statements in flight (none without tracing).
+    fn statements(&mut self) -> &mut [Statement] {
+        match &mut self.traced {
+            Some(t) => &mut t.statements,
+            None => &mut [],
+        }
+    }
+
     /// A server connection was attached after a wait from `began`;
     /// `born` says how it was opened, if it was opened for this client.
     pub(crate) fn attached(&mut self, began: Instant, born: Option<Box<ConnectTrace>>) {
-        self.attach = Some(Box::new(Attach {
+        self.traced().attach = Some(Attach {
             began,
             attached: Instant::now(),
             born,
-        }));
+        });
     }
 
     /// The connection was given back: the next attachment is another's.
     pub(crate) fn detached(&mut self) {
-        self.attach = None;
-        self.statements.clear();
+        if let Some(t) = &mut self.traced {
+            t.attach = None;
+            t.statements.clear();
+        }
     }
 
     /// A statement under `parent` is on its way to `server`, which owes
@@ -76,12 +96,12 @@ impl InSession {
         owed: u32,
         text: Option<String>,
     ) {
-        let attach = self.attach.take();
-        let (pool_wait, connect) = match attach.map(|a| *a) {
+        let traced = self.traced();
+        let (pool_wait, connect) = match traced.attach.take() {
             Some(a) => (Some((a.began, a.attached)), a.born),
             None => (None, None),
         };
-        self.statements.push(Statement {
+        traced.statements.push(Statement {
             parent,
             database: database.to_owned(),
             server: Some(server),
@@ -98,18 +118,18 @@ impl InSession {
     /// Whether a traced statement is in flight.
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.statements.is_empty()
+        self.traced.as_ref().is_none_or(|t| t.statements.is_empty())
     }
 
     /// Client bytes were written to the server: statements not yet sent
     /// now are.
     #[inline]
     pub(crate) fn sent(&mut self) {
-        if self.statements.is_empty() {
+        if self.is_empty() {
             return;
         }
         let now = Instant::now();
-        for s in self.statements.iter_mut().filter(|s| s.sent.is_none()) {
+        for s in self.statements().iter_mut().filter(|s| s.sent.is_none()) {
             s.sent = Some(now);
         }
     }
@@ -119,25 +139,29 @@ impl InSession {
         let Some(code) = sqlstate.and_then(|c| <[u8; 5]>::try_from(c).ok()) else {
             return;
         };
-        if let Some(s) = self.statements.iter_mut().find(|s| s.sqlstate.is_none()) {
+        if let Some(s) = self.statements().iter_mut().find(|s| s.sqlstate.is_none()) {
             s.sqlstate = Some(code);
         }
     }
 
     /// Something happened to the statements in flight (a retry, a timeout).
     pub(crate) fn event(&mut self, name: &'static str, detail: &str) {
-        if self.statements.is_empty() {
+        if self.is_empty() {
             return;
         }
         let now = Instant::now();
-        for s in &mut self.statements {
+        for s in self.statements() {
             s.events.push((now, name, detail.to_owned()));
         }
     }
 
     /// A retry landed on a connection opened for it.
     pub(crate) fn reconnected(&mut self, born: Option<Box<ConnectTrace>>) {
-        if let Some(s) = self.statements.first_mut().filter(|s| s.connect.is_none()) {
+        if let Some(s) = self
+            .statements()
+            .first_mut()
+            .filter(|s| s.connect.is_none())
+        {
             s.connect = born;
         }
     }
@@ -145,13 +169,16 @@ impl InSession {
     /// `n` ReadyForQuery messages arrived: statements whose reply is now
     /// complete become spans.
     pub(crate) fn readies(&mut self, n: u64, now: Instant, traces: &super::Traces) {
+        let Some(t) = &mut self.traced else {
+            return;
+        };
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         let mut i = 0;
-        while i < self.statements.len() {
-            let s = &mut self.statements[i];
+        while i < t.statements.len() {
+            let s = &mut t.statements[i];
             s.readies_left = s.readies_left.saturating_sub(n);
             if s.readies_left == 0 {
-                traces.finish_statement(self.statements.remove(i), now);
+                traces.finish_statement(t.statements.remove(i), now);
             } else {
                 i += 1;
             }
