@@ -51,17 +51,9 @@ fn tcp(pg: &Pgwake, name: &str) -> String {
     )
 }
 
-/// The one value `sql` returns.
+/// The first column of the first row `sql` returns (simple protocol).
 async fn value(c: &Client, sql: &str) -> String {
-    let msgs = within(sql, c.simple_query(sql))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
+    common::first_value(c, sql, LIMIT).await
 }
 
 fn parked(pg: &Pgwake) -> f64 {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{cluster, code, config_for, http_get, metric, try_query, Pgwake};
 use tokio::io::AsyncReadExt;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
 
 /// Upper bound on any single wait in these tests; the timeouts are 1 s.
 const LIMIT: Duration = Duration::from_secs(15);
@@ -43,15 +43,7 @@ async fn within<F: Future>(what: &str, fut: F) -> F::Output {
 
 /// The first column of the first row `sql` returns (simple protocol).
 async fn value(c: &Client, sql: &str) -> String {
-    let msgs = within(sql, c.simple_query(sql))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
+    common::first_value(c, sql, LIMIT).await
 }
 
 async fn backend_pid(c: &Client) -> String {

@@ -551,3 +551,18 @@ pub fn verify_full(ca_pem: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
     .with_no_client_auth();
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
+
+/// The first column of the first row `sql` returns (simple protocol),
+/// within `limit`; panics naming `sql` otherwise.
+pub async fn first_value(c: &tokio_postgres::Client, sql: &str, limit: Duration) -> String {
+    let msgs = tokio::time::timeout(limit, c.simple_query(sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: no outcome within {limit:?}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
