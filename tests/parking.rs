@@ -161,8 +161,13 @@ async fn idle_clients_are_parked_and_served_as_soon_as_they_send() {
 async fn a_parked_client_is_told_when_killed_timed_out_or_pgwake_stops() {
     let cluster = cluster();
 
-    // KILL_CLIENT reaches a parked client; the others go on.
-    let pg = start(&cluster, "", "[admin]\nadmin_users = [\"app\"]\n");
+    // KILL_CLIENT reaches a parked client; the others go on. (Two
+    // threads: the parking task and the sessions run side by side.)
+    let pg = start(
+        &cluster,
+        "worker_threads = 2\n",
+        "[admin]\nadmin_users = [\"app\"]\n",
+    );
     let (victim, victim_conn) = connect(&pg, &tcp(&pg, "victim")).await;
     let (bystander, _b) = connect(&pg, &tcp(&pg, "bystander")).await;
     let (admin, _a) = connect(

@@ -227,6 +227,22 @@ impl Parking {
         }
     }
 
+    /// The parked clients that must be woken (killed, or pgwake is
+    /// stopping). Each other one gets this task's waker again first: a
+    /// wake meant for a client's task (a request to park that crossed its
+    /// parking, on another thread) may have taken it.
+    fn rearm(&self, clients: &Clients) -> Vec<RawFd> {
+        let table = self.lock();
+        table
+            .parked()
+            .filter(|c| {
+                c.info().wake_on_kill(&self.signal_waker);
+                c.info().must_wake(clients.stopping())
+            })
+            .map(|c| c.fd())
+            .collect()
+    }
+
     /// The parked clients that `wanted` picks.
     fn select(&self, wanted: impl Fn(&dyn ParkedClient) -> bool) -> Vec<RawFd> {
         self.lock()
@@ -239,6 +255,9 @@ impl Parking {
     /// Notes a client that has just logged in: should it send nothing for
     /// [`LOGIN_GRACE`], it is asked to park.
     pub(crate) fn note_login(&self, info: &Arc<ClientInfo>) {
+        if !self.open() {
+            return;
+        }
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let first = recent.is_empty();
         recent.push(Arc::downgrade(info));
@@ -329,8 +348,7 @@ impl Parking {
                 }
                 _ = self.signal.notify.notified() => {
                     if self.signal.pending.swap(false, Ordering::AcqRel) {
-                        let stopping = clients.stopping();
-                        let due = self.select(|c| c.info().must_wake(stopping));
+                        let due = self.rearm(&clients);
                         self.resume(&due, &tasks);
                     }
                 }
@@ -370,6 +388,10 @@ impl Parking {
 
     /// Stops parking and gives every parked client its task back.
     fn close(&self, tasks: &TaskTracker) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let all: Vec<_> = {
             let mut table = self.lock();
             table.closed = true;

@@ -853,6 +853,9 @@ impl<C: ClientStream> Session<C> {
                 let mut out = BytesMut::new();
                 err.write(&mut out);
                 backend::ready_for_query(&mut out, b'I');
+                // The client owes the next message from here: its idle
+                // timeout counts from this answer.
+                self.idle_since = Instant::now();
                 return self.client.send(&out).await.map_err(|_| Stop::ClientGone);
             }
             self.cbuf.reserve(8 * 1024);

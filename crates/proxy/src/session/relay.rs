@@ -149,6 +149,7 @@ impl<C: ClientStream> Session<C> {
         for _ in 0..tx.owed {
             backend::ready_for_query(&mut out, b'I');
         }
+        self.idle_since = Instant::now();
         match self.client.send(&out).await {
             Ok(()) => Stop::Released,
             Err(_) => Stop::ClientGone,
