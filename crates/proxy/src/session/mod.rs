@@ -169,8 +169,15 @@ impl<C> Session<C> {
     /// This session with another client stream (the socket out of the
     /// runtime and back, for parking); the one it had.
     fn with_client<D>(self, client: D) -> (Session<D>, C) {
-        let Session {
-            client: had,
+        // Each field named once; the pattern lists them all, so a new
+        // field cannot be forgotten here.
+        macro_rules! move_fields {
+            ($($field:ident),* $(,)?) => {{
+                let Session { client: had, $($field),* } = self;
+                (Session { client, $($field),* }, had)
+            }};
+        }
+        move_fields!(
             cbuf,
             cscan,
             pool,
@@ -197,37 +204,7 @@ impl<C> Session<C> {
             permit,
             lease,
             traced,
-        } = self;
-        let session = Session {
-            client,
-            cbuf,
-            cscan,
-            pool,
-            mode,
-            defaults,
-            want,
-            want_fp,
-            cancel,
-            lifecycle,
-            prepared,
-            held,
-            replay,
-            fresh,
-            shared,
-            registered,
-            counted_active,
-            query_start,
-            xact_start,
-            idle_since,
-            cancel_sent,
-            query_text,
-            timer,
-            _admission,
-            permit,
-            lease,
-            traced,
-        };
-        (session, had)
+        )
     }
 }
 
