@@ -232,8 +232,8 @@ pub struct Listen {
     /// An idle client (plain TCP or the unix socket) that has sent nothing
     /// for this long is parked: its socket leaves the async runtime for a
     /// compact table and its task ends, until it sends again. A client
-    /// that has sent nothing since its login is parked at once. `0s`: no
-    /// client is parked.
+    /// that sends nothing in the first moment (5 ms) after its login is
+    /// parked then. `0s`: no client is parked.
     #[serde(with = "humantime_serde")]
     pub park_idle_clients_after: Duration,
 }

@@ -55,14 +55,20 @@ impl Kill {
     }
 }
 
-/// Not parked, and may be.
-const PARK_NO: u8 = 0;
-/// Asked to park at its next idle moment.
-const PARK_ASKED: u8 = 1;
-/// Parked: its socket waits outside the runtime.
-const PARK_PARKED: u8 = 2;
-/// Never parked (its stream cannot leave the runtime: TLS).
-const PARK_NEVER: u8 = 3;
+/// Where a client stands with parking (see [`crate::parking`]), kept in
+/// [`ClientInfo`] as its `u8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum ParkState {
+    /// Not parked, and may be.
+    No = 0,
+    /// Asked to park at its next idle moment.
+    Asked = 1,
+    /// Parked: its socket waits outside the runtime.
+    Parked = 2,
+    /// Never parked (its stream cannot leave the runtime: TLS).
+    Never = 3,
+}
 
 /// Bytes of one client's entry in the registry (SHOW MEM), its strings aside.
 pub(crate) const ENTRY_SIZE: usize = std::mem::size_of::<ClientInfo>();
@@ -89,8 +95,7 @@ pub struct ClientInfo {
     request_time: AtomicU64,
     /// Set by the admin console: the session ends (see [`ClientInfo::killed`]).
     kill: AtomicU8,
-    /// Where the client stands with parking (see [`crate::parking`]):
-    /// [`PARK_NO`], [`PARK_ASKED`], [`PARK_PARKED`] or [`PARK_NEVER`].
+    /// Where the client stands with parking: a [`ParkState`].
     park: AtomicU8,
     /// Wakes the session's task for a kill; lock-free, as the session polls
     /// it on every turn of its relay.
@@ -180,10 +185,7 @@ impl ClientInfo {
     /// Asks an idle client to park (see [`crate::parking`]); false when it
     /// is parked already, asked already or never parks.
     pub(crate) fn ask_to_park(&self) -> bool {
-        let asked = self
-            .park
-            .compare_exchange(PARK_NO, PARK_ASKED, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok();
+        let asked = self.park_moves(ParkState::No, ParkState::Asked);
         if asked {
             self.kill_waker.wake();
         }
@@ -197,22 +199,30 @@ impl ClientInfo {
 
     /// Takes a request to park, if there is one.
     pub(crate) fn take_park_request(&self) -> bool {
-        self.park.load(Ordering::Relaxed) == PARK_ASKED
-            && self
-                .park
-                .compare_exchange(PARK_ASKED, PARK_NO, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+        self.park.load(Ordering::Relaxed) == ParkState::Asked as u8
+            && self.park_moves(ParkState::Asked, ParkState::No)
+    }
+
+    /// Moves the parking state from `from` to `to`; false if it was not `from`.
+    fn park_moves(&self, from: ParkState, to: ParkState) -> bool {
+        self.park
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Notes that the client is parked (`true`) or has a task again.
     pub(crate) fn set_parked(&self, parked: bool) {
-        let to = if parked { PARK_PARKED } else { PARK_NO };
-        self.park.store(to, Ordering::Release);
+        let to = if parked {
+            ParkState::Parked
+        } else {
+            ParkState::No
+        };
+        self.park.store(to as u8, Ordering::Release);
     }
 
     /// Notes that the client can never be parked.
     pub(crate) fn never_park(&self) {
-        self.park.store(PARK_NEVER, Ordering::Release);
+        self.park.store(ParkState::Never as u8, Ordering::Release);
     }
 
     /// While parked, a kill (or shutdown) wakes `waker` (the parking's)
@@ -349,7 +359,7 @@ impl Clients {
             server_pid: AtomicU32::new(0),
             request_time: AtomicU64::new(unix_micros(now)),
             kill: AtomicU8::new(0),
-            park: AtomicU8::new(PARK_NO),
+            park: AtomicU8::new(ParkState::No as u8),
             kill_waker: AtomicWaker::new(),
         });
         info.counts.clients.fetch_add(1, Ordering::Relaxed);
@@ -370,14 +380,13 @@ impl Clients {
     }
 
     /// Asks every idle client whose last request (or login) was before
-    /// `before` (unix µs) to park; how many were asked.
-    pub(crate) fn ask_idle_to_park(&self, before: u64) -> usize {
-        self.lock()
-            .values()
-            .filter(|c| {
-                c.state() == ClientState::Idle && c.request_time() < before && c.ask_to_park()
-            })
-            .count()
+    /// `before` (unix µs) to park.
+    pub(crate) fn ask_idle_to_park(&self, before: u64) {
+        for c in self.lock().values() {
+            if c.state() == ClientState::Idle && c.request_time() < before {
+                c.ask_to_park();
+            }
+        }
     }
 
     /// pgwake is shutting down.

@@ -16,7 +16,6 @@
 //! for parking. TLS clients are never parked.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant, SystemTime};
@@ -113,20 +112,17 @@ impl Table {
     }
 }
 
-/// What a parked client's kill wakes: the parking task, to look.
+/// What a parked client's kill wakes: the parking task, to look (a
+/// wake-up that finds the task busy is kept as `Notify`'s permit).
 #[derive(Default)]
-struct Signal {
-    pending: AtomicBool,
-    notify: Notify,
-}
+struct Signal(Notify);
 
 impl Wake for Signal {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.pending.store(true, Ordering::Release);
-        self.notify.notify_one();
+        self.0.notify_one();
     }
 }
 
@@ -332,11 +328,15 @@ impl Parking {
                     let Ok(mut guard) = ready else { break };
                     loop {
                         fds.clear();
-                        if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
-                            if e.kind() != std::io::ErrorKind::Interrupted {
+                        match guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(e) => {
+                                // Not spun on: the next readiness tries again.
                                 tracing::warn!(error = %e, "parked clients: epoll failed");
+                                guard.clear_ready();
+                                break;
                             }
-                            break;
                         }
                         fds.extend(events.iter().filter_map(|e| RawFd::try_from(e.token().0).ok()));
                         self.resume(&fds, &tasks);
@@ -346,11 +346,9 @@ impl Parking {
                         }
                     }
                 }
-                _ = self.signal.notify.notified() => {
-                    if self.signal.pending.swap(false, Ordering::AcqRel) {
-                        let due = self.rearm(&clients);
-                        self.resume(&due, &tasks);
-                    }
+                _ = self.signal.0.notified() => {
+                    let due = self.rearm(&clients);
+                    self.resume(&due, &tasks);
                 }
                 _ = self.arrived.notified(), if new_clients.is_none() => {
                     new_clients = Some(tokio::time::Instant::now() + LOGIN_GRACE);

@@ -536,7 +536,8 @@ impl<C: ClientStream> Session<C> {
     }
 
     /// Waits, holding no buffer, until the idle client sends something.
-    /// `Ok(false)`: the client left (EOF). An idle client is told when
+    /// `Wait::Gone`: the client left (EOF); `Wait::Park`: the parking asked
+    /// for it and it is quiet. An idle client is told when
     /// pgwake shuts down, when it is killed from the console, and when it
     /// has been idle for `timeouts.client_idle_timeout`.
     async fn await_request(&mut self) -> Result<Wait, Stop> {

@@ -26,11 +26,10 @@ impl<C: ClientStream> Session<C> {
 
     /// Takes the idle session out of its task and parks it (or, should
     /// the parking refuse it, gives it a new task).
-    pub(super) fn park(self) {
-        let mut session = self;
+    pub(super) fn park(mut self) {
         // Nothing that could hold this task's waker stays behind.
-        session.timer = None;
-        let (session, client) = session.with_client(());
+        self.timer = None;
+        let (session, client) = self.with_client(());
         let socket = match client.into_parked() {
             Ok(s) => s,
             Err(e) => {
