@@ -7,8 +7,7 @@
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 use super::Grant;
 
@@ -24,8 +23,14 @@ pub(super) enum Content {
 
 /// One waiter's place: where its grant is put, and how it is woken.
 pub(super) struct Handoff {
-    content: Mutex<Content>,
-    wake: Notify,
+    place: Mutex<Place>,
+}
+
+/// A handoff's content and its waiter's waker, under one lock: a grant put
+/// in always finds the waker of the wait that will take it.
+struct Place {
+    content: Content,
+    waker: Option<Waker>,
 }
 
 /// Handoffs not in use, kept per thread: waiting allocates nothing in
@@ -41,14 +46,19 @@ impl Handoff {
     pub(super) fn take_spare() -> Arc<Handoff> {
         SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| {
             Arc::new(Handoff {
-                content: Mutex::new(Content::Empty),
-                wake: Notify::new(),
+                place: Mutex::new(Place {
+                    content: Content::Empty,
+                    waker: None,
+                }),
             })
         })
     }
 
     /// Keeps an emptied handoff for the next wait, when no queue holds it.
     fn give_back(h: Arc<Handoff>) {
+        // A wait that ended before its grant leaves its waker: drop it, so
+        // that a spare handoff keeps no finished task alive.
+        h.lock().waker = None;
         if Arc::strong_count(&h) == 1 {
             SPARE.with(|s| {
                 let mut s = s.borrow_mut();
@@ -59,31 +69,48 @@ impl Handoff {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Content> {
-        self.content.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Place> {
+        self.place.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Puts `c` in and wakes the waiter. Called under the pool's lock.
     pub(super) fn fill(&self, c: Content) {
-        *self.lock() = c;
-        self.wake.notify_one();
+        let waker = {
+            let mut p = self.lock();
+            p.content = c;
+            p.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Takes what is there, leaving it empty.
     pub(super) fn take(&self) -> Content {
-        std::mem::replace(&mut *self.lock(), Content::Empty)
+        std::mem::replace(&mut self.lock().content, Content::Empty)
     }
 
-    /// Waits until something is put in, and takes it (never `Empty`).
+    /// Waits until something is put in, and takes it (never `Empty`). A
+    /// waker is kept only while the wait is pending: a handoff used again
+    /// holds none from an earlier wait.
     async fn filled(&self) -> Content {
-        loop {
-            match self.take() {
-                // A wake-up stored before this wait began (a permit left
-                // from an earlier one) only costs one more look.
-                Content::Empty => self.wake.notified().await,
-                other => return other,
+        std::future::poll_fn(|cx| {
+            let mut p = self.lock();
+            match std::mem::replace(&mut p.content, Content::Empty) {
+                Content::Empty => {
+                    match &mut p.waker {
+                        Some(w) => w.clone_from(cx.waker()),
+                        none => *none = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+                other => {
+                    p.waker = None;
+                    Poll::Ready(other)
+                }
             }
-        }
+        })
+        .await
     }
 }
 
