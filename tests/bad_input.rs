@@ -149,3 +149,70 @@ async fn two_thousand_silent_connections_cost_little() {
     drop(silent);
     normal_client_works(&pg).await;
 }
+
+/// Reads backend messages until ReadyForQuery (or an error, or the end).
+async fn messages_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if s.read_exact(&mut head).await.is_err() {
+            return out;
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        let done = matches!(head[0], b'Z' | b'E');
+        out.push((head[0], body));
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_protocol_and_protocol_options_are_negotiated_down() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 2\nmin_idle = 1");
+    // Protocol 3.2 with a protocol option and a setting, as a newer libpq
+    // might send: pgwake offers 3.0 and names the option it does not know.
+    let mut packet = common::raw::startup_with(
+        "app",
+        "app",
+        &[
+            ("_pq_.test_option", "on"),
+            ("application_name", "negotiated"),
+        ],
+    );
+    packet[4..8].copy_from_slice(&0x0003_0002u32.to_be_bytes());
+    let mut s = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
+    s.write_all(&packet).await.unwrap();
+    let login = tokio::time::timeout(Duration::from_secs(10), messages_until_ready(&mut s))
+        .await
+        .expect("pgwake answers the login");
+    let tags: Vec<u8> = login.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags.first(), Some(&b'v'), "{login:?}");
+    let v = &login[0].1;
+    assert_eq!(&v[..4], &0x0003_0000u32.to_be_bytes(), "offers 3.0: {v:?}");
+    assert_eq!(&v[4..8], &1u32.to_be_bytes(), "one option refused: {v:?}");
+    assert_eq!(&v[8..], b"_pq_.test_option\0");
+    assert_eq!(tags.get(1), Some(&b'R'), "then AuthenticationOk: {login:?}");
+    assert_eq!(tags.last(), Some(&b'Z'), "and ReadyForQuery: {login:?}");
+
+    // The session works, with the setting the startup packet asked for.
+    s.write_all(&common::raw::frame(
+        b'Q',
+        b"select current_setting('application_name')\0",
+    ))
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), messages_until_ready(&mut s))
+        .await
+        .expect("the query is answered");
+    let row = reply
+        .iter()
+        .find(|(t, _)| *t == b'D')
+        .map(|(_, b)| b.clone())
+        .expect("a data row");
+    assert!(row.ends_with(b"negotiated"), "{reply:?}");
+    normal_client_works(&pg).await;
+}

@@ -22,22 +22,19 @@ fuzz_target!(|data: &[u8]| {
         match request {
             StartupRequest::Ssl | StartupRequest::GssEnc => assert_eq!(data.len(), 8),
             StartupRequest::Cancel { .. } => assert_eq!(data.len(), 16),
-            StartupRequest::Startup {
-                params,
-                protocol_options,
-                ..
-            } => {
+            StartupRequest::Startup { params, .. } => {
                 // Parameters are forwarded to servers and written into
                 // NUL-terminated fields; an embedded NUL would let a client
                 // smuggle in extra parameters.
-                for (key, value) in &params {
+                for (key, value) in params.iter() {
                     assert!(!key.is_empty() && !key.contains('\0') && !value.contains('\0'));
                     assert!(!key.starts_with("_pq_."));
+                    assert!(params.get(key).is_some());
                     if key == "options" {
                         check_options(value);
                     }
                 }
-                for option in &protocol_options {
+                for option in params.protocol_options() {
                     assert!(option.starts_with("_pq_.") && !option.contains('\0'));
                 }
             }

@@ -216,7 +216,7 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
 
 /// NegotiateProtocolVersion: the newest minor version supported and the
 /// protocol options that were not recognised.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: u16, unsupported: &[String]) {
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: u16, unsupported: &[&str]) {
     frame(buf, b'v', |b| {
         b.put_u32((3u32 << 16) | u32::from(minor));
         b.put_u32(u32::try_from(unsupported.len()).unwrap_or(u32::MAX));

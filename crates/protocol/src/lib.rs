@@ -19,7 +19,7 @@ pub mod startup;
 
 pub use backend::TxStatus;
 pub use frame::{FrameError, NextRequest, Scanned, Scanner};
-pub use startup::{StartupError, StartupRequest};
+pub use startup::{StartupError, StartupParams, StartupRequest};
 
 /// Size of a message header: one tag byte and a four-byte length.
 pub const HEADER_LEN: usize = 5;

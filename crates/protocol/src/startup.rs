@@ -15,9 +15,9 @@ const PROTOCOL_3: u16 = 3;
 /// newer one get a NegotiateProtocolVersion naming this one.
 pub const SUPPORTED_MINOR: u16 = 0;
 
-/// A parsed startup packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartupRequest {
+/// A parsed startup packet, borrowing from the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupRequest<'a> {
     Ssl,
     GssEnc,
     Cancel {
@@ -27,11 +27,65 @@ pub enum StartupRequest {
     Startup {
         /// Minor protocol version the client asked for.
         minor: u16,
-        /// Parameters in the order sent, `_pq_.` options excluded.
-        params: Vec<(String, String)>,
-        /// `_pq_.` protocol options the client sent; none is supported.
-        protocol_options: Vec<String>,
+        params: StartupParams<'a>,
     },
+}
+
+/// A StartupMessage's parameters, read in place: [`parse`] checked their
+/// layout and UTF-8 once, so reading them copies and allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartupParams<'a> {
+    /// `key NUL value NUL` pairs, the packet's final terminator excluded.
+    pairs: &'a str,
+    /// Where the first value of each of [`LOOKED_UP`] lies in `pairs`
+    /// (start, length), found while checking; `NOT_SENT` if absent. Offsets
+    /// rather than slices keep the struct small: logins move it around.
+    looked_up: [(u16, u16); LOOKED_UP.len()],
+}
+
+const NOT_SENT: (u16, u16) = (u16::MAX, 0);
+const _: () = assert!(MAX_STARTUP_LEN < u16::MAX as usize);
+
+/// The parameters a login looks up, each perhaps several times: found once.
+const LOOKED_UP: [&str; 4] = ["user", "database", "application_name", "replication"];
+
+impl<'a> StartupParams<'a> {
+    fn all(self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let mut rest = self.pairs;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let (key, after) = split_field(rest);
+            let (value, after) = split_field(after);
+            rest = after;
+            Some((key, value))
+        })
+    }
+
+    /// Parameters in the order sent, `_pq_.` protocol options excluded.
+    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.all().filter(|(k, _)| !k.starts_with("_pq_."))
+    }
+
+    /// The first value sent for `key`.
+    pub fn get(self, key: &str) -> Option<&'a str> {
+        match LOOKED_UP.iter().position(|k| *k == key) {
+            Some(i) => {
+                let (start, len) = self.looked_up[i];
+                let start = usize::from(start);
+                self.pairs.get(start..start + usize::from(len))
+            }
+            None => self.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+        }
+    }
+
+    /// The `_pq_.` protocol options the client sent; none is supported.
+    pub fn protocol_options(self) -> impl Iterator<Item = &'a str> {
+        self.all()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with("_pq_."))
+    }
 }
 
 /// Why a startup packet was refused. Each maps to the SQLSTATE PostgreSQL uses.
@@ -75,7 +129,7 @@ pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, StartupError> {
 }
 
 /// Parses one complete startup packet (length field included).
-pub fn parse(packet: &[u8]) -> Result<StartupRequest, StartupError> {
+pub fn parse(packet: &[u8]) -> Result<StartupRequest<'_>, StartupError> {
     let len = packet_len(packet)?.ok_or(StartupError::Malformed("truncated"))?;
     if packet.len() != len {
         return Err(StartupError::Malformed("length does not match packet"));
@@ -103,47 +157,64 @@ pub fn parse(packet: &[u8]) -> Result<StartupRequest, StartupError> {
             if major != PROTOCOL_3 {
                 return Err(StartupError::UnsupportedProtocol { major, minor });
             }
-            let (params, protocol_options) = parse_params(rest)?;
             Ok(StartupRequest::Startup {
                 minor,
-                params,
-                protocol_options,
+                params: parse_params(rest)?,
             })
         }
     }
 }
 
-type Params = (Vec<(String, String)>, Vec<String>);
-
-fn parse_params(mut rest: &[u8]) -> Result<Params, StartupError> {
-    let mut params = Vec::new();
-    let mut options = Vec::new();
-    loop {
-        let (key, after) = cstr(rest)?;
-        if key.is_empty() {
-            if !after.is_empty() {
-                return Err(StartupError::Malformed("bytes after the final terminator"));
-            }
-            return Ok((params, options));
-        }
-        let (value, after) = cstr(after)?;
-        rest = after;
-        if key.starts_with("_pq_.") {
-            options.push(key.to_owned());
-        } else {
-            params.push((key.to_owned(), value.to_owned()));
-        }
+/// The field at the start of `text` and what follows its terminator. A
+/// plain byte scan: fields are short, and a `str` pattern search costs more
+/// in setting up than in searching them.
+fn split_field(text: &str) -> (&str, &str) {
+    match text.bytes().position(|b| b == 0) {
+        Some(n) => (&text[..n], &text[n + 1..]),
+        None => (text, ""),
     }
 }
 
-fn cstr(buf: &[u8]) -> Result<(&str, &[u8]), StartupError> {
-    let nul = buf
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(StartupError::Malformed("missing terminator"))?;
-    let s = std::str::from_utf8(&buf[..nul])
+/// Checks a StartupMessage's body: `key NUL value NUL` pairs, then a
+/// final NUL, all of it UTF-8 (NUL is a UTF-8 character, so one check
+/// covers every field).
+fn parse_params(body: &[u8]) -> Result<StartupParams<'_>, StartupError> {
+    let text = std::str::from_utf8(body)
         .map_err(|_| StartupError::Malformed("parameter is not valid UTF-8"))?;
-    Ok((s, &buf[nul + 1..]))
+    let mut looked_up = [NOT_SENT; LOOKED_UP.len()];
+    let mut at = 0;
+    loop {
+        let key_end = field_end(text, at)?;
+        if key_end == at {
+            if key_end + 1 != text.len() {
+                return Err(StartupError::Malformed("bytes after the final terminator"));
+            }
+            return Ok(StartupParams {
+                pairs: &text[..at],
+                looked_up,
+            });
+        }
+        let value_end = field_end(text, key_end + 1)?;
+        let key = &text[at..key_end];
+        if let Some(i) = LOOKED_UP.iter().position(|k| *k == key) {
+            if looked_up[i] == NOT_SENT {
+                // Within MAX_STARTUP_LEN, so within u16.
+                let start = u16::try_from(key_end + 1).unwrap_or(u16::MAX);
+                let len = u16::try_from(value_end - key_end - 1).unwrap_or(0);
+                looked_up[i] = (start, len);
+            }
+        }
+        at = value_end + 1;
+    }
+}
+
+/// Where the field starting at `at` ends (its terminator).
+fn field_end(text: &str, at: usize) -> Result<usize, StartupError> {
+    text.as_bytes()
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == 0))
+        .map(|n| at + n)
+        .ok_or(StartupError::Malformed("missing terminator"))
 }
 
 /// Splits the `options` startup parameter (`-c name=value`, `--name=value`,
@@ -203,24 +274,30 @@ mod tests {
 
     #[test]
     fn parses_startup_message() {
-        let p = startup(196_608, b"user\0app\0database\0db\0_pq_.x\0\x31\0\0");
-        let StartupRequest::Startup {
-            minor,
-            params,
-            protocol_options,
-        } = parse(&p).unwrap()
-        else {
+        let p = startup(
+            196_608,
+            b"user\0app\0database\0db\0_pq_.x\0\x31\0empty\0\0user\0again\0\0",
+        );
+        let StartupRequest::Startup { minor, params } = parse(&p).unwrap() else {
             panic!("not a startup")
         };
         assert_eq!(minor, 0);
         assert_eq!(
-            params,
+            params.iter().collect::<Vec<_>>(),
             vec![
-                ("user".into(), "app".into()),
-                ("database".into(), "db".into())
+                ("user", "app"),
+                ("database", "db"),
+                ("empty", ""),
+                ("user", "again")
             ]
         );
-        assert_eq!(protocol_options, vec!["_pq_.x".to_string()]);
+        assert_eq!(params.get("user"), Some("app"));
+        assert_eq!(params.get("database"), Some("db"));
+        assert_eq!(params.get("application_name"), None);
+        assert_eq!(params.get("empty"), Some(""));
+        assert_eq!(params.get("_pq_.x"), None);
+        assert_eq!(params.get("options"), None);
+        assert_eq!(params.protocol_options().collect::<Vec<_>>(), ["_pq_.x"]);
     }
 
     #[test]
@@ -252,10 +329,27 @@ mod tests {
             parse(&startup(0x0002_0000, b"\0")),
             Err(StartupError::UnsupportedProtocol { major: 2, .. })
         ));
-        assert!(matches!(
-            parse(&startup(196_608, b"user\0app")),
-            Err(StartupError::Malformed(_))
-        ));
+        for body in [
+            &b"user\0app"[..],
+            b"user\0app\0",
+            b"user",
+            b"",
+            b"user\0app\0\0extra",
+            b"user\0\xff\0\0",
+        ] {
+            assert!(
+                matches!(
+                    parse(&startup(196_608, body)),
+                    Err(StartupError::Malformed(_))
+                ),
+                "{body:?}"
+            );
+        }
+        let empty = startup(196_608, b"\0");
+        let StartupRequest::Startup { params, .. } = parse(&empty).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(params.iter().count(), 0);
     }
 
     #[test]
@@ -292,9 +386,20 @@ mod tests {
                 body.push(0);
             }
             body.push(0);
-            let got = parse(&startup(196_608, &body)).unwrap();
-            let want: Vec<(String, String)> = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
-            prop_assert_eq!(got, StartupRequest::Startup { minor: 0, params: want, protocol_options: vec![] });
+            let packet = startup(196_608, &body);
+            let StartupRequest::Startup { minor, params: got } = parse(&packet).unwrap() else {
+                panic!("not a startup")
+            };
+            prop_assert_eq!(minor, 0);
+            let want: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            prop_assert_eq!(got.iter().collect::<Vec<_>>(), want.clone());
+            for (k, _) in &want {
+                let first = want.iter().find(|(w, _)| w == k).map(|(_, v)| *v);
+                prop_assert_eq!(got.get(k), first);
+            }
+            for k in LOOKED_UP {
+                prop_assert_eq!(got.get(k), want.iter().find(|(w, _)| *w == k).map(|(_, v)| *v));
+            }
         }
     }
 }

@@ -16,8 +16,8 @@ pub type Params = litemap::LiteMap<String, String>;
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// The settings a client's startup packet asks for (its `options` included).
-pub fn from_startup(
-    params: &[(String, String)],
+pub fn from_startup<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<Params, pgwake_protocol::backend::ErrorMessage> {
     let mut out = Params::new();
     for (k, v) in params {
@@ -29,8 +29,8 @@ pub fn from_startup(
                 )
             })?;
             out.extend(parsed.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
-        } else if !NOT_SETTINGS.contains(&k.as_str()) {
-            out.insert(k.to_ascii_lowercase(), v.clone());
+        } else if !NOT_SETTINGS.contains(&k) {
+            out.insert(k.to_ascii_lowercase(), v.to_owned());
         }
     }
     Ok(out)
@@ -164,10 +164,10 @@ mod tests {
 
     #[test]
     fn startup_options_become_settings() {
-        let got = from_startup(&[
-            ("user".into(), "u".into()),
-            ("options".into(), "-c search_path=s".into()),
-            ("Application_Name".into(), "a".into()),
+        let got = from_startup([
+            ("user", "u"),
+            ("options", "-c search_path=s"),
+            ("Application_Name", "a"),
         ])
         .unwrap();
         assert_eq!(got, p(&[("application_name", "a"), ("search_path", "s")]));

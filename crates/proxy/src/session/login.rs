@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::sqlstate;
-use pgwake_protocol::startup::{self, StartupRequest};
+use pgwake_protocol::startup::{self, StartupParams, StartupRequest};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -216,10 +216,19 @@ impl Login {
         self,
         mut client: C,
         mut buf: BytesMut,
-        request: StartupRequest,
+        packet: BytesMut,
     ) -> Option<Session<C>> {
         let Login { peer, shared, .. } = &self;
-        let (minor, params, protocol_options) = match request {
+        let request = match startup::parse(&packet) {
+            Ok(r) => r,
+            Err(e) => {
+                // `handshake` checked it already.
+                let e = ErrorMessage::fatal(e.sqlstate(), e.to_string());
+                let _ = send_fatal(&mut client, &e).await;
+                return None;
+            }
+        };
+        let (minor, params) = match request {
             StartupRequest::Cancel { pid, key } => {
                 // The client's connection stays open until this is done.
                 let local = client.local_addr();
@@ -227,16 +236,12 @@ impl Login {
                 return None;
             }
             StartupRequest::Ssl | StartupRequest::GssEnc => return None,
-            StartupRequest::Startup {
-                minor,
-                params,
-                protocol_options,
-            } => (minor, params, protocol_options),
+            StartupRequest::Startup { minor, params } => (minor, params),
         };
         let checked = within_login(
             shared,
             self.deadline,
-            self.check(&mut client, &mut buf, &params),
+            self.check(&mut client, &mut buf, params),
         )
         .await;
         let (user, database, admission) = match checked {
@@ -247,20 +252,11 @@ impl Login {
             }
         };
         let Login { peer, shared, .. } = self;
-        if admin::console::is_console(&database) {
-            admin::console::serve(client, buf, &peer, shared, &user).await;
+        if admin::console::is_console(database) {
+            admin::console::serve(client, buf, &peer, shared, user).await;
             return None;
         }
-        let start = Session::start(
-            client,
-            buf,
-            peer.text,
-            shared,
-            minor,
-            params,
-            protocol_options,
-            admission,
-        );
+        let start = Session::start(client, buf, peer.text, shared, minor, params, admission);
         match start.await {
             Ok(session) => Some(session),
             Err((mut client, e)) => {
@@ -274,12 +270,12 @@ impl Login {
     /// when TLS is required, allowed by `[client_auth]` and under the
     /// per-database and per-user limits. Returns the user, the database and
     /// the client's place under the limits (held until it leaves).
-    async fn check<C: ClientStream>(
+    async fn check<'p, C: ClientStream>(
         &self,
         client: &mut C,
         buf: &mut BytesMut,
-        params: &[(String, String)],
-    ) -> Result<(String, String, crate::auth::Admission), ErrorMessage> {
+        params: StartupParams<'p>,
+    ) -> Result<(&'p str, &'p str, crate::auth::Admission), ErrorMessage> {
         let (peer, shared) = (&self.peer, &self.shared);
         let config = shared.config();
         let refuse = |e: ErrorMessage| {
@@ -298,13 +294,7 @@ impl Login {
                 ),
             )));
         }
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(pk, _)| pk == k)
-                .map(|(_, v)| v.as_str())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |k: &str| params.get(k).filter(|v| !v.is_empty());
         let Some(user) = get("user") else {
             return Err(ErrorMessage::fatal(
                 sqlstate::INVALID_AUTHORIZATION,
@@ -358,13 +348,15 @@ impl Login {
             .client_limits
             .admit(&config, database, user)
             .map_err(refuse)?;
-        Ok((user.to_owned(), database.to_owned(), admission))
+        Ok((user, database, admission))
     }
 }
 
 /// What the client's first packets asked for.
 enum Handshake {
-    Request(StartupRequest),
+    /// A StartupMessage or CancelRequest (checked by `startup::parse`): the
+    /// packet, which the login then reads in place.
+    Request(BytesMut),
     /// An SSLRequest that was accepted (`S` sent): TLS starts now.
     Tls,
     /// The client left.
@@ -397,26 +389,25 @@ async fn handshake<C: ClientStream>(
         }
         let packet = buf.split_to(len);
         let request = startup::parse(&packet).map_err(malformed)?;
-        if matches!(request, StartupRequest::Ssl | StartupRequest::GssEnc) {
-            if !buf.is_empty() {
-                return Err(ErrorMessage::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "received unencrypted data after encryption request",
-                ));
-            }
-            let tls = offer_tls && matches!(request, StartupRequest::Ssl);
-            let answer = if tls {
-                backend::ENCRYPTION_ACCEPTED
-            } else {
-                backend::ENCRYPTION_REFUSED
-            };
-            client.send(&[answer]).await.map_err(|_| closed())?;
-            if tls {
-                return Ok(Handshake::Tls);
-            }
-            continue;
+        if !matches!(request, StartupRequest::Ssl | StartupRequest::GssEnc) {
+            return Ok(Handshake::Request(packet));
         }
-        return Ok(Handshake::Request(request));
+        if !buf.is_empty() {
+            return Err(ErrorMessage::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "received unencrypted data after encryption request",
+            ));
+        }
+        let tls = offer_tls && matches!(request, StartupRequest::Ssl);
+        let answer = if tls {
+            backend::ENCRYPTION_ACCEPTED
+        } else {
+            backend::ENCRYPTION_REFUSED
+        };
+        client.send(&[answer]).await.map_err(|_| closed())?;
+        if tls {
+            return Ok(Handshake::Tls);
+        }
     }
     Err(ErrorMessage::fatal(
         sqlstate::PROTOCOL_VIOLATION,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use pgwake_config::PoolMode;
 use pgwake_protocol::backend::{self, ErrorMessage};
-use pgwake_protocol::startup;
+use pgwake_protocol::startup::{self, StartupParams};
 use pgwake_protocol::{sqlstate, FrameError, NextRequest, Scanned, Scanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -217,16 +217,10 @@ impl<C: ClientStream> Session<C> {
         peer: String,
         shared: Arc<Shared>,
         minor: u16,
-        startup_params: Vec<(String, String)>,
-        protocol_options: Vec<String>,
+        startup_params: StartupParams<'_>,
         admission: crate::auth::Admission,
     ) -> Result<Self, (C, ErrorMessage)> {
-        let get = |k: &str| {
-            startup_params
-                .iter()
-                .find(|(pk, _)| pk == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |k: &str| startup_params.get(k);
         let Some(user) = get("user").filter(|u| !u.is_empty()) else {
             return Err((
                 client,
@@ -256,7 +250,7 @@ impl<C: ClientStream> Session<C> {
                 ),
             ));
         };
-        let mut want = match params::from_startup(&startup_params) {
+        let mut want = match params::from_startup(startup_params.iter()) {
             Ok(p) => p,
             Err(e) => return Err((client, e)),
         };
@@ -285,6 +279,8 @@ impl<C: ClientStream> Session<C> {
             ));
         }
         let mut out = BytesMut::with_capacity(512);
+        // Allocates only for a client that sent protocol options.
+        let protocol_options: Vec<&str> = startup_params.protocol_options().collect();
         if minor > startup::SUPPORTED_MINOR || !protocol_options.is_empty() {
             backend::negotiate_protocol_version(
                 &mut out,
