@@ -128,7 +128,9 @@ impl ClientAuth {
                     format!("{which} rejects connection for host \"{host}\", user \"{user}\", database \"{database}\""),
                 ))
             }
-            method @ (ClientAuthMethod::ScramSha256 | ClientAuthMethod::Md5) => {
+            // Boxed: an exchange's state is large and only a password
+            // login needs it; a trust login's future stays small.
+            method @ (ClientAuthMethod::ScramSha256 | ClientAuthMethod::Md5) => Box::pin(async {
                 if let Some(wait) = origin
                     .ip
                     .and_then(|ip| self.blocked(ip, rules.max_failures))
@@ -203,7 +205,8 @@ impl ClientAuth {
                         Err(e)
                     }
                 }
-            }
+            })
+            .await,
         }
     }
 

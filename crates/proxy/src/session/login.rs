@@ -93,7 +93,7 @@ async fn accept_tcp(
     shared: Arc<Shared>,
     admitted: bool,
 ) -> Accepted {
-    let mut login = Login {
+    let login = Login {
         deadline: login_deadline(&shared),
         peer,
         shared,
@@ -115,28 +115,12 @@ async fn accept_tcp(
             None => Accepted::Done,
         },
         Ok(Handshake::Gone) => Accepted::Done,
-        Ok(Handshake::Tls) => {
-            let Some(tls) = tls else {
-                return Accepted::Done;
-            };
-            let accept = tls.acceptor.accept(client);
-            let client = match tokio::time::timeout_at(login.deadline, accept).await {
-                Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s), tls.end_point),
-                Ok(Err(e)) => {
-                    tracing::info!(peer = %login.peer.text, error = %e, "client TLS handshake failed");
-                    return Accepted::Done;
-                }
-                Err(_) => {
-                    login.shared.metrics.timeout(TimeoutKind::ClientLogin);
-                    return Accepted::Done;
-                }
-            };
-            login.encrypted = true;
-            match login.run(client, buf).await {
-                Some(s) => Accepted::Tls(Box::new(s)),
-                None => Accepted::Done,
-            }
-        }
+        Ok(Handshake::Tls) => match tls {
+            // Boxed: a TLS handshake's state is large, and a plain login
+            // should not carry room for it.
+            Some(tls) => Box::pin(login.tls(client, buf, tls)).await,
+            None => Accepted::Done,
+        },
         Err(e) => {
             tracing::debug!(peer = %login.peer.text, error = %e.message, "refused malformed startup");
             let _ = send_fatal(&mut client, &e).await;
@@ -188,6 +172,32 @@ struct Login {
 }
 
 impl Login {
+    /// The TLS handshake (`S` was sent), then the login over it.
+    async fn tls(
+        mut self,
+        client: tokio::net::TcpStream,
+        buf: BytesMut,
+        tls: crate::tls::ClientTlsConfig,
+    ) -> Accepted {
+        let accept = tls.acceptor.accept(client);
+        let client = match tokio::time::timeout_at(self.deadline, accept).await {
+            Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s), tls.end_point),
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer.text, error = %e, "client TLS handshake failed");
+                return Accepted::Done;
+            }
+            Err(_) => {
+                self.shared.metrics.timeout(TimeoutKind::ClientLogin);
+                return Accepted::Done;
+            }
+        };
+        self.encrypted = true;
+        match self.run(client, buf).await {
+            Some(s) => Accepted::Tls(Box::new(s)),
+            None => Accepted::Done,
+        }
+    }
+
     /// Reads the startup packet (refusing encryption requests: the stream
     /// is encrypted already, or cannot be) and finishes the login.
     async fn run<C: ClientStream>(self, mut client: C, mut buf: BytesMut) -> Option<Session<C>> {
@@ -214,28 +224,45 @@ impl Login {
     /// `None`: nothing more to serve.
     async fn finish<C: ClientStream>(
         self,
-        mut client: C,
-        mut buf: BytesMut,
+        client: C,
+        buf: BytesMut,
         packet: BytesMut,
     ) -> Option<Session<C>> {
+        // One place sends a refusal: the future keeps no result across it.
+        let (mut client, e) = match self.admit(client, buf, &packet).await {
+            Ok(session) => return session,
+            Err(refused) => refused,
+        };
+        let _ = send_fatal(&mut client, &e).await;
+        None
+    }
+
+    /// [`Self::finish`] up to the refusal it may send.
+    async fn admit<C: ClientStream>(
+        self,
+        mut client: C,
+        mut buf: BytesMut,
+        packet: &BytesMut,
+    ) -> Result<Option<Session<C>>, (C, ErrorMessage)> {
         let Login { peer, shared, .. } = &self;
-        let request = match startup::parse(&packet) {
+        let request = match startup::parse(packet) {
             Ok(r) => r,
-            Err(e) => {
-                // `handshake` checked it already.
-                let e = ErrorMessage::fatal(e.sqlstate(), e.to_string());
-                let _ = send_fatal(&mut client, &e).await;
-                return None;
-            }
+            // `handshake` checked it already.
+            Err(e) => return Err((client, ErrorMessage::fatal(e.sqlstate(), e.to_string()))),
         };
         let (minor, params) = match request {
             StartupRequest::Cancel { pid, key } => {
                 // The client's connection stays open until this is done.
                 let local = client.local_addr();
-                crate::peering::serve_cancel(shared, pid, key, local, &peer.text).await;
-                return None;
+                // Boxed, as the console below: rare, and a login should not
+                // carry room for them.
+                Box::pin(crate::peering::serve_cancel(
+                    shared, pid, key, local, &peer.text,
+                ))
+                .await;
+                return Ok(None);
             }
-            StartupRequest::Ssl | StartupRequest::GssEnc => return None,
+            StartupRequest::Ssl | StartupRequest::GssEnc => return Ok(None),
             StartupRequest::Startup { minor, params } => (minor, params),
         };
         let checked = within_login(
@@ -246,24 +273,16 @@ impl Login {
         .await;
         let (user, database, admission) = match checked {
             Ok(ok) => ok,
-            Err(e) => {
-                let _ = send_fatal(&mut client, &e).await;
-                return None;
-            }
+            Err(e) => return Err((client, e)),
         };
         let Login { peer, shared, .. } = self;
         if admin::console::is_console(database) {
-            admin::console::serve(client, buf, &peer, shared, user).await;
-            return None;
+            Box::pin(admin::console::serve(client, buf, &peer, shared, user)).await;
+            return Ok(None);
         }
-        let start = Session::start(client, buf, peer.text, shared, minor, params, admission);
-        match start.await {
-            Ok(session) => Some(session),
-            Err((mut client, e)) => {
-                let _ = send_fatal(&mut client, &e).await;
-                None
-            }
-        }
+        Session::start(client, buf, peer.text, shared, minor, params, admission)
+            .await
+            .map(Some)
     }
 
     /// Checks that a client may log in: under `max_client_conn`, encrypted

@@ -297,9 +297,17 @@ impl<C: ClientStream> Session<C> {
             }
             out.clear();
         }
-        let learned = {
-            let learning = std::pin::pin!(pool.learn_defaults());
-            with_wake_notices(&mut client, lifecycle.as_deref(), learning).await
+        let learned = match pool.defaults() {
+            Some(d) => Ok(d),
+            // Boxed: only a pool's first logins wait here (and may wake
+            // the server); the others' login futures stay small.
+            None => {
+                Box::pin(async {
+                    let learning = std::pin::pin!(pool.learn_defaults());
+                    with_wake_notices(&mut client, lifecycle.as_deref(), learning).await
+                })
+                .await
+            }
         };
         let defaults = match learned {
             Ok(d) => d,
