@@ -128,6 +128,19 @@ pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, StartupError> {
     }
 }
 
+/// Whether a complete startup packet asks for encryption (SSLRequest or
+/// GSSENCRequest), by its code alone: such a packet is answered before the
+/// next one is read, and any other is left whole for [`parse`].
+pub fn is_encryption_request(packet: &[u8]) -> bool {
+    match packet.get(4..8) {
+        Some(&[a, b, c, d]) => matches!(
+            u32::from_be_bytes([a, b, c, d]),
+            SSL_REQUEST | GSSENC_REQUEST
+        ),
+        _ => false,
+    }
+}
+
 /// Parses one complete startup packet (length field included).
 pub fn parse(packet: &[u8]) -> Result<StartupRequest<'_>, StartupError> {
     let len = packet_len(packet)?.ok_or(StartupError::Malformed("truncated"))?;
@@ -270,6 +283,17 @@ mod tests {
         v.extend_from_slice(&code.to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn tells_encryption_requests_by_their_code() {
+        assert!(is_encryption_request(&startup(SSL_REQUEST, b"")));
+        assert!(is_encryption_request(&startup(GSSENC_REQUEST, b"")));
+        // Its body is refused by `parse`, not here.
+        assert!(is_encryption_request(&startup(SSL_REQUEST, b"x")));
+        assert!(!is_encryption_request(&startup(196_608, b"user\0u\0\0")));
+        assert!(!is_encryption_request(&startup(CANCEL_REQUEST, &[0; 8])));
+        assert!(!is_encryption_request(&[0, 0, 0, 8, 4, 210]));
     }
 
     #[test]

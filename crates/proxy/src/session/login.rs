@@ -247,8 +247,10 @@ impl Login {
         let Login { peer, shared, .. } = &self;
         let request = match startup::parse(packet) {
             Ok(r) => r,
-            // `handshake` checked it already.
-            Err(e) => return Err((client, ErrorMessage::fatal(e.sqlstate(), e.to_string()))),
+            Err(e) => {
+                tracing::debug!(peer = %peer.text, error = %e, "refused malformed startup");
+                return Err((client, ErrorMessage::fatal(e.sqlstate(), e.to_string())));
+            }
         };
         let (minor, params) = match request {
             StartupRequest::Cancel { pid, key } => {
@@ -373,8 +375,8 @@ impl Login {
 
 /// What the client's first packets asked for.
 enum Handshake {
-    /// A StartupMessage or CancelRequest (checked by `startup::parse`): the
-    /// packet, which the login then reads in place.
+    /// Any other packet (a StartupMessage, a CancelRequest, or a malformed
+    /// one): the login parses and checks it, in place.
     Request(BytesMut),
     /// An SSLRequest that was accepted (`S` sent): TLS starts now.
     Tls,
@@ -407,10 +409,11 @@ async fn handshake<C: ClientStream>(
             }
         }
         let packet = buf.split_to(len);
-        let request = startup::parse(&packet).map_err(malformed)?;
-        if !matches!(request, StartupRequest::Ssl | StartupRequest::GssEnc) {
+        if !startup::is_encryption_request(&packet) {
+            // Parsed (and checked) once, by the login.
             return Ok(Handshake::Request(packet));
         }
+        let request = startup::parse(&packet).map_err(malformed)?;
         if !buf.is_empty() {
             return Err(ErrorMessage::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
