@@ -1,9 +1,10 @@
 //! Handing a connection (or the right to open one) to a waiting client
 //! without allocating: a waiter's place in the queue is a [`Handoff`] kept
 //! from one wait to the next on the thread, and the grant moves into it by
-//! value. Everything that changes a handoff's content happens under the
-//! pool's lock, so a grant is either taken by its waiter or given back to
-//! the pool, never lost.
+//! value. A grant is put in (and given back) under the pool's lock and the
+//! handoff's own; its waiter takes it out under the handoff's lock; so a
+//! grant is either taken by its waiter or given back to the pool, never
+//! lost.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -219,7 +219,8 @@ impl Login {
         self.finish(client, buf, request).await
     }
 
-    /// Forwards a cancel request; checks a login (TLS required?, limits,
+    /// Parses the packet the handshake left (refusing a malformed one),
+    /// forwards a cancel request; checks a login (TLS required?, limits,
     /// authentication) and serves the admin console or starts a session.
     /// `None`: nothing more to serve.
     async fn finish<C: ClientStream>(
@@ -264,6 +265,7 @@ impl Login {
                 .await;
                 return Ok(None);
             }
+            // The handshake answers these itself: not reached.
             StartupRequest::Ssl | StartupRequest::GssEnc => return Ok(None),
             StartupRequest::Startup { minor, params } => (minor, params),
         };
@@ -375,8 +377,9 @@ impl Login {
 
 /// What the client's first packets asked for.
 enum Handshake {
-    /// Any other packet (a StartupMessage, a CancelRequest, or a malformed
-    /// one): the login parses and checks it, in place.
+    /// A packet that is not an SSLRequest or GSSENCRequest (a
+    /// StartupMessage, a CancelRequest, or anything else of a valid length),
+    /// unparsed: the login parses, checks and refuses it, in place.
     Request(BytesMut),
     /// An SSLRequest that was accepted (`S` sent): TLS starts now.
     Tls,
@@ -384,9 +387,9 @@ enum Handshake {
     Gone,
 }
 
-/// Reads startup packets until a StartupMessage or CancelRequest arrives,
-/// answering GSSENCRequest with `N` and SSLRequest with `S` when `offer_tls`
-/// (else `N`).
+/// Reads startup packets until one that is not an encryption request
+/// arrives, answering GSSENCRequest with `N` and SSLRequest with `S` when
+/// `offer_tls` (else `N`).
 async fn handshake<C: ClientStream>(
     client: &mut C,
     buf: &mut BytesMut,
