@@ -275,30 +275,29 @@ impl Login {
             self.check(&mut client, &mut buf, params),
         )
         .await;
-        let (user, database, admission) = match checked {
+        let who = match checked {
             Ok(ok) => ok,
             Err(e) => return Err((client, e)),
         };
         let Login { peer, shared, .. } = self;
-        if admin::console::is_console(database) {
-            Box::pin(admin::console::serve(client, buf, &peer, shared, user)).await;
+        if admin::console::is_console(who.database) {
+            Box::pin(admin::console::serve(client, buf, &peer, shared, who.user)).await;
             return Ok(None);
         }
-        Session::start(client, buf, peer.text, shared, minor, params, admission)
+        Session::start(client, buf, peer.text, shared, minor, params, who)
             .await
             .map(Some)
     }
 
     /// Checks that a client may log in: under `max_client_conn`, encrypted
     /// when TLS is required, allowed by `[client_auth]` and under the
-    /// per-database and per-user limits. Returns the user, the database and
-    /// the client's place under the limits (held until it leaves).
+    /// per-database and per-user limits.
     async fn check<'p, C: ClientStream>(
         &self,
         client: &mut C,
         buf: &mut BytesMut,
         params: StartupParams<'p>,
-    ) -> Result<(&'p str, &'p str, crate::auth::Admission), ErrorMessage> {
+    ) -> Result<Checked<'p>, ErrorMessage> {
         let (peer, shared) = (&self.peer, &self.shared);
         let config = shared.config();
         let refuse = |e: ErrorMessage| {
@@ -371,8 +370,23 @@ impl Login {
             .client_limits
             .admit(&config, database, user)
             .map_err(refuse)?;
-        Ok((user, database, admission))
+        Ok(Checked {
+            user,
+            database,
+            admission,
+        })
     }
+}
+
+/// A login that passed its checks.
+pub(super) struct Checked<'p> {
+    /// The startup packet's user (never empty).
+    pub user: &'p str,
+    /// The database it asked for; its user's name when it named none.
+    pub database: &'p str,
+    /// Its place under the per-database and per-user limits, held until
+    /// it leaves.
+    pub admission: crate::auth::Admission,
 }
 
 /// What the client's first packets asked for.

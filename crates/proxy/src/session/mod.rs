@@ -218,18 +218,14 @@ impl<C: ClientStream> Session<C> {
         shared: Arc<Shared>,
         minor: u16,
         startup_params: StartupParams<'_>,
-        admission: crate::auth::Admission,
+        who: login::Checked<'_>,
     ) -> Result<Self, (C, ErrorMessage)> {
         let get = |k: &str| startup_params.get(k);
-        let Some(user) = get("user").filter(|u| !u.is_empty()) else {
-            return Err((
-                client,
-                ErrorMessage::fatal(
-                    sqlstate::INVALID_AUTHORIZATION,
-                    "no PostgreSQL user name specified in startup packet",
-                ),
-            ));
-        };
+        let login::Checked {
+            user,
+            database,
+            admission,
+        } = who;
         if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
             return Err((
                 client,
@@ -239,7 +235,6 @@ impl<C: ClientStream> Session<C> {
                 ),
             ));
         }
-        let database = get("database").filter(|d| !d.is_empty()).unwrap_or(user);
         let config = shared.config();
         let Some(route) = config.route(database) else {
             return Err((
