@@ -13,6 +13,16 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use pgwake_config::{Config, LogFormat};
 
+/// jemalloc, not the system allocator: every new client allocates a task
+/// and a socket registration aligned to 128 bytes and a login larger than
+/// glibc's per-thread cache takes, which glibc serves from its slow paths;
+/// jemalloc's thread cache serves them all. Measured per new connection
+/// (callgrind, `pgbench -S -C`): 31,700 → 29,400 instructions; per `-S`
+/// transaction 2.7 % (10 clients) and 5 % (50) fewer; an idle client 0.93 →
+/// 0.70 KiB. The start-up RSS is about 1 MiB larger.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pgwake",
