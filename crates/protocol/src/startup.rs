@@ -41,6 +41,9 @@ pub struct StartupParams<'a> {
     /// (start, length), found while checking; `NOT_SENT` if absent. Offsets
     /// rather than slices keep the struct small: logins move it around.
     looked_up: [(u16, u16); LOOKED_UP.len()],
+    /// Whether any key is a `_pq_.` protocol option (nearly never): the
+    /// common login then reads the pairs without looking for them.
+    has_protocol_options: bool,
 }
 
 const NOT_SENT: (u16, u16) = (u16::MAX, 0);
@@ -65,7 +68,9 @@ impl<'a> StartupParams<'a> {
 
     /// Parameters in the order sent, `_pq_.` protocol options excluded.
     pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> {
-        self.all().filter(|(k, _)| !k.starts_with("_pq_."))
+        let options = self.has_protocol_options;
+        self.all()
+            .filter(move |(k, _)| !options || !k.starts_with("_pq_."))
     }
 
     /// The first value sent for `key`.
@@ -82,7 +87,13 @@ impl<'a> StartupParams<'a> {
 
     /// The `_pq_.` protocol options the client sent; none is supported.
     pub fn protocol_options(self) -> impl Iterator<Item = &'a str> {
-        self.all()
+        let pairs = if self.has_protocol_options {
+            self.pairs
+        } else {
+            ""
+        };
+        StartupParams { pairs, ..self }
+            .all()
             .map(|(k, _)| k)
             .filter(|k| k.starts_with("_pq_."))
     }
@@ -195,6 +206,7 @@ fn parse_params(body: &[u8]) -> Result<StartupParams<'_>, StartupError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| StartupError::Malformed("parameter is not valid UTF-8"))?;
     let mut looked_up = [NOT_SENT; LOOKED_UP.len()];
+    let mut has_protocol_options = false;
     let mut at = 0;
     loop {
         let key_end = field_end(text, at)?;
@@ -205,10 +217,12 @@ fn parse_params(body: &[u8]) -> Result<StartupParams<'_>, StartupError> {
             return Ok(StartupParams {
                 pairs: &text[..at],
                 looked_up,
+                has_protocol_options,
             });
         }
         let value_end = field_end(text, key_end + 1)?;
         let key = &text[at..key_end];
+        has_protocol_options |= key.starts_with("_pq_.");
         if let Some(i) = LOOKED_UP.iter().position(|k| *k == key) {
             if looked_up[i] == NOT_SENT {
                 // Within MAX_STARTUP_LEN, so within u16.
@@ -322,6 +336,17 @@ mod tests {
         assert_eq!(params.get("_pq_.x"), None);
         assert_eq!(params.get("options"), None);
         assert_eq!(params.protocol_options().collect::<Vec<_>>(), ["_pq_.x"]);
+
+        // Without protocol options: every pair is a parameter.
+        let p = startup(196_608, b"user\0app\0_pq\0x\0\0");
+        let StartupRequest::Startup { params, .. } = parse(&p).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(params.protocol_options().count(), 0);
+        assert_eq!(
+            params.iter().collect::<Vec<_>>(),
+            vec![("user", "app"), ("_pq", "x")]
+        );
     }
 
     #[test]
