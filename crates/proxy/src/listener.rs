@@ -2,8 +2,10 @@
 //! (`max_client_conn`) and stops accepting on shutdown; each client gets a
 //! session task of its own.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
@@ -128,21 +130,32 @@ impl Listeners {
                 },
             ));
         }
+        // Made once, not per client: a new cancellation future per accept
+        // would register with the token and unregister again each time.
+        let mut shutdown = std::pin::pin!(shared.shutdown.cancelled());
+        // Which kind of listener is polled first: alternated, so that a storm
+        // of TCP clients does not starve the unix socket or the other way round.
+        let mut unix_first = false;
         loop {
-            let accepted = tokio::select! {
-                _ = shared.shutdown.cancelled() => break,
-                r = accept_tcp(&self.tcp, &self.extra) => r.map(|(s, peer)| {
-                    let _ = s.set_nodelay(true);
-                    (Conn::Tcp(s), Peer {
-                        text: peer_text(peer),
-                        origin: ClientOrigin { ip: Some(peer.ip()) },
-                    })
-                }),
-                r = accept_unix(&self.unix) => r.map(|s| (Conn::Unix(s), Peer {
-                    text: "unix socket".to_owned(),
-                    origin: ClientOrigin { ip: None },
-                })),
-            };
+            unix_first = !unix_first;
+            let accepted = std::future::poll_fn(|cx| {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                for unix in [unix_first, !unix_first] {
+                    let polled = if unix {
+                        poll_accept_unix(&self.unix, cx)
+                    } else {
+                        poll_accept_tcp(&self.tcp, &self.extra, cx)
+                    };
+                    if let Poll::Ready(r) = polled {
+                        return Poll::Ready(Some(r));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let Some(accepted) = accepted else { break };
             let (conn, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -179,31 +192,48 @@ enum Conn {
 }
 
 /// The next client on the main TCP listener or any of `listen.extra_addrs`.
-async fn accept_tcp(
+fn poll_accept_tcp(
     main: &TcpListener,
     extra: &[TcpListener],
-) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(r) = main.poll_accept(cx) {
-            return std::task::Poll::Ready(r);
-        }
-        for l in extra {
-            if let std::task::Poll::Ready(r) = l.poll_accept(cx) {
-                return std::task::Poll::Ready(r);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<(Conn, Peer)>> {
+    let accepted = match main.poll_accept(cx) {
+        Poll::Ready(r) => r,
+        Poll::Pending => match extra.iter().find_map(|l| match l.poll_accept(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }) {
+            Some(r) => r,
+            None => return Poll::Pending,
+        },
+    };
+    Poll::Ready(accepted.map(|(s, peer)| {
+        let _ = s.set_nodelay(true);
+        let peer = Peer {
+            text: peer_text(peer),
+            origin: ClientOrigin {
+                ip: Some(peer.ip()),
+            },
+        };
+        (Conn::Tcp(s), peer)
+    }))
 }
 
-async fn accept_unix(
+/// The next client on the unix socket, if there is one.
+fn poll_accept_unix(
     unix: &Option<(UnixListener, std::path::PathBuf)>,
-) -> std::io::Result<tokio::net::UnixStream> {
-    match unix {
-        Some((l, _)) => l.accept().await.map(|(s, _)| s),
-        None => std::future::pending().await,
-    }
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<(Conn, Peer)>> {
+    let Some((l, _)) = unix else {
+        return Poll::Pending;
+    };
+    l.poll_accept(cx).map_ok(|(s, _)| {
+        let peer = Peer {
+            text: "unix socket".to_owned(),
+            origin: ClientOrigin { ip: None },
+        };
+        (Conn::Unix(s), peer)
+    })
 }
 
 /// The id of group `name` (`listen.unix_socket_group`): a number, or a name
