@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use pgwake_protocol::backend::parse;
 use pgwake_protocol::Scanner;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::params::Params;
 use crate::tls::ServerStream;
@@ -202,14 +202,24 @@ impl ServerConn {
 
     /// Reads more bytes from the server into `buf`. Cancel-safe.
     pub(crate) async fn read_more(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    /// [`Self::read_more`] as a poll: ready with the bytes read (never 0:
+    /// the server's close is `UnexpectedEof`).
+    pub(crate) fn poll_read_more(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(16 * 1024);
         }
-        let n = self.stream.read_buf(&mut self.buf).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(n)
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf).map(
+            |r| match r {
+                Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+                r => r,
+            },
+        )
     }
 
     /// Ends the session politely (Terminate), ignoring errors: the connection is going away.

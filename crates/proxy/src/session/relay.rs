@@ -3,17 +3,19 @@
 //! owed, transaction status, settings, named statements), and cleaning up
 //! when either side goes away.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use pgwake_config::PoolMode;
 use pgwake_protocol::backend::{self, ErrorMessage};
 use pgwake_protocol::{sqlstate, Scanned};
-use tokio::io::AsyncReadExt;
+use tokio_util::io::poll_read_buf;
 
 use super::accounting::keep_text;
 use super::buffers::spare_buffers;
-use super::timeouts::expiry;
 use super::{too_large, ClientStream, Session, Stop};
 use crate::params;
 use crate::pool::Pooled;
@@ -23,6 +25,18 @@ use crate::stats::PoolCounts;
 
 /// Largest first request kept for a replay on a fresh connection.
 const MAX_REPLAY: usize = 64 * 1024;
+
+/// What ended the relay's wait.
+enum Woke {
+    /// The server sent more (or its connection failed).
+    Server(std::io::Result<usize>),
+    /// The client sent more; 0 or an error: it left.
+    Client(std::io::Result<usize>),
+    /// A timeout ran out.
+    Timeout(crate::stats::TimeoutKind),
+    /// The admin console ended the client.
+    Killed(crate::clients::Kill),
+}
 
 impl<C: ClientStream> Session<C> {
     /// Moves bytes both ways until the transaction ends (transaction mode)
@@ -55,40 +69,75 @@ impl<C: ClientStream> Session<C> {
             {
                 return Stop::Released;
             }
-            tokio::select! {
-                // Fixed order, no random draw per turn. The server first:
-                // a wake-up is mostly its reply, and a branch that is ready
-                // spares polling (and re-registering) the ones after it.
-                // Tokio's per-task budget makes a busy server's branch
-                // pending now and then, so the client's is still polled.
-                biased;
-                r = server.read_more() => match r {
-                    Err(e) => {
-                        server.broken = true;
-                        if self.replay > 0 {
-                            tracing::info!(peer = %self.peer(), error = %e, "server connection dead on first use");
-                            return Stop::Retry;
-                        }
-                        tracing::warn!(peer = %self.peer(), pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
-                        return Box::pin(self.server_lost(server, &e.to_string())).await;
+            // The side expected to speak is polled first: the server while
+            // it owes replies, the client once it owes none (mid-transaction,
+            // the client's next statement). A branch found ready spares
+            // polling (and re-registering) the others; polled by hand, the
+            // wait builds no future per turn. Tokio's per-task budget makes
+            // a busy side pending now and then, so the other is still polled.
+            let client_first = server.tx.owed == 0 && server.prepared.is_settled();
+            let woke = std::future::poll_fn(|cx| {
+                if client_first {
+                    if let Poll::Ready(r) =
+                        poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
+                    {
+                        return Poll::Ready(Woke::Client(r));
                     }
-                    Ok(_) => {
-                        if let Err(stop) = self.forward_server(server).await { return stop }
-                        // Frames held back until the server answered more.
-                        if self.held {
-                            // Boxed: rare, and it would enlarge every session's task.
-                            if let Err(stop) = Box::pin(self.forward_client(server)).await { return stop }
+                }
+                if let Poll::Ready(r) = server.poll_read_more(cx) {
+                    return Poll::Ready(Woke::Server(r));
+                }
+                if !client_first {
+                    if let Poll::Ready(r) =
+                        poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
+                    {
+                        return Poll::Ready(Woke::Client(r));
+                    }
+                }
+                if let (Some(t), Some((_, kind))) = (timer.as_mut(), deadline) {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Timeout(kind));
+                    }
+                }
+                Pin::new(&mut self.registered.info.killed())
+                    .poll(cx)
+                    .map(Woke::Killed)
+            })
+            .await;
+            match woke {
+                Woke::Server(Err(e)) => {
+                    server.broken = true;
+                    if self.replay > 0 {
+                        tracing::info!(peer = %self.peer(), error = %e, "server connection dead on first use");
+                        return Stop::Retry;
+                    }
+                    tracing::warn!(peer = %self.peer(), pool = %self.pool.key(), error = %e, "server connection lost while serving a client");
+                    return Box::pin(self.server_lost(server, &e.to_string())).await;
+                }
+                Woke::Server(Ok(_)) => {
+                    if let Err(stop) = self.forward_server(server).await {
+                        return stop;
+                    }
+                    // Frames held back until the server answered more.
+                    if self.held {
+                        // Boxed: rare, and it would enlarge every session's task.
+                        if let Err(stop) = Box::pin(self.forward_client(server)).await {
+                            return stop;
                         }
                     }
-                },
-                r = self.client.read_buf(&mut self.cbuf) => match r {
-                    Ok(0) | Err(_) => return Stop::ClientGone,
-                    Ok(_) => if let Err(stop) = self.forward_client(server).await { return stop },
-                },
-                kind = expiry(timer, deadline) => {
-                    if let Err(stop) = Box::pin(self.on_timeout(server, kind)).await { return stop }
-                },
-                by = self.registered.info.killed() => return Stop::Killed(by),
+                }
+                Woke::Client(Ok(0) | Err(_)) => return Stop::ClientGone,
+                Woke::Client(Ok(_)) => {
+                    if let Err(stop) = self.forward_client(server).await {
+                        return stop;
+                    }
+                }
+                Woke::Timeout(kind) => {
+                    if let Err(stop) = Box::pin(self.on_timeout(server, kind)).await {
+                        return stop;
+                    }
+                }
+                Woke::Killed(by) => return Stop::Killed(by),
             }
         }
     }

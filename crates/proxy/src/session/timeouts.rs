@@ -25,20 +25,6 @@ pub(super) struct CancelSent {
     pub(super) answered: bool,
 }
 
-/// Waits for the session's timer when a deadline applies, else forever.
-pub(super) async fn expiry(
-    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    deadline: Option<(Instant, TimeoutKind)>,
-) -> TimeoutKind {
-    match (timer.as_mut(), deadline) {
-        (Some(t), Some((_, kind))) => {
-            t.await;
-            kind
-        }
-        _ => std::future::pending().await,
-    }
-}
-
 impl<C: ClientStream> Session<C> {
     /// When the next timeout fires, if any applies now.
     pub(super) fn timeout_deadline(&self, server: &ServerConn) -> Option<(Instant, TimeoutKind)> {
