@@ -50,7 +50,13 @@ const NOT_SENT: (u16, u16) = (u16::MAX, 0);
 const _: () = assert!(MAX_STARTUP_LEN < u16::MAX as usize);
 
 /// The parameters a login looks up, each perhaps several times: found once.
-const LOOKED_UP: [&str; 4] = ["user", "database", "application_name", "replication"];
+const LOOKED_UP: [&str; 5] = [
+    "user",
+    "database",
+    "application_name",
+    "replication",
+    "options",
+];
 
 impl<'a> StartupParams<'a> {
     fn all(self) -> impl Iterator<Item = (&'a str, &'a str)> {
@@ -64,6 +70,12 @@ impl<'a> StartupParams<'a> {
             rest = after;
             Some((key, value))
         })
+    }
+
+    /// The parameters as sent (`key NUL value NUL` pairs): two packets with
+    /// the same text ask for the same.
+    pub fn as_text(self) -> &'a str {
+        self.pairs
     }
 
     /// Parameters in the order sent, `_pq_.` protocol options excluded.

@@ -155,6 +155,19 @@ pub struct Defaults {
     /// One per reported setting, in order: its name as the server spells
     /// it and in lower case (as `want`s are), and where its message ends.
     reported: Vec<Reported>,
+    /// The settings of the last login, by its startup parameters: the
+    /// clients of one app send the same packet, so most logins share one
+    /// `Params` and its fingerprint instead of building their own.
+    last_login: Mutex<Option<LoginSettings>>,
+}
+
+/// A login's settings, what [`Defaults::client_settings`] keeps.
+#[derive(Debug)]
+struct LoginSettings {
+    /// The startup packet's parameters, as sent.
+    startup: Box<str>,
+    want: Arc<Params>,
+    fingerprint: u64,
 }
 
 #[derive(Debug)]
@@ -184,7 +197,34 @@ impl Defaults {
             params,
             status: status.to_vec(),
             reported,
+            last_login: Mutex::new(None),
         }
+    }
+
+    /// The settings a client with these startup parameters wants that
+    /// differ from the server's (lower-case names), and their fingerprint.
+    /// Built once for a run of logins that send the same parameters.
+    pub fn client_settings(
+        &self,
+        startup: pgwake_protocol::startup::StartupParams<'_>,
+    ) -> Result<(Arc<Params>, u64), ErrorMessage> {
+        let text = startup.as_text();
+        let last = self.last_login.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = last.as_ref().filter(|l| *l.startup == *text) {
+            return Ok((l.want.clone(), l.fingerprint));
+        }
+        drop(last);
+        let mut want = crate::params::from_startup(startup.iter())?;
+        // Only what differs from the server's defaults is kept per client.
+        want.retain(|k, v| self.params.get(k) != Some(v));
+        let fingerprint = crate::params::fingerprint(&want);
+        let want = Arc::new(want);
+        *self.last_login.lock().unwrap_or_else(|e| e.into_inner()) = Some(LoginSettings {
+            startup: text.into(),
+            want: want.clone(),
+            fingerprint,
+        });
+        Ok((want, fingerprint))
     }
 
     /// Writes the ParameterStatus messages a client gets at login: the
@@ -884,6 +924,69 @@ mod tests {
             pgwake_protocol::backend::parameter_status(&mut plain, name, v);
         }
         (fast.to_vec(), plain.to_vec())
+    }
+
+    /// A StartupMessage for protocol 3.0 with these `key NUL value NUL` pairs.
+    fn startup_packet(pairs: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(pairs.len() + 9).unwrap();
+        let mut p = len.to_be_bytes().to_vec();
+        p.extend_from_slice(&196_608u32.to_be_bytes());
+        p.extend_from_slice(pairs);
+        p.push(0);
+        p
+    }
+
+    fn settings_of(defaults: &Defaults, pairs: &[u8]) -> Result<(Arc<Params>, u64), ErrorMessage> {
+        let packet = startup_packet(pairs);
+        let Ok(pgwake_protocol::startup::StartupRequest::Startup { params, .. }) =
+            pgwake_protocol::startup::parse(&packet)
+        else {
+            panic!("not a startup packet: {pairs:?}")
+        };
+        defaults.client_settings(params)
+    }
+
+    #[test]
+    fn logins_with_the_same_startup_parameters_share_their_settings() {
+        let reported = [("application_name", ""), ("DateStyle", "ISO, MDY")];
+        let reported: Vec<(String, String)> = reported
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let params = reported
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let defaults = Defaults::new(&reported, params);
+        let app = b"user\0u\0database\0d\0application_name\0pgbench\0DateStyle\0ISO, MDY\0";
+        let (first, fp) = settings_of(&defaults, app).unwrap();
+        // Only what differs from the server's defaults, lower-case names.
+        assert_eq!(
+            first.iter().collect::<Vec<_>>(),
+            [(&"application_name".to_owned(), &"pgbench".to_owned())]
+        );
+        assert_eq!(fp, crate::params::fingerprint(&first));
+        let (again, fp_again) = settings_of(&defaults, app).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same packet's settings are built once"
+        );
+        assert_eq!(fp_again, fp);
+        // Another app's: its own, and not confused with the first's.
+        let other = b"user\0u\0database\0d\0application_name\0psql\0";
+        let (theirs, their_fp) = settings_of(&defaults, other).unwrap();
+        assert_eq!(
+            theirs.get("application_name").map(String::as_str),
+            Some("psql")
+        );
+        assert_ne!(their_fp, fp);
+        let (back, _) = settings_of(&defaults, app).unwrap();
+        assert_eq!(*back, *first);
+        // Settings in `options` count, and a malformed one is refused.
+        let (opts, _) = settings_of(&defaults, b"user\0u\0options\0-c search_path=app\0").unwrap();
+        assert_eq!(opts.get("search_path").map(String::as_str), Some("app"));
+        let bad = settings_of(&defaults, b"user\0u\0options\0-c\0").unwrap_err();
+        assert_eq!(bad.code, sqlstate::PROTOCOL_VIOLATION);
     }
 
     #[test]

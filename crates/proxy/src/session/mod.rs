@@ -116,8 +116,10 @@ struct Session<C> {
     mode: PoolMode,
     defaults: Arc<Defaults>,
     /// The settings this client expects on whatever connection serves it,
-    /// where they differ from the server's defaults.
-    want: Params,
+    /// where they differ from the server's defaults. Shared with the other
+    /// clients that logged in with the same startup parameters, copied
+    /// when this one changes its own (`Arc::make_mut`).
+    want: Arc<Params>,
     /// [`params::fingerprint`] of `want`: equal to a connection's when the
     /// connection already has exactly these settings.
     want_fp: u64,
@@ -245,10 +247,14 @@ impl<C: ClientStream> Session<C> {
                 ),
             ));
         };
-        let mut want = match params::from_startup(startup_params.iter()) {
-            Ok(p) => p,
-            Err(e) => return Err((client, e)),
-        };
+        // A malformed `options` is refused before any server is asked for
+        // its defaults; the settings themselves are built once they are
+        // known (`client_settings`).
+        if startup_params.get("options").is_some() {
+            if let Err(e) = params::from_startup(startup_params.iter()) {
+                return Err((client, e));
+            }
+        }
         let key = PoolKeyRef {
             database,
             dbname: route.dbname,
@@ -313,9 +319,10 @@ impl<C: ClientStream> Session<C> {
                 return Err((client, e));
             }
         };
-        // Only what differs from the server's defaults is kept per client.
-        want.retain(|k, v| defaults.params.get(k) != Some(v));
-        let want_fp = params::fingerprint(&want);
+        let (want, want_fp) = match defaults.client_settings(startup_params) {
+            Ok(s) => s,
+            Err(e) => return Err((client, e)),
+        };
         let replica = shared
             .peering
             .client_pid(shared.config().peering.enabled(), || client.local_addr());
@@ -765,7 +772,7 @@ impl<C: ClientStream> Session<C> {
         if let Some(sql) = params::sync_sql(&self.want, &p.conn.params, &self.defaults.params) {
             // Record what is being set; ParameterStatus replies then
             // overwrite reported settings with the server's spelling.
-            for (k, v) in &self.want {
+            for (k, v) in self.want.iter() {
                 p.conn.params.insert(k.clone(), v.clone());
             }
             p.conn
@@ -773,12 +780,20 @@ impl<C: ClientStream> Session<C> {
                 .retain(|k, _| self.want.contains_key(k) || self.defaults.params.contains_key(k));
             match p.conn.run_internal(&sql, INTERNAL_TIMEOUT).await {
                 Ok(None) => {
-                    for (k, v) in self.want.iter_mut() {
-                        if let Some(h) = p.conn.params.get(k) {
-                            v.clone_from(h);
+                    // The server's spelling of each value (copied only
+                    // when it differs: `want` may be shared).
+                    let respelled = self
+                        .want
+                        .iter()
+                        .any(|(k, v)| p.conn.params.get(k).is_some_and(|h| h != v));
+                    if respelled {
+                        for (k, v) in Arc::make_mut(&mut self.want).iter_mut() {
+                            if let Some(h) = p.conn.params.get(k) {
+                                v.clone_from(h);
+                            }
                         }
+                        self.want_fp = params::fingerprint(&self.want);
                     }
-                    self.want_fp = params::fingerprint(&self.want);
                 }
                 Ok(Some(mut e)) => {
                     // A setting the server rejects: the server would have refused this

@@ -553,9 +553,11 @@ impl<C: ClientStream> Session<C> {
                             // Not replayable: the connection keeps it; it is the client's
                             // own doing, as with any session state in transaction mode.
                         } else if self.defaults.params.get(&k).map(String::as_str) == Some(v) {
-                            self.want.remove(&k);
-                        } else {
-                            self.want.insert(k, v.to_owned());
+                            if self.want.contains_key(&k) {
+                                std::sync::Arc::make_mut(&mut self.want).remove(&k);
+                            }
+                        } else if self.want.get(&k).map(String::as_str) != Some(v) {
+                            std::sync::Arc::make_mut(&mut self.want).insert(k, v.to_owned());
                         }
                         self.want_fp = params::fingerprint(&self.want);
                         server.settings_fp = self.want_fp;
