@@ -900,7 +900,9 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn written(reported: &[(&str, &str)], want: &[(&str, &str)]) -> (Vec<u8>, Vec<u8>) {
+    /// What a server that reported `reported` (names in its spelling) gives
+    /// its clients, and the same reports as owned pairs.
+    fn defaults_of(reported: &[(&str, &str)]) -> (Defaults, Vec<(String, String)>) {
         let reported: Vec<(String, String)> = reported
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -909,11 +911,15 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
+        (Defaults::new(&reported, params), reported)
+    }
+
+    fn written(reported: &[(&str, &str)], want: &[(&str, &str)]) -> (Vec<u8>, Vec<u8>) {
+        let (defaults, reported) = defaults_of(reported);
         let want: Params = want
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let defaults = Defaults::new(&reported, params);
         let mut fast = bytes::BytesMut::from(&b"before"[..]);
         defaults.write_status(&mut fast, &want);
         // What it stands for: one ParameterStatus per reported setting, with
@@ -948,16 +954,7 @@ mod tests {
 
     #[test]
     fn logins_with_the_same_startup_parameters_share_their_settings() {
-        let reported = [("application_name", ""), ("DateStyle", "ISO, MDY")];
-        let reported: Vec<(String, String)> = reported
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let params = reported
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect();
-        let defaults = Defaults::new(&reported, params);
+        let (defaults, _) = defaults_of(&[("application_name", ""), ("DateStyle", "ISO, MDY")]);
         let app = b"user\0u\0database\0d\0application_name\0pgbench\0DateStyle\0ISO, MDY\0";
         let (first, fp) = settings_of(&defaults, app).unwrap();
         // Only what differs from the server's defaults, lower-case names.
