@@ -77,21 +77,15 @@ impl<C: ClientStream> Session<C> {
             // a busy side pending now and then, so the other is still polled.
             let client_first = server.tx.owed == 0 && server.prepared.is_settled();
             let woke = std::future::poll_fn(|cx| {
-                if client_first {
-                    if let Poll::Ready(r) =
+                for client in [client_first, !client_first] {
+                    let polled = if client {
                         poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
-                    {
-                        return Poll::Ready(Woke::Client(r));
-                    }
-                }
-                if let Poll::Ready(r) = server.poll_read_more(cx) {
-                    return Poll::Ready(Woke::Server(r));
-                }
-                if !client_first {
-                    if let Poll::Ready(r) =
-                        poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
-                    {
-                        return Poll::Ready(Woke::Client(r));
+                            .map(Woke::Client)
+                    } else {
+                        server.poll_read_more(cx).map(Woke::Server)
+                    };
+                    if polled.is_ready() {
+                        return polled;
                     }
                 }
                 if let (Some(t), Some((_, kind))) = (timer.as_mut(), deadline) {
