@@ -541,6 +541,64 @@ async fn dead_pooled_connections_are_replaced_transparently() {
     }
 }
 
+/// The pids of `app`'s server connections, sorted.
+fn app_pids(cluster: &pgwake_testkit::Cluster) -> Vec<i64> {
+    let out = cluster
+        .psql(
+            "postgres",
+            "select pid from pg_stat_activity where usename = 'app' \
+             and backend_type = 'client backend' order by pid",
+        )
+        .unwrap();
+    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_the_server_closed_are_opened_again_before_a_client_comes() {
+    let cluster = cluster();
+    let pg = Pgwake::start(&cluster, "size = 3\nmin_idle = 3");
+    wait_until_async("the pool to hold min_idle = 3", LIMIT, || {
+        ready(app_pids(&cluster).len() == 3)
+    })
+    .await;
+    let connects = pg.metric("pgwake_server_connects_total");
+    assert_eq!(connects, 3.0);
+    // A server restart or failover, as the pool sees it: every idle server
+    // connection is closed by the server while no client is there.
+    let killed = app_pids(&cluster);
+    let list = killed
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "select pg_terminate_backend(pid) from pg_stat_activity where pid in ({list})"
+            ),
+        )
+        .unwrap();
+    // pgwake notices by itself and opens min_idle again: three server
+    // connections, none of them the killed ones, before any client comes.
+    wait_until_async("three new server connections", LIMIT, || {
+        let now = app_pids(&cluster);
+        ready(now.len() == 3 && now.iter().all(|p| !killed.contains(p)))
+    })
+    .await;
+    pg.wait_for_log_async("the server closed idle connections", LIMIT)
+        .await;
+    assert_eq!(pg.metric("pgwake_server_connections_lost_total"), 3.0);
+    assert_eq!(pg.metric("pgwake_server_connects_total"), connects + 3.0);
+    // The next client is served on them: no login on its request's path,
+    // no error.
+    let c = pg.client().await;
+    let v: i32 = c.query_one("select 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+    assert_eq!(pg.metric("pgwake_server_connects_total"), connects + 3.0);
+    assert_eq!(app_pids(&cluster).len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_entries_on_one_server_database_keep_their_own_pools() {
     let cluster = cluster();

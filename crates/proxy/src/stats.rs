@@ -38,6 +38,7 @@ const DESCRIPTIONS: &[(&str, char, &str)] = &[
     ("pgwake_sent_bytes_total", 'c', "Bytes sent to clients"),
     ("pgwake_server_connect_phase_seconds", 'h', "Time each phase of opening a server connection took (dns, tcp, tls, auth)"),
     ("pgwake_server_connects_total", 'c', "Server connections opened"),
+    ("pgwake_server_connections_lost_total", 'c', "Idle server connections the server or the network closed (a restart, a failover, a terminated backend, a NAT's drop found by TCP keepalive): closed, and pool.min_idle opened again at once"),
     ("pgwake_server_connect_errors_total", 'c', "Failed attempts to open a server connection, by kind"),
     ("pgwake_credential_fetches_total", 'c', "Tokens fetched from the credential source"),
     ("pgwake_credential_fetch_failures_total", 'c', "Failed token fetches"),
@@ -170,6 +171,8 @@ pub struct Metrics {
     timeouts: [AtomicU64; 6],
     connect_errors: [AtomicU64; 8],
     pub connects: AtomicU64,
+    /// Idle server connections found closed by the server or the network.
+    pub server_conns_lost: AtomicU64,
     pub cancels: AtomicU64,
     cancels_forwarded: [AtomicU64; 2],
     cancels_dropped: [AtomicU64; 3],
@@ -298,6 +301,7 @@ impl Metrics {
             timeouts: Default::default(),
             connect_errors: Default::default(),
             connects: AtomicU64::new(0),
+            server_conns_lost: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
             cancels_forwarded: Default::default(),
             cancels_dropped: Default::default(),
@@ -389,6 +393,8 @@ impl Metrics {
         }
         self.counter("pgwake_server_connects_total", vec![])
             .absolute(self.connects.load(Ordering::Relaxed));
+        self.counter("pgwake_server_connections_lost_total", vec![])
+            .absolute(self.server_conns_lost.load(Ordering::Relaxed));
         self.counter("pgwake_cancels_total", vec![])
             .absolute(self.cancels.load(Ordering::Relaxed));
         for (result, n) in ["ok", "failed"].into_iter().zip(&self.cancels_forwarded) {

@@ -1,5 +1,6 @@
 //! The task each pool runs in the background: warm `min_idle`, close idle
-//! connections that are expired, dead, stale or past `idle_timeout`.
+//! connections that are expired, stale or past `idle_timeout`, and replace
+//! at once those the server or the network closed while they sat idle.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,11 @@ use super::{retire, Pool, Slot};
 impl Pool {
     /// Keeps `min_idle` connections open and closes idle ones past
     /// `idle_timeout`, expired or dead ones. Runs until the pool closes.
+    ///
+    /// Idle connections are watched: when the server closes them (a
+    /// restart, a failover, `pg_terminate_backend`, or a NAT's drop found by
+    /// TCP keepalive), they are closed and `min_idle` is opened again at
+    /// once, not when the next client finds them dead and waits for a login.
     pub async fn maintain(self) {
         let stop = self.inner.stop.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -20,10 +26,11 @@ impl Pool {
         let mut failures = 0u32;
         let mut next_attempt = tokio::time::Instant::now();
         loop {
-            tokio::select! {
+            let lost = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+                lost = std::future::poll_fn(|cx| self.poll_lost(cx)) => lost,
+                _ = tick.tick() => Vec::new(),
+            };
             // Notices a changed secret (one stat for a password file), so
             // connections made with the old one retire below.
             let credentials = self.inner.lock().server.credentials.clone();
@@ -36,6 +43,22 @@ impl Pool {
                     Some(ServerState::Stopped | ServerState::Stopping)
                 )
             });
+            if !lost.is_empty() {
+                self.inner
+                    .metrics
+                    .server_conns_lost
+                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
+                if !asleep {
+                    tracing::info!(
+                        database = %self.inner.key.database,
+                        connections = lost.len(),
+                        "the server closed idle connections (a restart, a failover, a terminated backend or the network); opening pool.min_idle again"
+                    );
+                }
+                for p in lost {
+                    retire(p);
+                }
+            }
             // Warm up to min_idle, one connection at a time.
             while !asleep && tokio::time::Instant::now() >= next_attempt {
                 let (slot, connect_timeout) = {
@@ -124,6 +147,29 @@ impl Pool {
         next
     }
 
+    /// The idle connections the server closed, taken out of the pool; else
+    /// pending, woken when any idle connection's socket becomes readable.
+    /// A connection given back since the last poll is watched from the next
+    /// one (at the latest the next tick): a check per connection here, none
+    /// on the path of a transaction.
+    fn poll_lost(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Vec<super::Pooled>> {
+        let mut st = self.inner.lock();
+        let mut lost = Vec::new();
+        let mut i = 0;
+        while i < st.idle.len() {
+            if st.idle[i].conn.poll_closed(cx) {
+                lost.extend(st.idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if lost.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(lost)
+        }
+    }
+
     fn prune(&self) {
         let now = Instant::now();
         let epoch = self.inner.epoch.load(Ordering::Relaxed);
@@ -135,14 +181,13 @@ impl Pool {
             let mut keep = VecDeque::with_capacity(st.idle.len());
             let mut idle = std::mem::take(&mut st.idle);
             // Oldest-used first, so idle_timeout closes the coldest ones.
-            while let Some(mut p) = idle.pop_front() {
+            while let Some(p) = idle.pop_front() {
                 let surplus = keep.len() + idle.len() >= min_idle;
                 let stale = surplus && now.duration_since(p.conn.last_used) >= idle_timeout;
                 if stale
                     || now >= p.retire_at
                     || p.epoch != epoch
                     || p.conn.credential_generation != generation
-                    || !p.conn.is_alive()
                 {
                     gone.push(p);
                 } else {

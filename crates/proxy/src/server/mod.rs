@@ -200,6 +200,25 @@ impl ServerConn {
         }
     }
 
+    /// For a connection at rest in the pool: whether the server closed it
+    /// (EOF, an error, or bytes it should not have sent, often a FATAL
+    /// before the close), else `cx` is woken when its socket next becomes
+    /// readable. Whoever reads the connection next (a client's session)
+    /// takes the wake-up over; nothing is registered per transaction.
+    pub(crate) fn poll_closed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        // A readiness left from the connection's last use is cleared by the
+        // probe in `is_alive`; the second poll then registers `cx`.
+        for _ in 0..2 {
+            match self.stream.tcp().poll_read_ready(cx) {
+                std::task::Poll::Pending => return false,
+                std::task::Poll::Ready(Err(_)) => return true,
+                std::task::Poll::Ready(Ok(())) if !self.is_alive() => return true,
+                std::task::Poll::Ready(Ok(())) => {}
+            }
+        }
+        false
+    }
+
     /// Reads more bytes from the server into `buf`. Cancel-safe.
     pub(crate) async fn read_more(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_read_more(cx)).await
