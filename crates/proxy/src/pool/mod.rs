@@ -157,17 +157,23 @@ pub struct Defaults {
     reported: Vec<Reported>,
     /// The settings of the last login, by its startup parameters: the
     /// clients of one app send the same packet, so most logins share one
-    /// `Params` and its fingerprint instead of building their own.
-    last_login: Mutex<Option<LoginSettings>>,
+    /// `Params`, its fingerprint and their ParameterStatus messages instead
+    /// of building their own.
+    last_login: Mutex<Option<Arc<LoginSettings>>>,
 }
 
 /// A login's settings, what [`Defaults::client_settings`] keeps.
 #[derive(Debug)]
-struct LoginSettings {
+pub struct LoginSettings {
     /// The startup packet's parameters, as sent.
     startup: Box<str>,
-    want: Arc<Params>,
-    fingerprint: u64,
+    /// The settings that differ from the server's, lower-case names.
+    pub want: Arc<Params>,
+    /// [`crate::params::fingerprint`] of `want`.
+    pub fingerprint: u64,
+    /// The ParameterStatus messages the login gets
+    /// ([`Defaults::write_status`] for `want`).
+    pub status: Box<[u8]>,
 }
 
 #[derive(Debug)]
@@ -202,29 +208,32 @@ impl Defaults {
     }
 
     /// The settings a client with these startup parameters wants that
-    /// differ from the server's (lower-case names), and their fingerprint.
-    /// Built once for a run of logins that send the same parameters.
+    /// differ from the server's (lower-case names), their fingerprint and
+    /// the ParameterStatus messages its login gets. Built once for a run of
+    /// logins that send the same parameters.
     pub fn client_settings(
         &self,
         startup: pgwake_protocol::startup::StartupParams<'_>,
-    ) -> Result<(Arc<Params>, u64), ErrorMessage> {
+    ) -> Result<Arc<LoginSettings>, ErrorMessage> {
         let text = startup.as_text();
         let last = self.last_login.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = last.as_ref().filter(|l| *l.startup == *text) {
-            return Ok((l.want.clone(), l.fingerprint));
+            return Ok(l.clone());
         }
         drop(last);
         let mut want = crate::params::from_startup(startup.iter())?;
         // Only what differs from the server's defaults is kept per client.
         want.retain(|k, v| self.params.get(k) != Some(v));
-        let fingerprint = crate::params::fingerprint(&want);
-        let want = Arc::new(want);
-        *self.last_login.lock().unwrap_or_else(|e| e.into_inner()) = Some(LoginSettings {
+        let mut status = bytes::BytesMut::new();
+        self.write_status(&mut status, &want);
+        let settings = Arc::new(LoginSettings {
             startup: text.into(),
-            want: want.clone(),
-            fingerprint,
+            fingerprint: crate::params::fingerprint(&want),
+            want: Arc::new(want),
+            status: status.to_vec().into_boxed_slice(),
         });
-        Ok((want, fingerprint))
+        *self.last_login.lock().unwrap_or_else(|e| e.into_inner()) = Some(settings.clone());
+        Ok(settings)
     }
 
     /// Writes the ParameterStatus messages a client gets at login: the
@@ -949,7 +958,12 @@ mod tests {
         else {
             panic!("not a startup packet: {pairs:?}")
         };
-        defaults.client_settings(params)
+        let s = defaults.client_settings(params)?;
+        // The login's ParameterStatus messages are those for its settings.
+        let mut status = bytes::BytesMut::new();
+        defaults.write_status(&mut status, &s.want);
+        assert_eq!(&s.status[..], &status[..]);
+        Ok((s.want.clone(), s.fingerprint))
     }
 
     #[test]

@@ -319,10 +319,11 @@ impl<C: ClientStream> Session<C> {
                 return Err((client, e));
             }
         };
-        let (want, want_fp) = match defaults.client_settings(startup_params) {
+        let login = match defaults.client_settings(startup_params) {
             Ok(s) => s,
             Err(e) => return Err((client, e)),
         };
+        let (want, want_fp) = (login.want.clone(), login.fingerprint);
         let replica = shared
             .peering
             .client_pid(shared.config().peering.enabled(), || client.local_addr());
@@ -340,7 +341,8 @@ impl<C: ClientStream> Session<C> {
             registered.info.never_park();
         }
 
-        defaults.write_status(&mut out, &want);
+        out.extend_from_slice(&login.status);
+        drop(login);
         backend::backend_key_data(&mut out, cancel.pid(), cancel.key());
         backend::ready_for_query(&mut out, b'I');
         if client.send(&out).await.is_err() {
