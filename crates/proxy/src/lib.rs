@@ -636,8 +636,9 @@ impl Proxy {
     /// Serves until `shutdown` completes, then drains gracefully.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared.clone();
-        let accept = self.listeners.serve(shared.clone());
-        tokio::pin!(accept);
+        // A task of its own: waking for a new client polls the accept loop
+        // only, not the stop signals watched here as well.
+        let mut accept = tokio::spawn(self.listeners.serve(shared.clone()));
         tokio::select! {
             _ = &mut accept => {}
             _ = shutdown => {}
@@ -652,9 +653,10 @@ impl Proxy {
         shared.tasks.close();
         let grace = config.listen.shutdown_grace;
         // Sessions hold connections back to the pools until they end.
-        let sessions_done = tokio::time::timeout(grace, accept).await.is_ok();
+        let sessions_done = tokio::time::timeout(grace, &mut accept).await.is_ok();
         if !sessions_done {
             tracing::warn!("grace period over: closing the remaining client connections");
+            accept.abort();
         }
         shared.hard_stop.cancel();
         for pool in shared.pools() {

@@ -139,7 +139,9 @@ impl Listeners {
         loop {
             unix_first = !unix_first;
             let accepted = std::future::poll_fn(|cx| {
-                if shutdown.as_mut().poll(cx).is_ready() {
+                // A flag first: the shutdown's future is polled (its waker
+                // kept up to date) only when the loop is about to wait.
+                if shared.shutdown.is_cancelled() {
                     return Poll::Ready(None);
                 }
                 for unix in [unix_first, !unix_first] {
@@ -152,7 +154,10 @@ impl Listeners {
                         return Poll::Ready(Some(r));
                     }
                 }
-                Poll::Pending
+                match shutdown.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
             })
             .await;
             let Some(accepted) = accepted else { break };

@@ -65,12 +65,7 @@ pub(crate) fn serve_unix(
         admitted: permit.is_some(),
         encrypted: false,
     };
-    let login = Box::pin(async move {
-        login
-            .run(client, super::spare_buffers::take())
-            .await
-            .map(Box::new)
-    });
+    let login = Box::pin(async move { login.run(client, super::spare_buffers::take()).await });
     async move {
         if let Some(mut session) = login.await {
             session.permit = permit;
@@ -111,7 +106,7 @@ async fn accept_tcp(
     .await;
     match step {
         Ok(Handshake::Request(request)) => match login.finish(client, buf, request).await {
-            Some(s) => Accepted::Plain(Box::new(s)),
+            Some(s) => Accepted::Plain(s),
             None => Accepted::Done,
         },
         Ok(Handshake::Gone) => Accepted::Done,
@@ -193,14 +188,18 @@ impl Login {
         };
         self.encrypted = true;
         match self.run(client, buf).await {
-            Some(s) => Accepted::Tls(Box::new(s)),
+            Some(s) => Accepted::Tls(s),
             None => Accepted::Done,
         }
     }
 
     /// Reads the startup packet (refusing encryption requests: the stream
     /// is encrypted already, or cannot be) and finishes the login.
-    async fn run<C: ClientStream>(self, mut client: C, mut buf: BytesMut) -> Option<Session<C>> {
+    async fn run<C: ClientStream>(
+        self,
+        mut client: C,
+        mut buf: BytesMut,
+    ) -> Option<Box<Session<C>>> {
         let step = within_login(
             &self.shared,
             self.deadline,
@@ -228,7 +227,7 @@ impl Login {
         client: C,
         buf: BytesMut,
         packet: BytesMut,
-    ) -> Option<Session<C>> {
+    ) -> Option<Box<Session<C>>> {
         // One place sends a refusal: the future keeps no result across it.
         let (mut client, e) = match self.admit(client, buf, &packet).await {
             Ok(session) => return session,
@@ -244,7 +243,7 @@ impl Login {
         mut client: C,
         mut buf: BytesMut,
         packet: &BytesMut,
-    ) -> Result<Option<Session<C>>, (C, ErrorMessage)> {
+    ) -> Result<Option<Box<Session<C>>>, (C, ErrorMessage)> {
         let Login { peer, shared, .. } = &self;
         let request = match startup::parse(packet) {
             Ok(r) => r,

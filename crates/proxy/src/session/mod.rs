@@ -221,7 +221,7 @@ impl<C: ClientStream> Session<C> {
         minor: u16,
         startup_params: StartupParams<'_>,
         who: login::Checked<'_>,
-    ) -> Result<Self, (C, ErrorMessage)> {
+    ) -> Result<Box<Self>, (C, ErrorMessage)> {
         let get = |k: &str| startup_params.get(k);
         let login::Checked {
             user,
@@ -365,7 +365,8 @@ impl<C: ClientStream> Session<C> {
         let prepared = crate::prepared::ClientStatements::new(
             pool.statement_hasher().for_settings(search_path),
         );
-        Ok(Session {
+        // Boxed here, where it is made: moved on from here as a pointer.
+        Ok(Box::new(Session {
             _admission: admission,
             permit: None,
             lease: None,
@@ -393,7 +394,7 @@ impl<C: ClientStream> Session<C> {
             replay: 0,
             fresh: false,
             shared,
-        })
+        }))
     }
 
     /// Serves the client until it leaves.
