@@ -151,11 +151,81 @@ impl ClientStream for crate::tls::ClientTls {
 }
 
 /// Where a client connects from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer {
-    /// For logs and SHOW CLIENTS: `ip:port` or `unix socket`.
-    pub text: String,
+    /// `None`: the unix socket.
+    pub addr: Option<SocketAddr>,
     pub origin: ClientOrigin,
+}
+
+impl Peer {
+    pub fn tcp(addr: SocketAddr) -> Peer {
+        Peer {
+            addr: Some(addr),
+            origin: ClientOrigin {
+                ip: Some(addr.ip()),
+            },
+        }
+    }
+
+    pub fn unix() -> Peer {
+        Peer {
+            addr: None,
+            origin: ClientOrigin { ip: None },
+        }
+    }
+
+    /// For logs and SHOW CLIENTS: `ip:port` or `unix socket`, written when
+    /// needed (on the stack), not kept per client.
+    pub fn text(&self) -> PeerText {
+        match self.addr {
+            Some(addr) => peer_text(addr),
+            None => PeerText::from_str("unix socket"),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// A client's address as text, on the stack: the longest, an IPv6 address
+/// with a scope id and a port, is 57 bytes.
+pub(crate) struct PeerText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl PeerText {
+    fn from_str(s: &str) -> PeerText {
+        let mut t = PeerText {
+            buf: [0; 64],
+            len: 0,
+        };
+        t.push(s.as_bytes());
+        t
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.buf.len());
+        let n = end - self.len;
+        self.buf[self.len..end].copy_from_slice(&bytes[..n]);
+        self.len = end;
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for PeerText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
 }
 
 /// Where a client connects from, as the rules and messages see it.
@@ -181,31 +251,30 @@ impl std::fmt::Display for ClientOrigin {
     }
 }
 
-/// `ip:port` as `SocketAddr` displays it, in one allocation of its own
-/// length (for the login's messages; the registry entry copies it); an
-/// IPv4 address (nearly every client) without the formatting machinery,
-/// which cost a new client more than its whole startup packet's parsing.
-pub(crate) fn peer_text(peer: SocketAddr) -> String {
+/// `ip:port` as `SocketAddr` displays it; an IPv4 address (nearly every
+/// client) without the formatting machinery, which cost a new client more
+/// than its whole startup packet's parsing.
+pub(crate) fn peer_text(peer: SocketAddr) -> PeerText {
+    let mut text = PeerText {
+        buf: [0; 64],
+        len: 0,
+    };
     match peer {
         SocketAddr::V4(v4) => {
-            // The longest: 15 (`255.255.255.255`) + `:` + 5 (port).
-            let mut text = [0u8; 21];
-            let mut len = 0;
             let mut digits = itoa::Buffer::new();
-            let mut put = |bytes: &[u8]| {
-                text[len..len + bytes.len()].copy_from_slice(bytes);
-                len += bytes.len();
-            };
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                 if i > 0 {
-                    put(b".");
+                    text.push(b".");
                 }
-                put(digits.format(octet).as_bytes());
+                text.push(digits.format(octet).as_bytes());
             }
-            put(b":");
-            put(digits.format(v4.port()).as_bytes());
-            String::from_utf8_lossy(&text[..len]).into_owned()
+            text.push(b":");
+            text.push(digits.format(v4.port()).as_bytes());
         }
-        SocketAddr::V6(_) => peer.to_string(),
+        SocketAddr::V6(_) => {
+            use std::fmt::Write;
+            let _ = write!(text, "{peer}");
+        }
     }
+    text
 }

@@ -11,7 +11,6 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
 use crate::client_io::Peer;
-use crate::client_io::{peer_text, ClientOrigin};
 use crate::session;
 use crate::{Shared, StartError};
 
@@ -214,13 +213,7 @@ fn poll_accept_tcp(
     };
     Poll::Ready(accepted.map(|(s, peer)| {
         let _ = s.set_nodelay(true);
-        let peer = Peer {
-            text: peer_text(peer),
-            origin: ClientOrigin {
-                ip: Some(peer.ip()),
-            },
-        };
-        (Conn::Tcp(s), peer)
+        (Conn::Tcp(s), Peer::tcp(peer))
     }))
 }
 
@@ -232,13 +225,8 @@ fn poll_accept_unix(
     let Some((l, _)) = unix else {
         return Poll::Pending;
     };
-    l.poll_accept(cx).map_ok(|(s, _)| {
-        let peer = Peer {
-            text: "unix socket".to_owned(),
-            origin: ClientOrigin { ip: None },
-        };
-        (Conn::Unix(s), peer)
-    })
+    l.poll_accept(cx)
+        .map_ok(|(s, _)| (Conn::Unix(s), Peer::unix()))
 }
 
 /// The id of group `name` (`listen.unix_socket_group`): a number, or a name
@@ -263,6 +251,7 @@ fn group_id(name: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_io::peer_text;
 
     #[test]
     fn peer_text_is_the_address_as_displayed() {
@@ -277,13 +266,13 @@ mod tests {
         ] {
             let addr: SocketAddr = peer.parse().unwrap();
             let text = peer_text(addr);
-            assert_eq!(text, addr.to_string());
+            assert_eq!(text.as_str(), addr.to_string());
         }
         for octet in 0..=255u8 {
             for port in [0, 9, 10, 99, 100, 6432, 65535] {
                 let ip = std::net::Ipv4Addr::new(octet, 255 - octet, octet / 2, 1);
                 let addr = SocketAddr::from((ip, port));
-                assert_eq!(peer_text(addr), addr.to_string());
+                assert_eq!(peer_text(addr).as_str(), addr.to_string());
             }
         }
     }

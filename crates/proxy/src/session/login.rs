@@ -117,7 +117,7 @@ async fn accept_tcp(
             None => Accepted::Done,
         },
         Err(e) => {
-            tracing::debug!(peer = %login.peer.text, error = %e.message, "refused malformed startup");
+            tracing::debug!(peer = %login.peer, error = %e.message, "refused malformed startup");
             let _ = send_fatal(&mut client, &e).await;
             Accepted::Done
         }
@@ -178,7 +178,7 @@ impl Login {
         let client = match tokio::time::timeout_at(self.deadline, accept).await {
             Ok(Ok(s)) => crate::tls::ClientTls(Box::new(s), tls.end_point),
             Ok(Err(e)) => {
-                tracing::info!(peer = %self.peer.text, error = %e, "client TLS handshake failed");
+                tracing::info!(peer = %self.peer, error = %e, "client TLS handshake failed");
                 return Accepted::Done;
             }
             Err(_) => {
@@ -210,7 +210,7 @@ impl Login {
             Ok(Handshake::Request(r)) => r,
             Ok(Handshake::Gone | Handshake::Tls) => return None,
             Err(e) => {
-                tracing::debug!(peer = %self.peer.text, error = %e.message, "refused malformed startup");
+                tracing::debug!(peer = %self.peer, error = %e.message, "refused malformed startup");
                 let _ = send_fatal(&mut client, &e).await;
                 return None;
             }
@@ -248,7 +248,7 @@ impl Login {
         let request = match startup::parse(packet) {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!(peer = %peer.text, error = %e, "refused malformed startup");
+                tracing::debug!(peer = %peer, error = %e, "refused malformed startup");
                 return Err((client, ErrorMessage::fatal(e.sqlstate(), e.to_string())));
             }
         };
@@ -259,7 +259,11 @@ impl Login {
                 // Boxed, as the console below: rare, and a login should not
                 // carry room for them.
                 Box::pin(crate::peering::serve_cancel(
-                    shared, pid, key, local, &peer.text,
+                    shared,
+                    pid,
+                    key,
+                    local,
+                    peer.text().as_str(),
                 ))
                 .await;
                 return Ok(None);
@@ -283,7 +287,7 @@ impl Login {
             Box::pin(admin::console::serve(client, buf, &peer, shared, who.user)).await;
             return Ok(None);
         }
-        Session::start(client, buf, peer.text, shared, minor, params, who)
+        Session::start(client, buf, &peer, shared, minor, params, who)
             .await
             .map(Some)
     }

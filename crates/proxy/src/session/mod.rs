@@ -216,7 +216,7 @@ impl<C: ClientStream> Session<C> {
     async fn start(
         mut client: C,
         cbuf: BytesMut,
-        peer: String,
+        peer: &crate::client_io::Peer,
         shared: Arc<Shared>,
         minor: u16,
         startup_params: StartupParams<'_>,
@@ -331,7 +331,7 @@ impl<C: ClientStream> Session<C> {
         let registered = shared.clients.register(
             user,
             get("application_name").unwrap_or(""),
-            &peer,
+            peer.text().as_str(),
             pool.shared_key(),
             pool.stats().clone(),
         );
