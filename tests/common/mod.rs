@@ -89,16 +89,20 @@ impl Pgwake {
         me
     }
 
+    /// Until both the client port and the admin HTTP port accept: pgwake
+    /// binds them one after the other, so the first alone does not say the
+    /// second is up.
     fn wait_listening(&self) {
-        let listening = poll_until(Duration::from_secs(5), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        });
-        assert!(
-            listening,
-            "pgwake did not listen on {}; logs:\n{}",
-            self.port,
-            self.logs()
-        );
+        for port in [self.port, self.admin_port] {
+            let listening = poll_until(Duration::from_secs(5), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            assert!(
+                listening,
+                "pgwake did not listen on {port}; logs:\n{}",
+                self.logs()
+            );
+        }
     }
 
     /// Replaces the config file (reloaded on SIGHUP or RELOAD).
