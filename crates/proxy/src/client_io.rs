@@ -180,7 +180,11 @@ impl Peer {
     pub fn text(&self) -> PeerText {
         match self.addr {
             Some(addr) => peer_text(addr),
-            None => PeerText::from_str("unix socket"),
+            None => {
+                let mut t = PeerText::new();
+                t.push(b"unix socket");
+                t
+            }
         }
     }
 }
@@ -199,13 +203,11 @@ pub(crate) struct PeerText {
 }
 
 impl PeerText {
-    fn from_str(s: &str) -> PeerText {
-        let mut t = PeerText {
+    fn new() -> PeerText {
+        PeerText {
             buf: [0; 64],
             len: 0,
-        };
-        t.push(s.as_bytes());
-        t
+        }
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -255,10 +257,7 @@ impl std::fmt::Display for ClientOrigin {
 /// client) without the formatting machinery, which cost a new client more
 /// than its whole startup packet's parsing.
 pub(crate) fn peer_text(peer: SocketAddr) -> PeerText {
-    let mut text = PeerText {
-        buf: [0; 64],
-        len: 0,
-    };
+    let mut text = PeerText::new();
     match peer {
         SocketAddr::V4(v4) => {
             let mut digits = itoa::Buffer::new();

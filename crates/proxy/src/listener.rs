@@ -153,10 +153,7 @@ impl Listeners {
                         return Poll::Ready(Some(r));
                     }
                 }
-                match shutdown.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
+                shutdown.as_mut().poll(cx).map(|()| None)
             })
             .await;
             let Some(accepted) = accepted else { break };

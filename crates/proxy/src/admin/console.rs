@@ -75,8 +75,6 @@ pub(crate) async fn serve<C: ClientStream>(
         let _ = client.send(&out).await;
         return;
     };
-    let peer = peer.text();
-    let peer = peer.as_str();
     tracing::info!(%peer, user, ?access, "admin console login");
     let mut out = BytesMut::with_capacity(1024);
     backend::auth_ok(&mut out);

@@ -230,7 +230,7 @@ impl Defaults {
             startup: text.into(),
             fingerprint: crate::params::fingerprint(&want),
             want: Arc::new(want),
-            status: status.to_vec().into_boxed_slice(),
+            status: Vec::from(status).into_boxed_slice(),
         });
         *self.last_login.lock().unwrap_or_else(|e| e.into_inner()) = Some(settings.clone());
         Ok(settings)
@@ -239,7 +239,7 @@ impl Defaults {
     /// Writes the ParameterStatus messages a client gets at login: the
     /// server's, with the client's own value where `want` (lower-case
     /// names) has one. The runs of the server's own are copied whole.
-    pub fn write_status(&self, out: &mut bytes::BytesMut, want: &Params) {
+    fn write_status(&self, out: &mut bytes::BytesMut, want: &Params) {
         out.reserve(self.status.len());
         // `copied`: where the server's messages not yet written begin;
         // `start`: where the current one begins.
