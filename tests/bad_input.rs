@@ -150,6 +150,98 @@ async fn two_thousand_silent_connections_cost_little() {
     normal_client_works(&pg).await;
 }
 
+/// The state of pgwake's end of the TCP connection from `client_port`, as
+/// the kernel reports it (`ss`): `SYN-RECV` while the kernel holds it
+/// unaccepted, `ESTAB` once it is handed over; `None` when there is none.
+fn server_side_state(port: u16, client_port: u16) -> Option<String> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-Htan",
+            &format!("( sport = :{port} and dport = :{client_port} )"),
+        ])
+        .output()
+        .expect("run ss (iproute2)");
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// `listen.tcp_defer_accept`: a TCP client that has connected but sent
+/// nothing stays with the kernel (pgwake is not woken for it); the moment
+/// it sends its startup packet it is handed over and logs in as usual.
+/// With the option off, the same silent client is accepted at once (the
+/// control: `ss` tells the two apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tcp_client_waits_in_the_kernel_until_it_speaks() {
+    let cluster = cluster();
+    for (defer, held) in [("30s", true), ("0s", false)] {
+        let port = pgwake_testkit::free_port();
+        let pg = Pgwake::start_config(
+            &common::config_for(&cluster, port, "size = 2\nmin_idle = 1"),
+            port,
+            &[("PGWAKE_LISTEN_TCP_DEFER_ACCEPT", defer)],
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
+        let client_port = s.local_addr().unwrap().port();
+        let want = if held { "SYN-RECV" } else { "ESTAB" };
+        common::wait_until(
+            &format!("tcp_defer_accept = {defer}: pgwake's side of a silent client in {want}"),
+            Duration::from_secs(10),
+            || server_side_state(pg.port, client_port).as_deref() == Some(want),
+        );
+        if held {
+            // Still held: the kernel keeps it for the whole period.
+            assert_eq!(
+                server_side_state(pg.port, client_port).as_deref(),
+                Some("SYN-RECV")
+            );
+        }
+        s.write_all(&startup("app", "app")).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), messages_until_ready(&mut s))
+            .await
+            .expect("the login is answered at once");
+        assert_eq!(
+            reply.last().map(|(t, _)| *t),
+            Some(b'Z'),
+            "tcp_defer_accept = {defer}: login reply {reply:?}"
+        );
+        assert_eq!(
+            server_side_state(pg.port, client_port).as_deref(),
+            Some("ESTAB")
+        );
+        normal_client_works(&pg).await;
+    }
+}
+
+/// As shipped (`tcp_defer_accept = "1s"`), a client that connects and never
+/// sends anything is not held forever: the kernel hands it over after the
+/// period and `client_login_timeout` closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_speaks_is_closed_at_the_login_timeout() {
+    let cluster = cluster();
+    let port = pgwake_testkit::free_port();
+    let pg = Pgwake::start_config(
+        &common::config_for(&cluster, port, "size = 2\nmin_idle = 1"),
+        port,
+        &[("PGWAKE_LISTEN_CLIENT_LOGIN_TIMEOUT", "1s")],
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut reply))
+        .await
+        .expect("closed within the defer period and the login timeout")
+        .unwrap();
+    let code = first_error_sqlstate(&reply);
+    assert_eq!(code.as_deref(), Some("08P01"), "reply {reply:?}");
+    assert_eq!(
+        pg.metric("pgwake_timeouts_total{kind=\"client_login\"}"),
+        1.0
+    );
+    normal_client_works(&pg).await;
+}
+
 /// Reads backend messages until ReadyForQuery (or an error, or the end).
 async fn messages_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();

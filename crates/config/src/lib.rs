@@ -236,6 +236,14 @@ pub struct Listen {
     /// parked then. `0s`: no client is parked.
     #[serde(with = "humantime_serde")]
     pub park_idle_clients_after: Duration,
+    /// TCP clients are handed to pgwake only once they have sent something
+    /// (TCP_DEFER_ACCEPT, Linux): every PostgreSQL client speaks first, so
+    /// its first message is there when pgwake accepts it, and no wake-up is
+    /// spent on a connection with nothing to read yet. A client that sends
+    /// nothing is handed over after about this long (then
+    /// `client_login_timeout` applies). `0s`: accept at once. Read at start.
+    #[serde(with = "humantime_serde")]
+    pub tcp_defer_accept: Duration,
 }
 
 impl Default for Listen {
@@ -260,6 +268,7 @@ impl Default for Listen {
             shutdown_delay: Duration::ZERO,
             worker_threads: 1,
             park_idle_clients_after: Duration::from_secs(10),
+            tcp_defer_accept: Duration::from_secs(1),
         }
     }
 }

@@ -39,6 +39,7 @@ pub fn needs_restart(key: &str) -> bool {
             | "listen.max_client_conn"
             | "listen.worker_threads"
             | "listen.client_buffer_budget"
+            | "listen.tcp_defer_accept"
             | "admin.addr"
             | "log.format"
     ) || key == "lifecycle"

@@ -1,4 +1,4 @@
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 //! pgwake's proxy: listeners, client sessions, pools and server connections.
 //!
 //! [`Proxy::bind`] opens the listeners and starts warming the pools;

@@ -50,6 +50,7 @@ const KEY_ORDER: &[&str] = &[
     "max_client_conn_per_database",
     "max_client_conn_per_user",
     "client_login_timeout",
+    "tcp_defer_accept",
     "client_tls_mode",
     "client_tls_cert",
     "client_tls_key",

@@ -52,6 +52,7 @@ const CONVERTED: &[&str] = &[
     "server_tls_sslmode",
     "stats_period",
     "stats_users",
+    "tcp_defer_accept",
     "tcp_keepalive",
     "tcp_keepcnt",
     "tcp_keepidle",
@@ -114,7 +115,6 @@ const WITHOUT_EQUIVALENT: &[(&str, Option<&str>, &str)] = &[
     ("syslog", Some("0"), "pgwake logs to stderr only; under systemd the journal passes it on to syslog"),
     ("syslog_facility", None, "pgwake logs to stderr only; under systemd the journal passes it on to syslog"),
     ("syslog_ident", None, "pgwake logs to stderr only; under systemd the journal passes it on to syslog"),
-    ("tcp_defer_accept", None, "pgwake accepts connections at once"),
     ("tcp_socket_buffer", Some("0"), "pgwake uses the system's socket buffer sizes"),
     ("track_extra_parameters", None, "pgwake carries the settings the server reports (application_name, DateStyle, IntervalStyle, TimeZone, client_encoding, standard_conforming_strings, search_path) from connection to connection, and no others"),
     ("transaction_timeout", Some("0"), "pgwake has no limit on a whole transaction; timeouts.query_timeout and idle_transaction_timeout bound its parts"),
@@ -291,6 +291,12 @@ impl Convert<'_> {
             "client_login_timeout",
             60,
         )?;
+        // The same option under the same name: seconds the kernel holds a
+        // client that has sent nothing (0: accept at once).
+        if let Some(s) = self.take("tcp_defer_accept") {
+            let d = s.seconds()?;
+            self.set_from(&["listen"], "tcp_defer_accept", duration(d), &s);
+        }
         if let Some(s) = self.take("max_packet_size") {
             let n = s.count()?;
             if n < 1024 {

@@ -655,13 +655,15 @@ fn logging_and_settings_without_equivalent() {
         ("pidfile", "writes no PID file"),
         ("syslog", "the journal passes it on to syslog"),
         ("so_reuseport", "raise listen.worker_threads"),
-        ("tcp_defer_accept", "accepts connections at once"),
         ("server_round_robin", "not configurable"),
     ] {
         assert!(warned(&i, key).contains(text), "{key}: {}", warned(&i, key));
     }
     not_warned(&i, "unix_socket_mode");
     not_warned(&i, "server_reset_query");
+    // The same option under the same name, in seconds.
+    not_warned(&i, "tcp_defer_accept");
+    assert_eq!(c.listen.tcp_defer_accept, Duration::from_secs(45));
     // One line per setting, in file order, naming file, line and key.
     let lines: Vec<usize> = i.warnings.iter().map(|w| w.line).collect();
     assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
