@@ -28,6 +28,21 @@ async fn exchange(port: u16, bytes: &[u8], half_close: bool) -> Vec<u8> {
     out
 }
 
+/// Everything pgwake sends until it closes the connection (within `limit`,
+/// else the test fails with `what`), and the SQLSTATE of its first error.
+async fn error_then_close(
+    s: &mut TcpStream,
+    limit: Duration,
+    what: &str,
+) -> (Option<String>, Vec<u8>) {
+    let mut reply = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut reply))
+        .await
+        .expect(what)
+        .unwrap();
+    (first_error_sqlstate(&reply), reply)
+}
+
 async fn normal_client_works(pg: &Pgwake) {
     let c = tokio::time::timeout(Duration::from_secs(5), pg.client())
         .await
@@ -114,12 +129,12 @@ async fn an_oversized_message_after_startup_is_refused() {
     q.extend((1u32 << 30).to_be_bytes());
     q.extend(b"select 1");
     s.write_all(&q).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
-        .await
-        .expect("answered and closed at once")
-        .unwrap();
-    let code = first_error_sqlstate(&reply);
+    let (code, reply) = error_then_close(
+        &mut s,
+        Duration::from_secs(5),
+        "answered and closed at once",
+    )
+    .await;
     assert!(
         matches!(code.as_deref(), Some("54000") | Some("08P01")),
         "reply {reply:?}"
@@ -228,12 +243,12 @@ async fn a_client_that_never_speaks_is_closed_at_the_login_timeout() {
         &[("PGWAKE_LISTEN_CLIENT_LOGIN_TIMEOUT", "1s")],
     );
     let mut s = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut reply))
-        .await
-        .expect("closed within the defer period and the login timeout")
-        .unwrap();
-    let code = first_error_sqlstate(&reply);
+    let (code, reply) = error_then_close(
+        &mut s,
+        Duration::from_secs(20),
+        "closed within the defer period and the login timeout",
+    )
+    .await;
     assert_eq!(code.as_deref(), Some("08P01"), "reply {reply:?}");
     assert_eq!(
         pg.metric("pgwake_timeouts_total{kind=\"client_login\"}"),
