@@ -419,7 +419,7 @@ pub enum StartError {
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         addr: String,
-        /// `listen.addr` or `listen.extra_addrs`.
+        /// `listen.addr`, `listen.extra_addrs` or `listen.tcp_defer_accept`.
         key: &'static str,
         source: std::io::Error,
     },

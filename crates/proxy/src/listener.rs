@@ -31,21 +31,11 @@ impl Listeners {
             key: "listen.addr",
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: listen.addr.clone(),
-                key: "listen.addr",
-                source,
-            })?;
+        let defer = listen.tcp_defer_accept;
+        let tcp = bind_tcp(addr, &listen.addr, "listen.addr", defer).await?;
         let tcp_addr = tcp.local_addr().map_err(|source| StartError::Listen {
             addr: listen.addr.clone(),
             key: "listen.addr",
-            source,
-        })?;
-        prepare(&tcp, listen.tcp_defer_accept).map_err(|source| StartError::Listen {
-            addr: listen.addr.clone(),
-            key: "listen.tcp_defer_accept",
             source,
         })?;
         let extra_addrs = listen
@@ -57,19 +47,7 @@ impl Listeners {
             })?;
         let mut extra = Vec::with_capacity(extra_addrs.len());
         for a in extra_addrs {
-            let l = TcpListener::bind(a)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: a.to_string(),
-                    key: "listen.extra_addrs",
-                    source,
-                })?;
-            prepare(&l, listen.tcp_defer_accept).map_err(|source| StartError::Listen {
-                addr: a.to_string(),
-                key: "listen.tcp_defer_accept",
-                source,
-            })?;
-            extra.push(l);
+            extra.push(bind_tcp(a, &a.to_string(), "listen.extra_addrs", defer).await?);
         }
         let unix = match &listen.unix_socket_dir {
             None => None,
@@ -227,12 +205,27 @@ fn poll_accept_tcp(
     }))
 }
 
-/// Readies a TCP listener: TCP_NODELAY, which Linux passes on to every
-/// socket the listener accepts (one system call per client less), and
-/// `listen.tcp_defer_accept`.
-fn prepare(l: &TcpListener, defer: std::time::Duration) -> std::io::Result<()> {
-    socket2::SockRef::from(l).set_tcp_nodelay(true)?;
-    defer_accept(l, defer)
+/// A TCP listener on `addr` (`shown` as the operator wrote it, under
+/// `key`), readied: TCP_NODELAY, which Linux passes on to every socket the
+/// listener accepts (one system call per client less), and
+/// `listen.tcp_defer_accept`. An error names the key it comes from.
+async fn bind_tcp(
+    addr: SocketAddr,
+    shown: &str,
+    key: &'static str,
+    defer: std::time::Duration,
+) -> Result<TcpListener, StartError> {
+    let error = |key, source| StartError::Listen {
+        addr: shown.to_owned(),
+        key,
+        source,
+    };
+    let l = TcpListener::bind(addr).await.map_err(|e| error(key, e))?;
+    socket2::SockRef::from(&l)
+        .set_tcp_nodelay(true)
+        .map_err(|e| error(key, e))?;
+    defer_accept(&l, defer).map_err(|e| error("listen.tcp_defer_accept", e))?;
+    Ok(l)
 }
 
 /// TCP_DEFER_ACCEPT: the kernel queues a connection for `accept` only once
