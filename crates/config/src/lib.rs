@@ -441,7 +441,9 @@ pub struct Lifecycle {
     /// How long a client waits for a wake before it gets SQLSTATE 57P03.
     #[serde(with = "humantime_serde")]
     pub wake_timeout: Duration,
-    /// How long the provider's answer about the server's state is trusted.
+    /// How long the provider's answer about the server's state is trusted
+    /// (a "ready" is asked again, at most once a second, while the server
+    /// cannot be reached).
     #[serde(with = "humantime_serde")]
     pub state_cache_ttl: Duration,
     /// Stop the server after this long without client activity (and none on

@@ -130,6 +130,10 @@ const PROBE_MAX: Duration = Duration::from_secs(1);
 const WAKE_STATE_EVERY: Duration = Duration::from_secs(1);
 /// A wake gives up after this long (clients stop waiting much sooner).
 const WAKE_GIVE_UP: Duration = Duration::from_secs(30 * 60);
+/// While the server cannot be reached, a cached "ready" is asked again this
+/// often at most: the server may have been stopped behind pgwake's back, or
+/// the answer read while it was shutting down.
+const RECHECK_WHEN_UNREACHABLE: Duration = Duration::from_secs(1);
 
 /// The waker and idle tracking around one provider.
 pub struct Lifecycle {
@@ -313,6 +317,33 @@ impl Lifecycle {
         self.fresh_state().await
     }
 
+    /// The state once a server connection could not be made: the cached
+    /// answer, unless it says the server is up and is older than
+    /// [`RECHECK_WHEN_UNREACHABLE`]; then one caller asks the provider again
+    /// (the others keep the cached answer, and their retry sees the new one).
+    async fn state_after_failure(&self) -> Result<ServerState, ProviderError> {
+        let recheck = {
+            let mut c = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+            match c.as_mut() {
+                Some((at, ServerState::Ready | ServerState::Other(_)))
+                    if at.elapsed() >= RECHECK_WHEN_UNREACHABLE =>
+                {
+                    // Claimed: callers arriving during the request wait for
+                    // their next retry rather than ask too.
+                    *at = Instant::now();
+                    true
+                }
+                _ => false,
+            }
+        };
+        if recheck {
+            tracing::debug!(provider = %self.provider.describe(), "the server cannot be reached though its state was ready; asking again");
+            self.fresh_state().await
+        } else {
+            self.state().await
+        }
+    }
+
     /// A server connection could not be made. If the server is stopped (or
     /// stopping, or starting), wakes it (one wake however many callers) and
     /// waits up to `wake_timeout`: `Ok(true)` once it is up. `Ok(false)`
@@ -324,7 +355,7 @@ impl Lifecycle {
                 s
             }
             None => {
-                let state = match self.state().await {
+                let state = match self.state_after_failure().await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot tell whether the database server is stopped");
@@ -616,6 +647,41 @@ mod tests {
             l.server_unavailable().await.unwrap() || l.last_state() == Some(ServerState::Ready)
         );
         assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_stopped_behind_a_cached_ready_is_started_by_the_next_caller() {
+        let (l, fake) = lifecycle(Duration::ZERO, Duration::from_secs(60));
+        fake.up.store(true, Ordering::SeqCst);
+        assert_eq!(l.state().await.unwrap(), ServerState::Ready);
+        // Stopped outside pgwake: the provider says so, the cache does not.
+        fake.up.store(false, Ordering::SeqCst);
+        let asked = l.state_requests();
+        // Just read: the connection error stands and the provider is not asked.
+        assert!(!l.server_unavailable().await.unwrap());
+        assert_eq!(l.state_requests(), asked);
+        tokio::time::advance(RECHECK_WHEN_UNREACHABLE).await;
+        // Many callers at once: one asks again and starts the server, the
+        // others retry (their next call finds it up).
+        let mut callers = Vec::new();
+        for _ in 0..10 {
+            let l = l.clone();
+            callers.push(tokio::spawn(async move { l.server_unavailable().await }));
+        }
+        let mut woke = 0;
+        for c in callers {
+            woke += usize::from(c.await.unwrap().unwrap());
+        }
+        assert!(woke >= 1);
+        assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+        assert_eq!(l.last_state(), Some(ServerState::Ready));
+        // Well within state_cache_ttl (30 s), the cache alone would have
+        // said ready: one state request after the refusal, and the wake's own.
+        assert!(
+            l.state_requests() - asked <= 2,
+            "{}",
+            l.state_requests() - asked
+        );
     }
 
     #[test]
