@@ -15,9 +15,14 @@
 //!   could not wake the wait), an eventfd the ring signals in an epoll set,
 //!   each turn one `io_uring_enter` that submits and collects completions
 //!   without waiting, and `epoll_wait` when there are none.
+//! - `compio`: completions through a runtime rather than a hand-written
+//!   loop: compio's, its io_uring driver with the ring set up as `uring`'s
+//!   (one issuer, deferred task work), a task per client copying both ways
+//!   with owned buffers. What a proxy written on an io_uring runtime would
+//!   pay before any protocol work.
 //!
-//! The connection to SERVER is opened with a blocking `connect` when a client
-//! arrives: logins are not what this measures.
+//! The connection to SERVER is opened when a client arrives (a blocking
+//! `connect`, in `compio` the runtime's): logins are not what this measures.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -29,7 +34,7 @@ const BUF: usize = 16 * 1024;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pgwake-bench-floor epoll|uring|uring-epoll LISTEN_ADDR SERVER_ADDR";
+    let usage = "usage: pgwake-bench-floor epoll|uring|uring-epoll|compio LISTEN_ADDR SERVER_ADDR";
     let parsed = match (args.get(1), args.get(2), args.get(3)) {
         (Some(m), Some(l), Some(s)) => l.parse::<SocketAddr>().and_then(|l| Ok((m, l, s.parse()?))),
         _ => {
@@ -48,6 +53,7 @@ fn main() {
         "epoll" => epoll(listen, server),
         "uring" => uring(listen, server, false),
         "uring-epoll" => uring(listen, server, true),
+        "compio" => on_compio(listen, server),
         _ => {
             eprintln!("unknown mode {mode:?}; {usage}");
             std::process::exit(2);
@@ -384,5 +390,57 @@ fn close_pair(conns: &mut [Option<Conn>], free: &mut Vec<usize>, idx: usize) {
             conns[k] = None;
             free.push(k);
         }
+    }
+}
+
+// ---------------------------------------------------------------- compio
+
+fn on_compio(listen: SocketAddr, server: SocketAddr) -> Result<(), Box<dyn Error>> {
+    // The ring set up as `uring`'s: one issuer, task work deferred to the wait.
+    let mut ring = compio::driver::ProactorBuilder::new();
+    ring.single_issuer(true).defer_taskrun(true);
+    let rt = compio::runtime::RuntimeBuilder::new()
+        .with_proactor(ring)
+        .build()?;
+    rt.block_on(async move {
+        let l = compio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (client, _) = l.accept().await?;
+            compio::runtime::spawn(async move {
+                let Ok(s) = compio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                if client.set_nodelay(true).is_err() || s.set_nodelay(true).is_err() {
+                    return;
+                }
+                // Either side's end (or error) ends both: the sockets are
+                // dropped with the task.
+                let up = std::pin::pin!(copy(&client, &s));
+                let down = std::pin::pin!(copy(&s, &client));
+                futures_util::future::select(up, down).await;
+            })
+            .detach();
+        }
+    })
+}
+
+/// Receives from `from` into a buffer of its own and sends it all to `to`,
+/// until `from` ends or either fails.
+async fn copy(mut from: &compio::net::TcpStream, mut to: &compio::net::TcpStream) {
+    use compio::io::{AsyncRead, AsyncWriteExt};
+    let mut buf = Vec::with_capacity(BUF);
+    loop {
+        let compio::buf::BufResult(got, b) = from.read(buf).await;
+        buf = b;
+        match got {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let compio::buf::BufResult(sent, b) = to.write_all(buf).await;
+        buf = b;
+        if sent.is_err() {
+            return;
+        }
+        buf.clear();
     }
 }
