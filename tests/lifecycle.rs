@@ -322,11 +322,20 @@ async fn arm_throttling_and_errors_are_retried_and_state_is_cached() {
         }
     }
     let asked = arm.state_gets() - gets;
+    // Each client retries its connect for up to connect_timeout (3 s), so
+    // the loop lasts longer than four seconds: the bound counts the time
+    // it really took.
+    let secs = began.elapsed().as_secs() + 1;
     assert!(errors > 0);
     // Asked again while the server cannot be reached, and no more often
-    // than once a second.
-    assert!(asked >= 1, "no state request in 4 s of refused connections");
-    assert!(asked <= 5, "{asked} state requests in 4 s");
+    // than once a second (plus one the pool's upkeep may make at the same
+    // moment as a client), though each client's retries (about ten in its
+    // 3 s) ask the lifecycle every time.
+    assert!(
+        asked >= 1,
+        "no state request in {secs} s of refused connections"
+    );
+    assert!(asked <= secs + 1, "{asked} state requests in {secs} s");
     assert_eq!(arm.starts(), 1);
 }
 
