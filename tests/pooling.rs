@@ -347,11 +347,11 @@ async fn clients_killed_mid_transaction_leave_no_lock_behind() {
         .unwrap();
         let conn = tokio::spawn(conn);
         // The lock must be freed by pgwake's cleanup of the previous client
-        // (a cancel, then ROLLBACK), well before the killed query's 30 s
-        // sleep would end, or never for a client killed idle in its
-        // transaction. Usually a few milliseconds; the bound leaves room
-        // for a loaded machine, where the server forks a process for each
-        // cancel request.
+        // (a cancel, then ROLLBACK). Without it the lock would be held until
+        // the killed query's 30 s sleep ends, or for ever by a client killed
+        // idle in its transaction. The cleanup takes a few milliseconds; the
+        // 10 s bound leaves room for a loaded machine, where the server
+        // forks a process for each cancel request.
         client
             .batch_execute("begin; set local lock_timeout = '10s'; select * from locked where id = 1 for update")
             .await

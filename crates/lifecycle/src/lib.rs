@@ -4,10 +4,12 @@
 //!
 //! A [`Provider`] reports the server's state and starts or stops it: Azure
 //! Resource Manager, shell commands, or none. [`Lifecycle`] wraps one: it
-//! caches the state for `state_cache_ttl`, and when a server connection
-//! cannot be made and the server is stopped, issues exactly one start however
-//! many clients arrive, parks them all on one signal, and detects readiness by
-//! probing the server itself as well as by the provider's state.
+//! caches the state for `state_cache_ttl` (a cached "ready" that a failed
+//! connection contradicts is asked again, at most once a second), and when
+//! a server connection cannot be made and the server is stopped, issues
+//! exactly one start however many clients arrive, parks them all on one
+//! signal, and detects readiness by probing the server itself as well as by
+//! the provider's state.
 
 use std::fmt;
 use std::future::Future;
